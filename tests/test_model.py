@@ -1,0 +1,215 @@
+"""The model computes exactly what the official T2T-ViT computes, with the official names and sizes."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from checkpoint import match_state_dict
+from errors import UserError
+from t2t import VARIANTS, create_model, frozen_parameter_names, linear_weight_names, sinusoid_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "..", "shared", "fixtures", "t2t_vit_7")
+CONVERT = os.path.join(ROOT, "tools", "convert_weights.py")
+
+PARAMS = {
+    "t2t_vit_7": 4310222, "t2t_vit_10": 5889230, "t2t_vit_12": 6941902, "t2t_vit_14": 21545550,
+    "t2t_vit_19": 39177422, "t2t_vit_24": 64105934, "t2t_vit_t_14": 21541070, "t2t_vit_t_19": 39172942,
+    "t2t_vit_t_24": 64101454, "t2t_vit_14_resnext": 21545550, "t2t_vit_14_wide": 25156302,
+}
+# A faithful float32 port lands ~1e-6 from the reference; 1e-5 already signals a differing detail.
+PARITY_TOL = 1e-5
+
+
+def n_params(model, trainable_only=False):
+    return sum(int(p.numel()) for p in model.parameters() if not (trainable_only and p.stop_gradient))
+
+
+def torch_layout_to_paddle(model, state):
+    linear = set(linear_weight_names(model))
+    return {k: (v.T if k in linear else v) for k, v in state.items()}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_parameter_count(name):
+    assert n_params(create_model(name)) == PARAMS[name]
+
+
+def test_every_variant_has_a_count():
+    assert set(VARIANTS) == set(PARAMS)
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(UserError, match="t2t_vit_7.*t2t_vit_14_wide"):
+        create_model("t2t_vit_8")
+
+
+def test_frozen_parameters_are_the_official_ones():
+    meta = json.load(open(os.path.join(FIX, "meta.json")))
+    model = create_model("t2t_vit_7")
+    assert sorted(frozen_parameter_names(model)) == sorted(meta["frozen_params"])
+    assert n_params(model, trainable_only=True) == meta["params_trainable"] == 4255694
+
+
+def test_init_statistics():
+    paddle.seed(1)
+    model = create_model("t2t_vit_14")
+    sd = model.state_dict()
+    for name in ("blocks.0.attn.qkv.weight", "blocks.3.mlp.fc1.weight", "tokens_to_token.project.weight"):
+        assert abs(float(sd[name].std()) - 0.02) < 0.001, name
+        assert abs(float(sd[name].mean())) < 0.001, name
+    assert abs(float(sd["cls_token"].std()) - 0.02) < 0.005
+    assert float(paddle.abs(sd["blocks.0.attn.proj.bias"]).max()) == 0.0
+    assert float(sd["blocks.0.norm1.weight"].min()) == 1.0 and float(sd["norm.bias"].abs().max()) == 0.0
+    for att in ("attention1", "attention2"):
+        w = sd[f"tokens_to_token.{att}.w"].numpy()
+        assert w.shape == (32, 64)
+        np.testing.assert_allclose(w @ w.T, 32 * np.eye(32), atol=1e-4)
+    pos = sd["pos_embed"].numpy()[0]
+    assert pos.shape == (197, 384)
+    i = np.arange(384)
+    expected = 5 / np.power(10000.0, 2 * (i // 2) / 384)
+    np.testing.assert_allclose(pos[5], np.where(i % 2 == 0, np.sin(expected), np.cos(expected)), atol=1e-6)
+
+
+def test_position_table_follows_img_size():
+    model = create_model("t2t_vit_7", img_size=384, num_classes=10)
+    assert model.pos_embed.shape == [1, 577, 256]
+    np.testing.assert_array_equal(model.pos_embed.numpy(), sinusoid_table(577, 256))
+    assert model(paddle.randn([1, 3, 384, 384])).shape == [1, 10]
+
+
+def test_drop_path_rates_are_linear_over_blocks():
+    model = create_model("t2t_vit_7", drop_path_rate=0.1)
+    rates = [blk.drop_path.p for blk in model.blocks]
+    np.testing.assert_allclose(rates, np.linspace(0, 0.1, 7))
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.1)
+
+
+def reference_model():
+    model = create_model("t2t_vit_7")
+    state = dict(np.load(os.path.join(FIX, "state_dict_torch_layout.npz")))
+    state, notes = match_state_dict(model, torch_layout_to_paddle(model, state), "fixture")
+    assert notes == []
+    model.set_state_dict(state)
+    model.eval()
+    return model
+
+
+def run_with_intermediates(model, x):
+    names = ["tokens_to_token.attention1", "tokens_to_token.attention2", "tokens_to_token", "blocks.0",
+             "blocks.6", "norm"]
+    layers = dict(model.named_sublayers())
+    seen, hooks = {}, []
+    for name in names:
+        hooks.append(layers[name].register_forward_post_hook(
+            lambda layer, inp, out, name=name: seen.__setitem__(name, out.numpy())))
+    with paddle.no_grad():
+        logits = model(paddle.to_tensor(x)).numpy()
+    for h in hooks:
+        h.remove()
+    return logits, seen
+
+
+def test_logits_and_intermediates_match_reference():
+    x = np.load(os.path.join(FIX, "input.npy"))
+    logits, seen = run_with_intermediates(reference_model(), x)
+    ref = np.load(os.path.join(FIX, "intermediates.npz"))
+    for name in ref.files:
+        assert seen[name].shape == ref[name].shape, name
+        assert np.abs(seen[name] - ref[name]).max() < PARITY_TOL, name
+    assert np.abs(logits - np.load(os.path.join(FIX, "logits.npy"))).max() < PARITY_TOL
+
+
+def convert(tmp_path, *args):
+    return subprocess.run([sys.executable, CONVERT, *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_converter_cli_gives_reference_logits(tmp_path):
+    pytest.importorskip("torch")
+    dst = tmp_path / "t2t_vit_7.pdparams"
+    r = convert(tmp_path, "--src", os.path.join(FIX, "t2t_vit_7.pth.tar"), "--dst", str(dst), "--model", "t2t_vit_7")
+    assert r.returncode == 0, r.stderr
+    model = create_model("t2t_vit_7")
+    model.set_state_dict(paddle.load(str(dst)))
+    model.eval()
+    with paddle.no_grad():
+        logits = model(paddle.to_tensor(np.load(os.path.join(FIX, "input.npy")))).numpy()
+    assert np.abs(logits - np.load(os.path.join(FIX, "logits.npy"))).max() < PARITY_TOL
+
+
+def save_official_layout(model, path, wrap="state_dict_ema", prefix=""):
+    """Write a Paddle model the way the official release stores it: torch tensors, [out, in] Linears."""
+    import torch
+    linear = set(linear_weight_names(model))
+    state = {prefix + k: torch.from_numpy(np.ascontiguousarray(v.numpy().T if k in linear else v.numpy()))
+             for k, v in model.state_dict().items()}
+    torch.save({wrap: state} if wrap else state, path)
+
+
+@pytest.mark.parametrize("name,img,wrap,prefix", [
+    ("t2t_vit_t_14", 64, "state_dict", "module."),
+    ("t2t_vit_14_resnext", 96, "model", ""),
+    ("t2t_vit_10", 32, None, ""),
+])
+def test_converter_round_trip_other_variants(tmp_path, name, img, wrap, prefix):
+    pytest.importorskip("torch")
+    paddle.seed(3)
+    model = create_model(name, img_size=img)
+    model.eval()
+    src, dst = tmp_path / "official.pth.tar", tmp_path / "out.pdparams"
+    save_official_layout(model, src, wrap, prefix)
+    r = convert(tmp_path, "--src", str(src), "--dst", str(dst), "--model", name, "--img-size", str(img))
+    assert r.returncode == 0, r.stderr
+    again = create_model(name, img_size=img)
+    again.set_state_dict(paddle.load(str(dst)))
+    again.eval()
+    x = paddle.randn([2, 3, img, img])
+    with paddle.no_grad():
+        np.testing.assert_array_equal(model(x).numpy(), again(x).numpy())
+
+
+def test_converter_for_fine_tuning_drops_head_and_remakes_position_table(tmp_path):
+    pytest.importorskip("torch")
+    dst = tmp_path / "ft.pdparams"
+    r = convert(tmp_path, "--src", os.path.join(FIX, "t2t_vit_7.pth.tar"), "--dst", str(dst),
+                "--model", "t2t_vit_7", "--num-classes", "10", "--img-size", "64")
+    assert r.returncode == 0, r.stderr
+    assert "head.weight [256, 1000] dropped" in r.stdout and "pos_embed" in r.stdout
+    state = paddle.load(str(dst))
+    ref = np.load(os.path.join(FIX, "state_dict_torch_layout.npz"))
+    np.testing.assert_array_equal(state["blocks.3.attn.qkv.weight"].numpy(), ref["blocks.3.attn.qkv.weight"].T)
+    model = create_model("t2t_vit_7", img_size=64, num_classes=10)
+    match_state_dict(model, state, "ft")  # loads strictly
+
+
+@pytest.mark.parametrize("case", ["unknown_model", "wrong_model", "not_a_checkpoint", "missing_src", "pickle"])
+def test_converter_bad_input_one_line_and_nothing_written(tmp_path, case):
+    pytest.importorskip("torch")
+    src, model = os.path.join(FIX, "t2t_vit_7.pth.tar"), "t2t_vit_7"
+    if case == "unknown_model":
+        model = "t2t_vit_77"
+    elif case == "wrong_model":
+        model = "t2t_vit_12"
+    elif case == "not_a_checkpoint":
+        src = os.path.join(FIX, "input.npy")
+    elif case == "missing_src":
+        src = str(tmp_path / "nope.pth")
+    else:
+        import pickle
+        src = str(tmp_path / "evil.pth")
+        with open(src, "wb") as f:
+            pickle.dump({"state_dict": {"x": object()}}, f)
+    dst = tmp_path / "out.pdparams"
+    r = convert(tmp_path, "--src", src, "--dst", str(dst), "--model", model)
+    assert r.returncode != 0
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert not dst.exists() and not list(tmp_path.glob("out.pdparams*"))
+    key = {"unknown_model": "t2t_vit_77", "wrong_model": "missing: blocks.7", "not_a_checkpoint": "input.npy",
+           "missing_src": "nope.pth", "pickle": "evil.pth"}[case]
+    assert key in errors[0]

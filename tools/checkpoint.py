@@ -1,0 +1,150 @@
+"""Reading, checking and atomically writing weights and training checkpoints.
+
+Two kinds of file:
+- weights (`.pdparams`): a flat {structured name: tensor} state dict, what the converter writes;
+- training checkpoints (`.pdckpt`): a dict with 'model', 'ema', 'optimizer', 'epoch', 'step', 'best', ... .
+Every write goes to a temporary file in the same folder and is renamed into place, so a crash while saving
+never leaves a partial file under the final name.
+"""
+import glob
+import os
+import re
+
+import numpy as np
+import paddle
+
+from errors import UserError
+
+CKPT_PATTERN = re.compile(r"^ckpt-e(\d{4})-s(\d{6})\.pdckpt$")
+
+
+def atomic_save(obj, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        paddle.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_link(src, dst):
+    """Point dst at src's content atomically (a hard link where possible, so deleting src keeps dst)."""
+    tmp = f"{dst}.tmp{os.getpid()}"
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def load_file(path):
+    if not os.path.isfile(path):
+        raise UserError(f"weights file not found: {path}")
+    try:
+        return paddle.load(path)
+    except Exception as e:  # paddle raises many types for a bad file; the user needs the path, not the type
+        raise UserError(f"cannot read {path} as Paddle weights or checkpoint ({type(e).__name__}: {e})") from None
+
+
+def weights_from(obj, path, prefer="best"):
+    """The model state dict inside a loaded file: a bare state dict, or a training checkpoint's model/EMA.
+
+    prefer: 'model', 'ema', or 'best' (whichever the checkpoint recorded as the better one).
+    """
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        which = obj.get("best_which", "model") if prefer == "best" else prefer
+        if which == "ema" and not obj.get("ema"):
+            raise UserError(f"{path} holds no EMA weights")
+        return obj["ema" if which == "ema" else "model"], which
+    if isinstance(obj, dict) and obj and all(hasattr(v, "shape") for v in obj.values()):
+        return obj, "weights"
+    raise UserError(f"{path} is neither a weights file nor a training checkpoint of this repo")
+
+
+def match_state_dict(model, state, source, drop_head=False):
+    """Check `state` against `model` by name and shape; return the dict to load.
+
+    The fixed sinusoid position table is taken from the model when the token count differs (it is a
+    function of img_size, not learned). With drop_head, a classifier of another class count is left out
+    (reported) so the model keeps its fresh head for fine-tuning. Anything else that does not fit is a
+    UserError listing every missing, unexpected and mis-shaped key.
+    """
+    own = model.state_dict()
+    out, notes = {}, []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshaped = []
+    for k, v in state.items():
+        if k not in own:
+            continue
+        want, got = list(own[k].shape), list(v.shape)
+        if want == got:
+            out[k] = v
+        elif k == "pos_embed":
+            notes.append(f"pos_embed {got} -> {want}: regenerated for this img_size")
+        elif drop_head and k.startswith("head."):
+            notes.append(f"{k} {got} dropped: re-initialised for {model.num_classes} classes")
+        else:
+            misshaped.append(f"{k} (file {got}, model {want})")
+    missing = [k for k in missing if not (drop_head and k.startswith("head."))]
+    if missing or unexpected or misshaped:
+        parts = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                 if keys]
+        raise UserError(f"{source} does not fit model {type(model).__name__}"
+                        f"({getattr(model, 'arch_name', '')}): {'; '.join(parts)}")
+    return out, notes
+
+
+def load_weights(model, path, prefer="best", drop_head=False):
+    """Load a weights file or training checkpoint into model; returns (which, notes)."""
+    state, which = weights_from(load_file(path), path, prefer)
+    state, notes = match_state_dict(model, state, path, drop_head=drop_head)
+    model.set_state_dict({k: paddle.to_tensor(np.asarray(v)) if isinstance(v, np.ndarray) else v
+                          for k, v in state.items()})
+    return which, notes
+
+
+class CheckpointDir:
+    """The checkpoints of one run: ckpt-eEEEE-sSSSSSS.pdckpt, latest.pdckpt and best.pdckpt.
+
+    latest and best are links to complete files only, so `latest` always names a checkpoint that was fully
+    written; the oldest periodic ones beyond keep_last are deleted, never best.
+    """
+
+    def __init__(self, root, keep_last=3):
+        self.root = root
+        self.keep_last = keep_last
+        self.latest = os.path.join(root, "latest.pdckpt")
+        self.best = os.path.join(root, "best.pdckpt")
+
+    def save(self, state, epoch, step, is_best=False):
+        path = os.path.join(self.root, f"ckpt-e{epoch:04d}-s{step:06d}.pdckpt")
+        atomic_save(state, path)
+        atomic_link(path, self.latest)
+        if is_best:
+            atomic_link(path, self.best)
+        self._prune()
+        return path
+
+    def _prune(self):
+        periodic = sorted(p for p in glob.glob(os.path.join(self.root, "ckpt-e*.pdckpt"))
+                          if CKPT_PATTERN.match(os.path.basename(p)))
+        for old in periodic[:-self.keep_last] if self.keep_last > 0 else periodic:
+            if not os.path.samefile(old, self.latest):
+                os.remove(old)
+
+    def resume_path(self, resume):
+        """The checkpoint to resume from: Global.resume = 'auto' | '' | a path."""
+        if resume == "":
+            return None
+        if resume == "auto":
+            return self.latest if os.path.isfile(self.latest) else None
+        if not os.path.isfile(resume):
+            raise UserError(f"Global.resume: no checkpoint at {resume}")
+        return resume

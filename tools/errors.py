@@ -1,0 +1,21 @@
+"""User-facing errors: one clear line and a non-zero exit, never a traceback for bad input."""
+import functools
+import sys
+
+
+class UserError(Exception):
+    """Bad input from the user (file, key or value); the message names the culprit."""
+
+
+def cli(main):
+    """Run `main()` and turn a UserError into `error: <message>` on stderr with exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper

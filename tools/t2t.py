@@ -1,0 +1,302 @@
+"""T2T-ViT (Yuan et al., "Tokens-to-Token ViT", ICCV 2021) in PaddlePaddle.
+
+Parameter names and shapes equal the official PyTorch release's, so converted checkpoints load by name
+(Linear weights transposed). Facts that decide numerical parity with the official code:
+- soft splits are unfolds k7/s4/p2, then k3/s2/p1 twice: 16x fewer tokens per side;
+- the Performer T2T layer splits its projection as k, q, v, uses m = emb/2 frozen orthogonal random
+  features scaled by sqrt(m), and its residual goes through v (the input has another width);
+- the position table is the fixed 1-D sinusoid over cls + patches, never trained;
+- backbone attention scale is head_dim ** -0.5 and every LayerNorm uses eps 1e-5.
+"""
+import math
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from errors import UserError
+
+_normal_02 = nn.initializer.Normal(mean=0.0, std=0.02)
+_zeros = nn.initializer.Constant(0.0)
+_ones = nn.initializer.Constant(1.0)
+
+
+def sinusoid_table(n_position, dim):
+    """[1, n_position, dim] float32: sin on even channels, cos on odd ones (computed in float64)."""
+    pos = np.arange(n_position, dtype=np.float64)[:, None]
+    rate = np.power(10000.0, 2 * (np.arange(dim) // 2) / dim)
+    table = pos / rate
+    table[:, 0::2] = np.sin(table[:, 0::2])
+    table[:, 1::2] = np.cos(table[:, 1::2])
+    return table[None].astype("float32")
+
+
+def drop_path(x, p, training):
+    """Stochastic depth: drop whole residual branches per sample, rescaling the kept ones."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = paddle.bernoulli(paddle.full([x.shape[0]] + [1] * (x.ndim - 1), keep, dtype=x.dtype))
+    return x * mask / keep
+
+
+class DropPath(nn.Layer):
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return drop_path(x, self.p, self.training)
+
+
+class Mlp(nn.Layer):
+    def __init__(self, in_features, hidden_features, out_features=None, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Layer):
+    """Multi-head self-attention of the ViT backbone."""
+
+    def __init__(self, dim, num_heads, qkv_bias=False, qk_scale=None, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, C // self.num_heads]).transpose([2, 0, 3, 1, 4])
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
+        x = paddle.matmul(self.attn_drop(attn), v).transpose([0, 2, 1, 3]).reshape([B, N, C])
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Layer):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, qk_scale=None, drop=0.0, attn_drop=0.0,
+                 drop_path=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class TokenPerformer(nn.Layer):
+    """T2T layer with Performer attention: linear in the token count, needed for 3136 tokens at 224 px."""
+
+    def __init__(self, dim, in_dim, kernel_ratio=0.5, dp1=0.1, dp2=0.1):
+        super().__init__()
+        self.emb = in_dim
+        self.m = int(in_dim * kernel_ratio)
+        self.kqv = nn.Linear(dim, 3 * in_dim)
+        self.dp = nn.Dropout(dp1)
+        self.proj = nn.Linear(in_dim, in_dim)
+        self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.norm2 = nn.LayerNorm(in_dim, epsilon=1e-5)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, in_dim), nn.Dropout(dp2))
+        # Random features are part of the model (saved, loaded) but fixed, as in the official release.
+        self.w = self.create_parameter([self.m, in_dim], default_initializer=nn.initializer.Orthogonal())
+        self.w.set_value(self.w * math.sqrt(self.m))
+        self.w.stop_gradient = True
+
+    def prm_exp(self, x):
+        # Positive random features: exp(w.x - |x|^2 / 2) / sqrt(m) approximates the softmax kernel.
+        xd = 0.5 * (x * x).sum(axis=-1, keepdim=True)
+        return paddle.exp(paddle.matmul(x, self.w, transpose_y=True) - xd) / math.sqrt(self.m)
+
+    def forward(self, x):
+        k, q, v = paddle.split(self.kqv(self.norm1(x)), 3, axis=-1)
+        kp, qp = self.prm_exp(k), self.prm_exp(q)  # [B, T, m]
+        denom = paddle.matmul(qp, kp.sum(axis=1, keepdim=True), transpose_y=True)  # [B, T, 1]
+        kptv = paddle.matmul(kp, v, transpose_x=True)  # [B, m, emb]
+        y = paddle.matmul(qp, kptv) / (denom + 1e-8)
+        x = v + self.dp(self.proj(y))
+        return x + self.mlp(self.norm2(x))
+
+
+class TokenAttention(nn.Layer):
+    """Single-head attention of the transformer T2T layer: scaled by the input width, residual through v."""
+
+    def __init__(self, dim, in_dim, qkv_bias=False, qk_scale=None, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        self.in_dim = in_dim
+        self.scale = qk_scale or dim ** -0.5
+        self.qkv = nn.Linear(dim, in_dim * 3, bias_attr=None if qkv_bias else False)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(in_dim, in_dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x):
+        q, k, v = paddle.split(self.qkv(x), 3, axis=-1)
+        attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
+        x = self.proj_drop(self.proj(paddle.matmul(self.attn_drop(attn), v)))
+        return v + x
+
+
+class TokenTransformer(nn.Layer):
+    def __init__(self, dim, in_dim, mlp_ratio=1.0, qkv_bias=False, qk_scale=None, drop=0.0, attn_drop=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.attn = TokenAttention(dim, in_dim, qkv_bias, qk_scale, attn_drop, drop)
+        self.norm2 = nn.LayerNorm(in_dim, epsilon=1e-5)
+        self.mlp = Mlp(in_dim, int(in_dim * mlp_ratio), in_dim, drop=drop)
+
+    def forward(self, x):
+        x = self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class T2TModule(nn.Layer):
+    """Tokens-to-token: three soft splits with a T2T layer between them, then a projection to embed_dim."""
+
+    def __init__(self, img_size=224, tokens_type="performer", in_chans=3, embed_dim=768, token_dim=64):
+        super().__init__()
+        if tokens_type == "performer":
+            self.attention1 = TokenPerformer(in_chans * 7 * 7, token_dim)
+            self.attention2 = TokenPerformer(token_dim * 3 * 3, token_dim)
+        elif tokens_type == "transformer":
+            self.attention1 = TokenTransformer(in_chans * 7 * 7, token_dim)
+            self.attention2 = TokenTransformer(token_dim * 3 * 3, token_dim)
+        else:
+            raise UserError(f"unknown tokens_type {tokens_type!r}; use 'performer' or 'transformer'")
+        self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
+        self.num_patches = (img_size // 16) ** 2
+
+    @staticmethod
+    def _reshape_to_image(x):
+        B, T, C = x.shape
+        side = int(math.isqrt(T))
+        return x.transpose([0, 2, 1]).reshape([B, C, side, side])
+
+    def forward(self, x):
+        x = F.unfold(x, [7, 7], strides=4, paddings=2).transpose([0, 2, 1])
+        x = self._reshape_to_image(self.attention1(x))
+        x = F.unfold(x, [3, 3], strides=2, paddings=1).transpose([0, 2, 1])
+        x = self._reshape_to_image(self.attention2(x))
+        x = F.unfold(x, [3, 3], strides=2, paddings=1).transpose([0, 2, 1])
+        return self.project(x)
+
+
+class T2T_ViT(nn.Layer):
+    def __init__(self, img_size=224, tokens_type="performer", in_chans=3, num_classes=1000, embed_dim=768,
+                 depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=False, qk_scale=None, drop_rate=0.0,
+                 attn_drop_rate=0.0, drop_path_rate=0.0, token_dim=64):
+        super().__init__()
+        if img_size % 16:
+            raise UserError(f"img_size {img_size} is not a multiple of 16 (the T2T module reduces by 16)")
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.tokens_to_token = T2TModule(img_size, tokens_type, in_chans, embed_dim, token_dim)
+        num_patches = self.tokens_to_token.num_patches
+        self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=_normal_02)
+        table = sinusoid_table(num_patches + 1, embed_dim)
+        self.pos_embed = self.create_parameter(table.shape, default_initializer=nn.initializer.Assign(table))
+        self.pos_embed.stop_gradient = True
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = np.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.LayerList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i])
+            for i in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self):
+        # The reference truncates at +-2 (absolute) with std .02: in effect a plain normal. Paddle 2.6's
+        # TruncatedNormal truncates at +-2 std instead, so a Normal gives the reference distribution on both.
+        for layer in self.sublayers():
+            if isinstance(layer, nn.Linear):
+                _normal_02(layer.weight)
+                if layer.bias is not None:
+                    _zeros(layer.bias)
+            elif isinstance(layer, nn.LayerNorm):
+                _ones(layer.weight)
+                _zeros(layer.bias)
+
+    def forward_features(self, x):
+        x = self.tokens_to_token(x)
+        cls = self.cls_token.expand([x.shape[0], -1, -1])
+        x = self.pos_drop(paddle.concat([cls.astype(x.dtype), x], axis=1) + self.pos_embed.astype(x.dtype))
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)[:, 0]
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+
+# name -> (tokens_type, embed_dim, depth, num_heads, mlp_ratio), as in the official release.
+VARIANTS = {
+    "t2t_vit_7": ("performer", 256, 7, 4, 2.0),
+    "t2t_vit_10": ("performer", 256, 10, 4, 2.0),
+    "t2t_vit_12": ("performer", 256, 12, 4, 2.0),
+    "t2t_vit_14": ("performer", 384, 14, 6, 3.0),
+    "t2t_vit_19": ("performer", 448, 19, 7, 3.0),
+    "t2t_vit_24": ("performer", 512, 24, 8, 3.0),
+    "t2t_vit_t_14": ("transformer", 384, 14, 6, 3.0),
+    "t2t_vit_t_19": ("transformer", 448, 19, 7, 3.0),
+    "t2t_vit_t_24": ("transformer", 512, 24, 8, 3.0),
+    "t2t_vit_14_resnext": ("performer", 384, 14, 32, 3.0),
+    "t2t_vit_14_wide": ("performer", 768, 4, 12, 3.0),
+}
+
+
+def create_model(name, **kwargs):
+    """Build a variant by name; kwargs (img_size, num_classes, drop_path_rate, ...) go to T2T_ViT."""
+    if name not in VARIANTS:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(VARIANTS)}")
+    tokens_type, embed_dim, depth, num_heads, mlp_ratio = VARIANTS[name]
+    arch = dict(tokens_type=tokens_type, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                mlp_ratio=mlp_ratio)
+    model = T2T_ViT(**{**arch, **kwargs})
+    model.arch_name = name
+    return model
+
+
+def _factory(name):
+    def build(**kwargs):
+        return create_model(name, **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = f"{name}: tokens_type, embed_dim, depth, num_heads, mlp_ratio = {VARIANTS[name]}"
+    return build
+
+
+t2t_vit_7 = _factory("t2t_vit_7")
+t2t_vit_10 = _factory("t2t_vit_10")
+t2t_vit_12 = _factory("t2t_vit_12")
+t2t_vit_14 = _factory("t2t_vit_14")
+t2t_vit_19 = _factory("t2t_vit_19")
+t2t_vit_24 = _factory("t2t_vit_24")
+t2t_vit_t_14 = _factory("t2t_vit_t_14")
+t2t_vit_t_19 = _factory("t2t_vit_t_19")
+t2t_vit_t_24 = _factory("t2t_vit_t_24")
+t2t_vit_14_resnext = _factory("t2t_vit_14_resnext")
+t2t_vit_14_wide = _factory("t2t_vit_14_wide")
+
+
+def frozen_parameter_names(model):
+    """Structured names of the parameters that are part of the model but never trained."""
+    return [n for n, p in model.named_parameters() if p.stop_gradient]
+
+
+def linear_weight_names(model):
+    """Structured names of Linear weights: stored [in, out] here and [out, in] in PyTorch checkpoints."""
+    return [f"{prefix}.weight" for prefix, layer in model.named_sublayers() if isinstance(layer, nn.Linear)]
