@@ -101,9 +101,12 @@ def match_state_dict(model, state, source, drop_head=False):
     return out, notes
 
 
-def load_weights(model, path, prefer="best", drop_head=False):
-    """Load a weights file or training checkpoint into model; returns (which, notes)."""
-    state, which = weights_from(load_file(path), path, prefer)
+def load_weights(model, path, prefer="best", drop_head=False, loaded=None):
+    """Load a weights file or training checkpoint (or its already `loaded` content) into model.
+
+    Returns (which, notes): which weights were taken ('model', 'ema' or 'weights') and what was adapted.
+    """
+    state, which = weights_from(load_file(path) if loaded is None else loaded, path, prefer)
     state, notes = match_state_dict(model, state, path, drop_head=drop_head)
     model.set_state_dict({k: paddle.to_tensor(np.asarray(v)) if isinstance(v, np.ndarray) else v
                           for k, v in state.items()})

@@ -1,0 +1,79 @@
+"""Classify images with a trained or converted T2T-ViT.
+
+    python tools/predict.py IMAGE [IMAGE ...] [-c CONFIG] [--weights FILE] [--topk 5] [-o Key=Value ...]
+
+Prints `class_id is: N` for each image (as the original repo did), then its class name and the top-k
+probabilities. --weights: a .pdckpt checkpoint of this repo (its saved class names are used) or .pdparams
+weights (names from Data.classes); default Global.output_dir/best.pdckpt.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from checkpoint import load_file, load_weights
+from config import add_config_args, config_from_args
+from dataset import BadImage, build_transform, class_names
+from errors import UserError, cli
+from runtime import select_device
+from t2t import create_model
+
+
+def find_weights(cfg, given):
+    if given:
+        return given
+    path = os.path.join(cfg.Global.output_dir, "best.pdckpt")
+    if os.path.isfile(path):
+        return path
+    raise UserError(f"no weights: {path} does not exist. Train first (bash scripts/train.sh), or convert the "
+                    "official weights (python tools/convert_weights.py --src 71.7_T2T_ViT_7.pth.tar --dst "
+                    "weights/t2t_vit_7.pdparams --model t2t_vit_7) and pass --weights weights/t2t_vit_7.pdparams")
+
+
+def load_images(paths, transform):
+    batch = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UserError(f"image not found: {path}")
+        try:
+            batch.append(transform(path))
+        except BadImage as e:
+            raise UserError(f"cannot read image {e.path}: {e.reason}") from None
+    return np.stack(batch)
+
+
+@cli
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("images", nargs="+", help="image files")
+    add_config_args(ap, default_config="config/t2t_vit_7_demo.yaml")
+    ap.add_argument("--weights", default="", help=".pdckpt checkpoint or .pdparams weights")
+    ap.add_argument("--topk", type=int, default=5)
+    args = ap.parse_args(argv)
+    cfg = config_from_args(args)
+    select_device(cfg.Global.device)
+    weights = find_weights(cfg, args.weights)
+    saved = load_file(weights)
+    names = saved.get("class_names") if isinstance(saved, dict) and "model" in saved else None
+    names = names or class_names(cfg)
+    model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
+    load_weights(model, weights, loaded=saved)
+    model.eval()
+    x = load_images(args.images, build_transform(cfg, "val"))
+    with paddle.no_grad():
+        probs = F.softmax(model(paddle.to_tensor(x)), axis=-1).numpy()
+    k = min(args.topk, probs.shape[1])
+    for path, p in zip(args.images, probs):
+        top = np.argsort(-p)[:k]
+        name = lambda c: names[c] if c < len(names) else "?"
+        print(f"{path}")
+        print(f"class_id is: {top[0]}")
+        print(f"class name: {name(top[0])}")
+        print(f"top-{k}: " + ", ".join(f"{c} {name(c)} ({p[c]:.4f})" for c in top))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

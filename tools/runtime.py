@@ -1,0 +1,118 @@
+"""Where and how a tool runs: device, processes, seeds, AMP, and rank-0 logging (console, file, VisualDL)."""
+import contextlib
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+from errors import UserError
+
+
+def select_device(choice):
+    """Global.device: auto | cpu | gpu. Returns 'cpu' or 'gpu'."""
+    has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if choice == "gpu" and not has_gpu:
+        raise UserError("Global.device=gpu but this Paddle sees no GPU (CPU-only wheel or no CUDA device); "
+                        "use Global.device=auto or cpu")
+    device = "gpu" if choice == "gpu" or (choice == "auto" and has_gpu) else "cpu"
+    if device == "gpu":
+        paddle.set_device(f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}")
+    else:
+        paddle.set_device("cpu")
+    return device
+
+
+class Runtime:
+    """Device, rank and world size of this process; init_parallel_env when launched as several."""
+
+    def __init__(self, cfg):
+        self.device = select_device(cfg.Global.device)
+        self.world = dist.get_world_size()
+        if self.world > 1:
+            dist.init_parallel_env()
+        self.rank = dist.get_rank()
+        self.is_main = self.rank == 0
+
+    def all_sum(self, values):
+        """Sum a list of numbers over all processes (exact for counts)."""
+        t = paddle.to_tensor(np.asarray(values, dtype="float64"))
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.numpy().tolist()
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+def derived_seed(*parts):
+    """A 32-bit seed that is a pure function of its parts (seed, epoch, step, ...), not of history."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def amp_context(mode, level, device):
+    """The autocast context for Global.amp; a clear error where the device cannot run the mode."""
+    if mode == "none":
+        return contextlib.nullcontext
+    if mode == "fp16" and device != "gpu":
+        raise UserError("Global.amp=fp16 needs a GPU (Paddle has no fp16 kernels for CPU training); "
+                        "use Global.amp=bf16 on CPU or Global.amp=none")
+    dtype = "float16" if mode == "fp16" else "bfloat16"
+    return lambda: paddle.amp.auto_cast(enable=True, level=level, dtype=dtype)
+
+
+def make_logger(name, log_file, is_main):
+    """Rank 0 logs INFO to console and file; other ranks only warnings, to the console."""
+    logger = logging.getLogger(name)
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if is_main and log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    return logger
+
+
+class Scalars:
+    """VisualDL scalars on rank 0 (a no-op elsewhere, or where visualdl is not installed)."""
+
+    def __init__(self, logdir, enabled):
+        self.writer = None
+        if enabled:
+            try:
+                from visualdl import LogWriter
+            except ImportError:
+                return
+            self.writer = LogWriter(logdir=logdir)
+
+    def add(self, tag, value, step):
+        if self.writer is not None:
+            self.writer.add_scalar(tag=tag, value=float(value), step=int(step))
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def format_eta(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Timer:
+    def __init__(self):
+        self.t = time.perf_counter()
+
+    def lap(self):
+        now = time.perf_counter()
+        elapsed, self.t = now - self.t, now
+        return elapsed
