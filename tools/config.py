@@ -1,0 +1,308 @@
+"""YAML configs checked against config/default.yaml, with PaddleClas-style `-o Section.key=value` overrides.
+
+config/default.yaml is the schema: it names every key, and each default's type is the key's type. A config
+file deep-merges over its `_base_` (a path relative to the file, itself possibly with a `_base_`), and the
+whole chain over default.yaml. Anything unknown, mistyped or out of range stops here with one line naming
+the file or override at fault, before a run spends hours on it.
+"""
+import copy
+import difflib
+import os
+import re
+
+import yaml
+
+import errors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMA_PATH = os.path.join(ROOT, "config", "default.yaml")
+
+CHOICES = {
+    "Global.device": ("auto", "cpu", "gpu"),
+    "Global.amp": ("none", "fp16", "bf16"),
+    "Global.amp_level": ("O1", "O2"),
+    "Global.nonfinite": ("stop", "skip"),
+    "Scheduler.by": ("epoch", "step"),
+    "Augment.train_interpolation": ("random", "bilinear", "bicubic"),
+    "Data.interpolation": ("bilinear", "bicubic"),
+}
+
+# PyYAML reads `1e-3` (no dot) as a string; a float key accepts it rather than fail on a YAML 1.1 quirk.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Sections as blocks, lists on one line: the layout of the config files themselves."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+class Config:
+    """Nested config: `cfg.Data.root` and `cfg["Data"]["root"]` both work, and so does assignment."""
+
+    def __init__(self, data):
+        object.__setattr__(self, "_data", {k: Config(v) if isinstance(v, dict) else v for k, v in data.items()})
+
+    def __getattr__(self, name):
+        if name.startswith("__"):  # keeps copy/pickle from asking for a `_data` that is not set yet
+            raise AttributeError(name)
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(f"config has no key '{name}'") from None
+
+    def __setattr__(self, name, value):
+        self._data[name] = value
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __setitem__(self, key, value):
+        self._data[key] = value
+
+    def __contains__(self, key):
+        return key in self._data
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def keys(self):
+        return self._data.keys()
+
+    def items(self):
+        return self._data.items()
+
+    def to_dict(self):
+        return {k: v.to_dict() if isinstance(v, Config) else (list(v) if isinstance(v, (list, tuple)) else v)
+                for k, v in self._data.items()}
+
+    def dump(self):
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
+
+    def __repr__(self):
+        return f"Config({self.to_dict()!r})"
+
+
+def _read_yaml(path, why=""):
+    if not os.path.isfile(path):
+        raise errors.UserError(f"config file not found: {path}{why}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise errors.UserError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise errors.UserError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _flat_keys(tree, prefix=""):
+    keys = []
+    for k, v in tree.items():
+        keys.append(prefix + k)
+        if isinstance(v, dict):
+            keys += _flat_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def _unknown(kind, dotted, source, schema):
+    known = [k for k in _flat_keys(schema) if ("." in k) == (kind == "key")]
+    section, _, leaf = dotted.rpartition(".")
+    same_leaf = [k for k in known if k.rpartition(".")[2] == leaf]  # the right key in the wrong section
+    if same_leaf:
+        suggestion = f"; did you mean {' or '.join(repr(k) for k in same_leaf)}?"
+    else:
+        # Leaves are compared, not whole dotted keys: a shared section prefix would make anything look close.
+        def score(k):
+            return difflib.SequenceMatcher(None, leaf.lower(), k.rpartition(".")[2].lower()).ratio()
+        best = max(known, key=lambda k: (score(k), k.rpartition(".")[0] == section))
+        if score(best) >= 0.6:
+            suggestion = f"; did you mean '{best}'?"
+        else:
+            names = _lookup(schema, section) if kind == "key" else schema
+            suggestion = f"; known: {', '.join(names)}"
+    return errors.UserError(f"unknown config {kind} '{dotted}' (in {source}){suggestion}")
+
+
+def _lookup(schema, dotted):
+    node = schema
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _type_name(default):
+    if isinstance(default, list):
+        return f"a list of {len(default)} {_type_name(default[0]).split()[1]}s"
+    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}[type(default)]
+
+
+def _coerce(value, default):
+    """`value` as the type of `default`, or raise ValueError."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+            return float(value)
+    elif isinstance(default, str):
+        if value is None:  # `key:` with nothing after it
+            return ""
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, list):
+        if isinstance(value, list) and len(value) == len(default):
+            return [_coerce(v, d) for v, d in zip(value, default)]
+    raise ValueError
+
+
+def _check_value(dotted, value, default, source):
+    try:
+        value = _coerce(value, default)
+    except ValueError:
+        hint = " (quote it to make it a string)" if isinstance(default, str) else ""
+        raise errors.UserError(f"config key '{dotted}' (in {source}): {value!r} is not {_type_name(default)}"
+                               f"{hint}") from None
+    choices = CHOICES.get(dotted)
+    if choices and value not in choices:
+        raise errors.UserError(f"config key '{dotted}' (in {source}): {value!r} is not one of "
+                               f"{' | '.join(choices)}")
+    return value
+
+
+def _merge(target, data, schema, root, source, origin, prefix=""):
+    """Check `data` against `schema` and write it over `target`; `origin` records where each key was set."""
+    for key, value in data.items():
+        dotted = prefix + str(key)
+        if key not in schema:
+            raise _unknown("key" if prefix else "section", dotted, source, root)
+        default = schema[key]
+        if isinstance(default, dict):
+            if value is None:  # a section heading with nothing under it
+                continue
+            if not isinstance(value, dict):
+                raise errors.UserError(f"config section '{dotted}' (in {source}) must be a mapping of keys, "
+                                       f"got {value!r}")
+            _merge(target[key], value, default, root, source, origin, dotted + ".")
+        else:
+            target[key] = _check_value(dotted, value, default, source)
+            origin[dotted] = source
+
+
+def _load_chain(path, schema, target, origin, chain=(), why=""):
+    real = os.path.realpath(path)
+    if real in chain:
+        raise errors.UserError(f"config file {path}: its _base_ chain comes back to it")
+    data = _read_yaml(path, why)
+    base = data.pop("_base_", None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise errors.UserError(f"config file {path}: _base_ must be a file name, got {base!r}")
+        _load_chain(os.path.join(os.path.dirname(path), base), schema, target, origin, chain + (real,),
+                    f" (the _base_ of {path})")
+    _merge(target, data, schema, schema, path, origin)
+
+
+def _split_override(text):
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or "." not in key or not all(key.split(".")):
+        raise errors.UserError(f"malformed override -o {text!r}: expected Section.key=value, "
+                               f"e.g. -o Data.root=/data/ILSVRC2012")
+    return key, raw
+
+
+def _parse_override(text, schema):
+    key, raw = _split_override(text)
+    source = f"-o {text}"
+    node = schema
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise _unknown("key", key, source, schema) if i else _unknown("section", part, source, schema)
+        node = node[part]
+    if isinstance(node, dict):
+        raise errors.UserError(f"malformed override -o {text!r}: '{key}' is a section; set its keys one by one")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise errors.UserError(f"override -o {text!r}: cannot parse the value {raw!r}") from None
+    if isinstance(node, str) and not isinstance(value, (str, list, dict)):
+        value = raw.strip()  # `-o Data.root=2012` or `-o Global.resume=off` mean the text, not a number or a bool
+    return parts, value, source
+
+
+# Cheap sanity checks, each a value that would crash or silently waste a run.
+RANGES = (
+    (lambda v: v > 0, "must be > 0",
+     ("Global.img_size", "Global.num_classes", "Global.epochs", "Global.eval_every", "Global.print_every",
+      "Data.batch_size", "Data.global_batch_size", "Optimizer.lr", "Optimizer.eps")),
+    (lambda v: v >= 0, "must be >= 0",
+     ("Global.seed", "Global.save_every_steps", "Global.keep_last", "Global.max_skips", "Data.num_workers",
+      "Augment.mixup", "Augment.cutmix", "Optimizer.weight_decay", "Scheduler.warmup_epochs",
+      "Scheduler.cooldown_epochs", "Scheduler.warmup_lr", "Scheduler.min_lr")),
+    (lambda v: 0 <= v <= 1, "is not a probability in [0, 1]", ("Augment.mixup_prob", "Augment.switch_prob")),
+    (lambda v: 0 <= v < 1, "must be in [0, 1)",
+     ("Model.drop_rate", "Model.attn_drop_rate", "Model.drop_path_rate", "Augment.smoothing", "EMA.decay")),
+    (lambda v: all(0 <= b < 1 for b in v), "must all be in [0, 1)", ("Optimizer.betas",)),
+)
+
+
+def _check_ranges(cfg, origin):
+    def fail(key, message):
+        raise errors.UserError(f"config key '{key}' (in {origin.get(key, os.path.relpath(SCHEMA_PATH))}): "
+                               f"{_lookup(cfg, key)!r} {message}")
+
+    for ok, message, keys in RANGES:
+        for key in keys:
+            if not ok(_lookup(cfg, key)):
+                fail(key, message)
+    o, s = cfg.Optimizer, cfg.Scheduler
+    if s.min_lr > o.lr:
+        fail("Scheduler.min_lr", f"is above Optimizer.lr {o.lr!r}: the cosine would rise")
+    if cfg.Global.epochs <= s.warmup_epochs + s.cooldown_epochs:
+        fail("Global.epochs", f"leaves no cosine phase after {s.warmup_epochs} warmup and {s.cooldown_epochs} "
+                              "cooldown epochs; lower Scheduler.warmup_epochs / Scheduler.cooldown_epochs")
+
+
+def load_config(path, overrides=()):
+    """The config at `path` over its `_base_` chain over default.yaml, then `overrides` ("Section.key=value")."""
+    schema = _read_yaml(SCHEMA_PATH)
+    merged = copy.deepcopy(schema)
+    origin = {}
+    _load_chain(path, schema, merged, origin)
+    for text in overrides:
+        parts, value, source = _parse_override(text, schema)
+        node = merged
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = _check_value(".".join(parts), value, _lookup(schema, ".".join(parts)), source)
+        origin[".".join(parts)] = source
+    cfg = Config(merged)
+    _check_ranges(cfg, origin)
+    return cfg
+
+
+def add_config_args(parser, default_config="config/t2t_vit_7.yaml"):
+    """`-c/--config FILE` and `-o/--override Section.key=value ...` (repeatable; several may follow one -o)."""
+    default = default_config if os.path.isabs(default_config) else os.path.join(ROOT, default_config)
+    parser.add_argument("-c", "--config", default=default,
+                        help=f"YAML config (default: {default_config} of this repository)")
+    parser.add_argument("-o", "--override", action="extend", nargs="+", default=[], metavar="Section.key=value",
+                        help="override a config key, e.g. -o Data.root=/data/ILSVRC2012 Global.epochs=100")
+    return parser
+
+
+def config_from_args(args):
+    return load_config(args.config, args.override)

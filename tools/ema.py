@@ -1,0 +1,49 @@
+"""An exponential moving average of a model's weights, updated after every optimizer step (timm's ModelEma)."""
+import copy
+
+import paddle
+
+
+class ModelEMA:
+    """`.module` is a separate copy of the model, in eval mode, outside the optimizer and without gradients.
+
+    update(model): ema = decay * ema + (1 - decay) * w for the model's trainable floating-point parameters;
+    frozen parameters and buffers are copied as they are.
+    """
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        # A tensor made once: a Python float weight would make lerp_ build one per parameter per step.
+        self._weight = paddle.full([], 1.0 - decay, dtype="float32")
+        self.module = copy.deepcopy(model)
+        self.module.eval()
+        # With pure half-precision weights (AMP O2) each step's change, (1 - decay) x (w - ema), would round away
+        # and the average never move: the copy keeps float32 weights whatever the model holds.
+        self.module.float()
+        self._averaged = {name for name, p in model.named_parameters()
+                          if not p.stop_gradient and p.is_floating_point()}
+        for p in self.module.parameters():
+            p.stop_gradient = True
+
+    def _pairs(self, model):
+        own = dict(self.module.named_parameters())
+        own.update(self.module.named_buffers())
+        theirs = dict(model.named_parameters())
+        theirs.update(model.named_buffers())
+        return ((name, own[name], theirs[name]) for name in own)
+
+    @paddle.no_grad()
+    def update(self, model):
+        for name, ema, w in self._pairs(model):
+            if w.dtype != ema.dtype:
+                w = w.astype(ema.dtype)
+            if name in self._averaged:
+                ema.lerp_(w, self._weight)
+            else:
+                paddle.assign(w, ema)
+
+    def state_dict(self):
+        return self.module.state_dict()
+
+    def set_state_dict(self, state):
+        self.module.set_state_dict(state)
