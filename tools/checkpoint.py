@@ -126,6 +126,11 @@ class CheckpointDir:
         self.latest = os.path.join(root, "latest.pdckpt")
         self.best = os.path.join(root, "best.pdckpt")
 
+    def remove_stale_temporaries(self):
+        """Half-written files of a process that was killed while saving (call before this run saves)."""
+        for tmp in glob.glob(os.path.join(self.root, "*.pdckpt.tmp*")):
+            os.remove(tmp)
+
     def save(self, state, epoch, step, is_best=False):
         path = os.path.join(self.root, f"ckpt-e{epoch:04d}-s{step:06d}.pdckpt")
         atomic_save(state, path)

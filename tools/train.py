@@ -72,6 +72,8 @@ class Trainer:
         a = cfg.Augment
         self.mixer = MixupCutmix(a.mixup, a.cutmix, a.mixup_prob, a.switch_prob, a.smoothing, g.num_classes)
         self.ckpts = CheckpointDir(g.output_dir, g.keep_last)
+        if self.rt.is_main:
+            self.ckpts.remove_stale_temporaries()
         self.epoch, self.step, self.skips = 0, 0, 0
         self.best = {"acc": -1.0, "which": "model", "epoch": -1}
         self._restore()

@@ -41,7 +41,8 @@ def evaluate(model, loader, runtime, log=None, print_every=0):
         if log and print_every and (i + 1) % print_every == 0:
             log.info(f"Step [{i + 1}/{len(loader)}], acc: {correct1 / seen:.4f}, read_time: {read_time / (i + 1):.4f}")
     correct1, correct5, seen = runtime.all_sum([correct1, correct5, seen])
-    model.train(was_training)
+    if was_training:  # Paddle 2.6's Layer.train() takes no argument
+        model.train()
     return correct1 / max(seen, 1), correct5 / max(seen, 1), int(seen)
 
 

@@ -1,0 +1,55 @@
+"""Run the repo's tools as a user would: subprocesses on lit_data with small, fast settings."""
+import os
+import re
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "config", "t2t_vit_7_demo.yaml")
+ENV = dict(os.environ, PYTHONWARNINGS="ignore", MKL_DEBUG_CPU_TYPE="5")
+LOSS_LINE = re.compile(r"Epoch \[(\d+)/\d+\], Step \[(\d+)/\d+\], Loss: ([\d.na]+)")
+
+
+def fast_overrides(tmp_path, **extra):
+    """A T2T-ViT-7 run at 32 px on lit_data that takes seconds: 5 optimizer steps of 4 images per epoch."""
+    o = {"Global.device": "cpu", "Global.img_size": 32, "Global.epochs": 3, "Global.output_dir": str(tmp_path / "out"),
+         "Global.log_dir": str(tmp_path / "log"), "Global.print_every": 1, "Data.global_batch_size": 4,
+         "Data.batch_size": 4, "Data.num_workers": 0}
+    o.update(extra)
+    return ["-o"] + [f"{k}={v}" for k, v in o.items()]
+
+
+def command(name, *args, config=DEMO, nproc=1, extra_launch=()):
+    cmd = [sys.executable]
+    if nproc > 1 or extra_launch:
+        cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), *extra_launch]
+    return cmd + [os.path.join(ROOT, "tools", name), "-c", config, *args]
+
+
+def tool(name, *args, timeout=300, **kwargs):
+    """Run a tool to completion; kwargs: config, nproc, extra_launch (paddle.distributed.launch flags)."""
+    return subprocess.run(command(name, *args, **kwargs), capture_output=True, text=True, cwd=ROOT, env=ENV,
+                          timeout=timeout)
+
+
+def start(name, *args, log_file=None, **kwargs):
+    """Start a tool in the background, its output going to log_file."""
+    out = open(log_file, "w") if log_file else subprocess.DEVNULL
+    return subprocess.Popen(command(name, *args, **kwargs), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env=ENV)
+
+
+def losses(text):
+    """{(epoch, step): loss string} from training log text."""
+    return {(int(e), int(s)): loss for e, s, loss in LOSS_LINE.findall(text)}
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
