@@ -55,14 +55,18 @@ def derived_seed(*parts):
 
 
 def amp_context(mode, level, device):
-    """The autocast context for Global.amp; a clear error where the device cannot run the mode."""
+    """(autocast context factory, note) for Global.amp.
+
+    Paddle (2.6 and 3.x) runs dynamic-graph AMP on GPU only: on CPU auto_cast and GradScaler turn
+    themselves off with a warning that is easy to miss, so the run falls back to float32 and says so.
+    """
     if mode == "none":
-        return contextlib.nullcontext
-    if mode == "fp16" and device != "gpu":
-        raise UserError("Global.amp=fp16 needs a GPU (Paddle has no fp16 kernels for CPU training); "
-                        "use Global.amp=bf16 on CPU or Global.amp=none")
+        return contextlib.nullcontext, None
+    if device != "gpu":
+        return contextlib.nullcontext, (f"Global.amp={mode} needs a GPU: Paddle's dynamic-graph AMP does nothing "
+                                        f"on {device}; training in float32")
     dtype = "float16" if mode == "fp16" else "bfloat16"
-    return lambda: paddle.amp.auto_cast(enable=True, level=level, dtype=dtype)
+    return lambda: paddle.amp.auto_cast(enable=True, level=level, dtype=dtype), None
 
 
 def make_logger(name, log_file, is_main):

@@ -61,11 +61,14 @@ class Trainer:
                                   drop_rate=cfg.Model.drop_rate, attn_drop_rate=cfg.Model.attn_drop_rate,
                                   drop_path_rate=cfg.Model.drop_path_rate)
         self.opt = build_optimizer(self.model, cfg)
-        self.scaler = paddle.amp.GradScaler() if g.amp == "fp16" else None
-        if g.amp != "none" and g.amp_level == "O2":
+        self.autocast, note = amp_context(g.amp, g.amp_level, self.rt.device)
+        amp_on = note is None and g.amp != "none"
+        if note:
+            self.log.warning(note)
+        self.scaler = paddle.amp.GradScaler() if amp_on and g.amp == "fp16" else None
+        if amp_on and g.amp_level == "O2":
             self.model, self.opt = paddle.amp.decorate(self.model, self.opt, level="O2",
                                                        dtype="float16" if g.amp == "fp16" else "bfloat16")
-        self.autocast = amp_context(g.amp, g.amp_level, self.rt.device)
         self.ema = ModelEMA(self.model, cfg.EMA.decay) if cfg.EMA.enable else None
         self.net = paddle.DataParallel(self.model) if self.rt.world > 1 else self.model
         self.sched = WarmupCosineLR.from_config(cfg, self.sampler.steps_per_epoch)
