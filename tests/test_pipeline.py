@@ -1,0 +1,160 @@
+"""End to end on lit_data: train -> checkpoint -> val -> predict, several processes, and bad input."""
+import glob
+import os
+import re
+import shutil
+
+import paddle
+import pytest
+
+from runner import ROOT, error_lines, fast_overrides, losses, tool
+
+LOG_LINE = re.compile(r"Epoch \[\d+/3\], Step \[\d+/5\], Loss: \d+\.\d{4}, acc: \d\.\d{4}, read_time: \d+\.\d{4}, "
+                      r"train_time: \d+\.\d{4}, lr: \d\.\d{6}, ips: [\d.]+ images/s, eta: \d+:\d\d:\d\d")
+FINAL = re.compile(r"ImageNet final val acc is:(\d\.\d{4}), top5: (\d\.\d{4}), images: (\d+)")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    r = tool("train.py", *fast_overrides(tmp))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return tmp, r.stdout
+
+
+def odd_val_list(tmp_path, n=19):
+    lines = open(os.path.join(ROOT, "lit_data", "val.txt")).read().split("\n")[:n]
+    path = tmp_path / "val_odd.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_training_writes_logs_and_checkpoints(trained):
+    tmp, out = trained
+    steps = [line for line in out.splitlines() if "Step [" in line]
+    assert len(steps) == 15 and all(LOG_LINE.search(line) for line in steps), steps[:2]
+    assert sorted(losses(out)) == [(e, s) for e in (1, 2, 3) for s in range(1, 6)]
+    assert os.path.isfile(tmp / "log" / "train.log") and glob.glob(str(tmp / "log" / "vdlrecords.*"))
+    names = sorted(os.path.basename(p) for p in glob.glob(str(tmp / "out" / "*")))
+    assert names == ["best.pdckpt", "ckpt-e0001-s000000.pdckpt", "ckpt-e0002-s000000.pdckpt",
+                     "ckpt-e0003-s000000.pdckpt", "latest.pdckpt"]
+    state = paddle.load(str(tmp / "out" / "latest.pdckpt"))
+    assert (state["epoch"], state["step"], state["arch"]) == (3, 0, "t2t_vit_7")
+    assert set(state) >= {"model", "ema", "optimizer", "best", "best_which", "class_names", "config"}
+    assert len(state["class_names"]) == 1000 and state["class_names"][0].startswith("tench")
+
+
+def test_val_reproduces_best_checkpoint_accuracy(trained):
+    tmp, _ = trained
+    best = paddle.load(str(tmp / "out" / "best.pdckpt"))["best"]
+    r = tool("val.py", *fast_overrides(tmp))
+    assert r.returncode == 0, r.stderr
+    top1, top5, n = FINAL.search(r.stdout).groups()
+    assert float(top1) == pytest.approx(best["acc"], abs=1e-4) and int(n) == 20
+
+
+def test_val_is_exact_on_several_processes(trained, tmp_path):
+    tmp, _ = trained
+    args = fast_overrides(tmp, **{"Data.val_list": odd_val_list(tmp_path), "Data.batch_size": 3})
+    one = FINAL.search(tool("val.py", *args).stdout).groups()
+    r = tool("val.py", *args, nproc=2)
+    two = FINAL.search(r.stdout).groups()
+    assert one == two and one[2] == "19"
+
+
+def test_predict_prints_class_id_and_name(trained):
+    tmp, _ = trained
+    image = sorted(glob.glob(os.path.join(ROOT, "lit_data", "val", "*", "*.JPEG")))[0]
+    r = tool("predict.py", image, "--topk", "3", *fast_overrides(tmp))
+    assert r.returncode == 0, r.stderr
+    class_id = int(re.search(r"class_id is: (\d+)", r.stdout).group(1))
+    assert 0 <= class_id < 1000 and "class name: " in r.stdout and "top-3: " in r.stdout
+
+
+def test_predict_without_weights_says_how_to_get_them(tmp_path):
+    image = sorted(glob.glob(os.path.join(ROOT, "lit_data", "val", "*", "*.JPEG")))[0]
+    r = tool("predict.py", image, *fast_overrides(tmp_path))
+    assert r.returncode == 2 and len(error_lines(r)) == 1
+    assert "scripts/train.sh" in r.stderr and "convert_weights.py" in r.stderr
+
+
+def test_two_process_training(tmp_path):
+    r = tool("train.py", *fast_overrides(tmp_path, **{"Global.epochs": 3}), nproc=2)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "global batch 4 = 2 per device x 2 device(s) x 1 accumulation step(s)" in r.stdout
+    assert os.path.isfile(tmp_path / "out" / "best.pdckpt")
+
+
+def write_list(tmp_path, lines):
+    path = tmp_path / "list.txt"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+def corrupt_copy(tmp_path, split):
+    """A copy of lit_data whose first image of `split` is truncated garbage; returns (root, its path)."""
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(ROOT, "lit_data"), root)
+    first = (root / f"{split}.txt").read_text().split()[0]
+    (root / first).write_bytes((root / first).read_bytes()[:200] + b"\x00" * 50)
+    return root, first
+
+
+@pytest.mark.parametrize("case", ["missing_root", "missing_list", "missing_image", "unknown_key", "bad_label",
+                                  "corrupt_val_image"])
+def test_bad_input_is_one_line_and_leaves_no_checkpoint(tmp_path, case):
+    tool_name, extra, culprit = "train.py", {}, None
+    if case == "missing_root":
+        extra, culprit = {"Data.root": str(tmp_path / "no_such_dir")}, "no_such_dir"
+    elif case == "missing_list":
+        extra, culprit = {"Data.train_list": "no_such_list.txt"}, "no_such_list.txt"
+    elif case == "missing_image":
+        extra = {"Data.train_list": write_list(tmp_path, ["train/n01440764/missing.JPEG 0"])}
+        culprit = "missing.JPEG"
+    elif case == "bad_label":
+        good = open(os.path.join(ROOT, "lit_data", "train.txt")).readline().split()[0]
+        extra, culprit = {"Data.train_list": write_list(tmp_path, [f"{good} 1000"])}, "1000"
+    elif case == "unknown_key":
+        extra, culprit = {"Optimizer.weight_decy": 0.1}, "did you mean 'Optimizer.weight_decay'"
+    else:
+        root, first = corrupt_copy(tmp_path, "val")
+        tool_name, extra, culprit = "val.py", {"Data.root": str(root)}, first.split("/")[-1]
+        weights = tmp_path / "w.pdparams"
+        from t2t import create_model
+        paddle.save(create_model("t2t_vit_7", img_size=32).state_dict(), str(weights))
+    args = fast_overrides(tmp_path, **extra)
+    if tool_name == "val.py":
+        args += ["--weights", str(tmp_path / "w.pdparams")]
+    r = tool(tool_name, *args)
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-1000:]
+    errors = error_lines(r)
+    assert len(errors) == 1 and "Traceback" not in r.stderr and culprit in errors[0], r.stderr[-2000:]
+    assert not glob.glob(str(tmp_path / "out" / "*.pdckpt*"))
+
+
+def test_corrupt_training_image_is_replaced_and_counted(tmp_path):
+    root, first = corrupt_copy(tmp_path, "train")
+    r = tool("train.py", *fast_overrides(tmp_path, **{"Data.root": str(root)}))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert first in r.stderr
+    assert len(re.findall(r"Epoch \[\d/3\]: 1 unreadable training image\(s\) replaced", r.stdout + r.stderr)) == 3
+
+
+def test_checkpoint_of_another_model_is_refused(trained, tmp_path):
+    tmp, _ = trained
+    r = tool("val.py", "--weights", str(tmp / "out" / "best.pdckpt"),
+             *fast_overrides(tmp_path, **{"Global.model": "t2t_vit_10"}))
+    assert r.returncode == 2 and len(error_lines(r)) == 1
+    assert "best.pdckpt does not fit" in r.stderr and "blocks.7" in r.stderr
+    r = tool("train.py", "--resume", str(tmp / "out" / "latest.pdckpt"),
+             *fast_overrides(tmp_path, **{"Global.model": "t2t_vit_10"}))
+    assert r.returncode == 2 and "latest.pdckpt" in error_lines(r)[0]
+
+
+@pytest.mark.parametrize("mode", ["fp16", "bf16"])
+def test_amp_on_cpu_falls_back_to_float32_and_says_so(tmp_path, mode):
+    r = tool("train.py", *fast_overrides(tmp_path, **{"Global.amp": mode, "Global.amp_level": "O2",
+                                                     "Global.epochs": 3}))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"Global.amp={mode} needs a GPU: Paddle's dynamic-graph AMP does nothing on cpu; training in float32" \
+        in r.stdout + r.stderr
