@@ -158,3 +158,15 @@ def test_amp_on_cpu_falls_back_to_float32_and_says_so(tmp_path, mode):
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"Global.amp={mode} needs a GPU: Paddle's dynamic-graph AMP does nothing on cpu; training in float32" \
         in r.stdout + r.stderr
+
+
+def test_nonfinite_loss_stops_with_position_and_last_checkpoint(tmp_path):
+    diverge = {"Optimizer.lr": 1e30, "Scheduler.warmup_lr": 1e30, "Global.save_every_steps": 1}
+    r = tool("train.py", *fast_overrides(tmp_path, **diverge))
+    assert r.returncode == 2 and len(error_lines(r)) == 1, r.stderr[-2000:]
+    assert re.search(r"error: non-finite loss at epoch 1, step \d+ \(skipped so far: 0\); last good checkpoint: "
+                     r"\S+latest\.pdckpt", r.stderr), r.stderr[-2000:]
+    r = tool("train.py", *fast_overrides(tmp_path / "skip", **diverge, **{"Global.nonfinite": "skip",
+                                                                         "Global.max_skips": 2}))
+    assert r.returncode == 2 and "(skipped so far: 2)" in error_lines(r)[0]
+    assert len(re.findall(r"step skipped \(\d/2\)", r.stdout + r.stderr)) == 2
