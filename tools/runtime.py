@@ -87,14 +87,15 @@ def make_logger(name, log_file, is_main):
 
 
 class Scalars:
-    """VisualDL scalars on rank 0 (a no-op elsewhere, or where visualdl is not installed)."""
+    """VisualDL scalars on rank 0 (a no-op elsewhere; where visualdl is missing, `log` is told why)."""
 
-    def __init__(self, logdir, enabled):
+    def __init__(self, logdir, enabled, log):
         self.writer = None
         if enabled:
             try:
                 from visualdl import LogWriter
             except ImportError:
+                log.warning("visualdl is not installed: no VisualDL scalars (pip install visualdl)")
                 return
             self.writer = LogWriter(logdir=logdir)
 

@@ -47,7 +47,7 @@ class Trainer:
         g = cfg.Global
         self.cfg, self.rt = cfg, Runtime(cfg)
         self.log = make_logger("train", os.path.join(g.log_dir, "train.log"), self.rt.is_main)
-        self.scalars = Scalars(g.log_dir, self.rt.is_main)
+        self.scalars = Scalars(g.log_dir, self.rt.is_main, self.log)
         batch, self.accum = batch_plan(cfg.Data.global_batch_size, cfg.Data.batch_size, self.rt.world)
         cfg.Data.batch_size = batch
         self.log.info(f"config:\n{cfg.dump()}")
