@@ -4,6 +4,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "config", "t2t_vit_7_demo.yaml")
@@ -23,6 +24,8 @@ def fast_overrides(tmp_path, **extra):
 def command(name, *args, config=DEMO, nproc=1, extra_launch=()):
     cmd = [sys.executable]
     if nproc > 1 or extra_launch:
+        if "--log_dir" not in extra_launch:  # the launcher's own logs, which default to ./log of the repo
+            extra_launch = (*extra_launch, "--log_dir", os.path.join(tempfile.gettempdir(), "t2t_launch_logs"))
         cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), *extra_launch]
     return cmd + [os.path.join(ROOT, "tools", name), "-c", config, *args]
 
