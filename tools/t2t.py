@@ -50,12 +50,33 @@ class DropPath(nn.Layer):
         return drop_path(x, self.p, self.training)
 
 
+class Linear(nn.Linear):
+    """nn.Linear (same parameters) whose bias gradient is a GEMM when training on CPU.
+
+    Paddle's CPU backward of a broadcast add sums the output gradient over rows with a kernel ~40x slower
+    than a matrix-vector product; adding the bias as ones[rows, 1] @ bias[1, out] gives the same values
+    (each product is 1 * b) and turns that sum into a GEMM. Inference keeps the plain add, which the
+    inference engine fuses into its fc kernel.
+    """
+
+    def forward(self, x):
+        return self.add_bias(paddle.matmul(x, self.weight))
+
+    def add_bias(self, y):
+        if self.bias is None:
+            return y
+        bias = self.bias if self.bias.dtype == y.dtype else self.bias.astype(y.dtype)  # under AMP
+        if self.training and paddle.in_dynamic_mode() and y.place.is_cpu_place():
+            return y + paddle.matmul(paddle.ones(y.shape[:-1] + [1], dtype=y.dtype), bias.unsqueeze(0))
+        return y + bias
+
+
 class Mlp(nn.Layer):
     def __init__(self, in_features, hidden_features, out_features=None, drop=0.0):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+        self.fc2 = Linear(hidden_features, out_features or in_features)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
@@ -69,18 +90,31 @@ class Attention(nn.Layer):
         super().__init__()
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
+        self.qkv = Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x):
+        # Heads are computed channels-first, [B, heads, head_dim, N], so that every transpose of the usual
+        # formulation becomes a GEMM flag instead of a copy: op by op, Paddle's copies cost as much as the
+        # GEMMs. The scale goes into the (small) query weight and bias.
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, C // self.num_heads]).transpose([2, 0, 3, 1, 4])
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
-        x = paddle.matmul(self.attn_drop(attn), v).transpose([0, 2, 1, 3]).reshape([B, N, C])
-        return self.proj_drop(self.proj(x))
+        shape = [B, self.num_heads, C // self.num_heads, N]
+        weights = paddle.split(self.qkv.weight, 3, axis=1)
+        biases = paddle.split(self.qkv.bias, 3) if self.qkv.bias is not None else [None] * 3
+        scales = (self.scale, 1.0, 1.0)
+        q, k, v = [self._heads(x, w, b, s, shape) for w, b, s in zip(weights, biases, scales)]
+        attn = F.softmax(paddle.matmul(q, k, transpose_x=True), axis=-1)
+        out = paddle.matmul(v, self.attn_drop(attn), transpose_y=True).reshape([B, C, N])
+        return self.proj_drop(self.proj.add_bias(paddle.matmul(out, self.proj.weight, transpose_x=True)))
+
+    @staticmethod
+    def _heads(x, weight, bias, scale, shape):
+        y = paddle.matmul(weight * scale if scale != 1.0 else weight, x, transpose_x=True, transpose_y=True)
+        if bias is not None:
+            y = y + (bias * scale).unsqueeze(-1)
+        return y.reshape(shape)  # [B, C, N] -> [B, heads, head_dim, N]
 
 
 class Block(nn.Layer):
@@ -105,26 +139,28 @@ class TokenPerformer(nn.Layer):
         super().__init__()
         self.emb = in_dim
         self.m = int(in_dim * kernel_ratio)
-        self.kqv = nn.Linear(dim, 3 * in_dim)
+        self.kqv = Linear(dim, 3 * in_dim)
         self.dp = nn.Dropout(dp1)
-        self.proj = nn.Linear(in_dim, in_dim)
+        self.proj = Linear(in_dim, in_dim)
         self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
         self.norm2 = nn.LayerNorm(in_dim, epsilon=1e-5)
-        self.mlp = nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, in_dim), nn.Dropout(dp2))
+        self.mlp = nn.Sequential(Linear(in_dim, in_dim), nn.GELU(), Linear(in_dim, in_dim), nn.Dropout(dp2))
         # Random features are part of the model (saved, loaded) but fixed, as in the official release.
         self.w = self.create_parameter([self.m, in_dim], default_initializer=nn.initializer.Orthogonal())
         self.w.set_value(self.w * math.sqrt(self.m))
         self.w.stop_gradient = True
 
     def prm_exp(self, x):
-        # Positive random features: exp(w.x - |x|^2 / 2) / sqrt(m) approximates the softmax kernel.
-        xd = 0.5 * (x * x).sum(axis=-1, keepdim=True)
+        # Positive random features: exp(w.x - |x|^2 / 2) / sqrt(m) approximates the softmax kernel. Row sums
+        # here and below are GEMMs with a constant vector: Paddle's reduction kernels are several times slower.
+        xd = paddle.matmul(x * x, paddle.full([self.emb, 1], 0.5, dtype=x.dtype))
         return paddle.exp(paddle.matmul(x, self.w, transpose_y=True) - xd) / math.sqrt(self.m)
 
     def forward(self, x):
         k, q, v = paddle.split(self.kqv(self.norm1(x)), 3, axis=-1)
         kp, qp = self.prm_exp(k), self.prm_exp(q)  # [B, T, m]
-        denom = paddle.matmul(qp, kp.sum(axis=1, keepdim=True), transpose_y=True)  # [B, T, 1]
+        kp_sum = paddle.matmul(paddle.ones([1, 1, kp.shape[1]], dtype=kp.dtype), kp)  # [B, 1, m]
+        denom = paddle.matmul(qp, kp_sum, transpose_y=True)  # [B, T, 1]
         kptv = paddle.matmul(kp, v, transpose_x=True)  # [B, m, emb]
         y = paddle.matmul(qp, kptv) / (denom + 1e-8)
         x = v + self.dp(self.proj(y))
@@ -138,9 +174,9 @@ class TokenAttention(nn.Layer):
         super().__init__()
         self.in_dim = in_dim
         self.scale = qk_scale or dim ** -0.5
-        self.qkv = nn.Linear(dim, in_dim * 3, bias_attr=None if qkv_bias else False)
+        self.qkv = Linear(dim, in_dim * 3, bias_attr=None if qkv_bias else False)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(in_dim, in_dim)
+        self.proj = Linear(in_dim, in_dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x):
@@ -176,7 +212,7 @@ class T2TModule(nn.Layer):
             self.attention2 = TokenTransformer(token_dim * 3 * 3, token_dim)
         else:
             raise UserError(f"unknown tokens_type {tokens_type!r}; use 'performer' or 'transformer'")
-        self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
+        self.project = Linear(token_dim * 3 * 3, embed_dim)
         self.num_patches = (img_size // 16) ** 2
 
     @staticmethod
@@ -215,7 +251,7 @@ class T2T_ViT(nn.Layer):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i])
             for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self):
