@@ -12,13 +12,13 @@ import sys
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 
 from checkpoint import load_file, load_weights
 from config import add_config_args, config_from_args
 from dataset import BadImage, build_transform, class_names
 from errors import UserError, cli
-from runtime import select_device
+from infer import Predictor
+from runtime import keep_freed_memory, select_device
 from t2t import create_model
 
 
@@ -31,6 +31,20 @@ def find_weights(cfg, given):
     raise UserError(f"no weights: {path} does not exist. Train first (bash scripts/train.sh), or convert the "
                     "official weights (python tools/convert_weights.py --src 71.7_T2T_ViT_7.pth.tar --dst "
                     "weights/t2t_vit_7.pdparams --model t2t_vit_7) and pass --weights weights/t2t_vit_7.pdparams")
+
+
+def print_predictions(paths, logits, names, topk):
+    """The original repo's `class_id is: N` line, then the class name and the top-k probabilities."""
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    k = min(topk, probs.shape[1])
+    name = lambda c: names[c] if c < len(names) else "?"
+    for path, p in zip(paths, probs):
+        top = np.argsort(-p)[:k]
+        print(path)
+        print(f"class_id is: {top[0]}")
+        print(f"class name: {name(top[0])}")
+        print(f"top-{k}: " + ", ".join(f"{c} {name(c)} ({p[c]:.4f})" for c in top))
 
 
 def load_images(paths, transform):
@@ -52,28 +66,29 @@ def main(argv=None):
     add_config_args(ap, default_config="config/t2t_vit_7_demo.yaml")
     ap.add_argument("--weights", default="", help=".pdckpt checkpoint or .pdparams weights")
     ap.add_argument("--topk", type=int, default=5)
+    ap.add_argument("--inference-dir", default="", help="an exported model (tools/export_model.py) to run instead")
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
-    select_device(cfg.Global.device)
-    weights = find_weights(cfg, args.weights)
-    saved = load_file(weights)
-    names = saved.get("class_names") if isinstance(saved, dict) and "model" in saved else None
-    names = names or class_names(cfg)
-    model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
-    load_weights(model, weights, loaded=saved)
-    model.eval()
-    x = load_images(args.images, build_transform(cfg, "val"))
-    with paddle.no_grad():
-        probs = F.softmax(model(paddle.to_tensor(x)), axis=-1).numpy()
-    k = min(args.topk, probs.shape[1])
-    for path, p in zip(args.images, probs):
-        top = np.argsort(-p)[:k]
-        name = lambda c: names[c] if c < len(names) else "?"
-        print(f"{path}")
-        print(f"class_id is: {top[0]}")
-        print(f"class name: {name(top[0])}")
-        print(f"top-{k}: " + ", ".join(f"{c} {name(c)} ({p[c]:.4f})" for c in top))
-
+    device = select_device(cfg.Global.device)
+    if device == "cpu":
+        keep_freed_memory()
+    transform = build_transform(cfg, "val")
+    if args.inference_dir:
+        predictor = Predictor(args.inference_dir, device=device)
+        predictor.check_img_size(cfg.Global.img_size)
+        names = class_names(cfg)
+        logits = predictor(load_images(args.images, transform))
+    else:
+        weights = find_weights(cfg, args.weights)
+        saved = load_file(weights)
+        names = saved.get("class_names") if isinstance(saved, dict) and "model" in saved else None
+        names = names or class_names(cfg)
+        model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
+        load_weights(model, weights, loaded=saved)
+        model.eval()
+        with paddle.no_grad():
+            logits = model(paddle.to_tensor(load_images(args.images, transform))).numpy()
+    print_predictions(args.images, logits, names, args.topk)
 
 if __name__ == "__main__":
     sys.exit(main())
