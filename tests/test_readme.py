@@ -23,5 +23,5 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_referenced_repo_files_exist():
-    paths = set(re.findall(r"`((?:tools|config|scripts|tests)/[\w./-]+\.(?:py|yaml|sh))`", README))
+    paths = set(re.findall(r"((?:tools|config|scripts|tests|lit_data)/[\w./-]+\.(?:py|yaml|sh|JPEG))", README))
     assert paths and [p for p in paths if not os.path.isfile(os.path.join(ROOT, p))] == []
