@@ -96,7 +96,7 @@ def measure_eval_dynamic(args):
 
 
 def measure_eval_engine(args):
-    paddle = _setup_paddle(args)
+    _setup_paddle(args)
     from export_model import export
     from infer import Predictor
     from t2t import create_model
