@@ -13,24 +13,13 @@ import sys
 import numpy as np
 import paddle
 
-from checkpoint import load_file, load_weights
+from checkpoint import load_file, load_weights, weights_or_best
 from config import add_config_args, config_from_args
 from dataset import BadImage, build_transform, class_names
 from errors import UserError, cli
 from infer import Predictor
-from runtime import keep_freed_memory, select_device
+from runtime import select_device
 from t2t import create_model
-
-
-def find_weights(cfg, given):
-    if given:
-        return given
-    path = os.path.join(cfg.Global.output_dir, "best.pdckpt")
-    if os.path.isfile(path):
-        return path
-    raise UserError(f"no weights: {path} does not exist. Train first (bash scripts/train.sh), or convert the "
-                    "official weights (python tools/convert_weights.py --src 71.7_T2T_ViT_7.pth.tar --dst "
-                    "weights/t2t_vit_7.pdparams --model t2t_vit_7) and pass --weights weights/t2t_vit_7.pdparams")
 
 
 def print_predictions(paths, logits, names, topk):
@@ -70,8 +59,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     device = select_device(cfg.Global.device)
-    if device == "cpu":
-        keep_freed_memory()
     transform = build_transform(cfg, "val")
     if args.inference_dir:
         predictor = Predictor(args.inference_dir, device=device)
@@ -79,7 +66,7 @@ def main(argv=None):
         names = class_names(cfg)
         logits = predictor(load_images(args.images, transform))
     else:
-        weights = find_weights(cfg, args.weights)
+        weights = weights_or_best(args.weights, cfg.Global.output_dir)
         saved = load_file(weights)
         names = saved.get("class_names") if isinstance(saved, dict) and "model" in saved else None
         names = names or class_names(cfg)

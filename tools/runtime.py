@@ -25,6 +25,7 @@ def select_device(choice):
         paddle.set_device(f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}")
     else:
         paddle.set_device("cpu")
+        keep_freed_memory()
     return device
 
 
@@ -51,8 +52,6 @@ class Runtime:
 
     def __init__(self, cfg):
         self.device = select_device(cfg.Global.device)
-        if self.device == "cpu":
-            keep_freed_memory()
         self.world = dist.get_world_size()
         if self.world > 1:
             dist.init_parallel_env()
@@ -65,10 +64,6 @@ class Runtime:
         if self.world > 1:
             dist.all_reduce(t)
         return t.numpy().tolist()
-
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
 
 
 def derived_seed(*parts):

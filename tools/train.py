@@ -163,7 +163,7 @@ class Trainer:
             losses.append(loss), accs.append(acc)
             bad += int(n_bad.sum())
             if j == self.accum - 1:
-                self.optimizer_step(math.isfinite(loss) and all(math.isfinite(x) for x in losses[-self.accum:]))
+                self.optimizer_step(all(math.isfinite(x) for x in losses[-self.accum:]))
                 self.step += 1
                 if self.step % cfg.Global.print_every == 0 or self.step == N:
                     train_t += timer.lap()

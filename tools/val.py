@@ -13,10 +13,10 @@ import sys
 
 import paddle
 
-from checkpoint import load_weights
+from checkpoint import load_weights, weights_or_best
 from config import add_config_args, config_from_args
 from dataset import build_loader
-from errors import UserError, cli
+from errors import cli
 from runtime import Runtime, Timer, make_logger
 from t2t import create_model
 
@@ -46,14 +46,6 @@ def evaluate(model, loader, runtime, log=None, print_every=0):
     return correct1 / max(seen, 1), correct5 / max(seen, 1), int(seen)
 
 
-def default_weights(cfg):
-    path = os.path.join(cfg.Global.output_dir, "best.pdckpt")
-    if not os.path.isfile(path):
-        raise UserError(f"no --weights given and no {path}: train first (bash scripts/train.sh) or convert "
-                        "official weights (tools/convert_weights.py) and pass --weights")
-    return path
-
-
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -65,7 +57,7 @@ def main(argv=None):
     cfg = config_from_args(args)
     rt = Runtime(cfg)
     log = make_logger("val", os.path.join(cfg.Global.log_dir, "val.log"), rt.is_main)
-    weights = args.weights or default_weights(cfg)
+    weights = weights_or_best(args.weights, cfg.Global.output_dir)
     model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
     which, notes = load_weights(model, weights, prefer=args.which)
     loader, _ = build_loader(cfg, "val", rt.world, rt.rank)
