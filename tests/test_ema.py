@@ -1,7 +1,8 @@
 import numpy as np
 import paddle
+import pytest
 
-from ema import ModelEMA
+from ema import ModelEMA, best_source
 
 
 class Tiny(paddle.nn.Layer):
@@ -75,3 +76,11 @@ def test_state_dict_round_trip():
     other = ModelEMA(Tiny(), decay=0.5)
     other.set_state_dict(ema.state_dict())
     np.testing.assert_array_equal(other.module.fc.weight.numpy(), ema.module.fc.weight.numpy())
+
+
+@pytest.mark.parametrize("choice, expected", [("ema", "ema"), ("model", "model"), ("either", "model")])
+def test_best_checkpoint_source_is_ema_by_default_and_a_choice(choice, expected):
+    results = {"model": (0.6, 0.9), "ema": (0.5, 0.8)}
+    assert best_source(results, choice) == expected
+    assert best_source({"model": (0.6, 0.9), "ema": (0.7, 0.9)}, "either") == "ema"
+    assert best_source({"model": (0.6, 0.9)}, choice) == "model"  # EMA off: only the model exists

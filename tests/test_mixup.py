@@ -2,13 +2,23 @@ import numpy as np
 import paddle
 import pytest
 
-from mixup import MixupCutmix, cutmix_box, smooth_one_hot, soft_target_cross_entropy
+from mixup import MixupCutmix, cutmix_box, round_half_even, smooth_one_hot, soft_target_cross_entropy
 
 
-def batch(b=4, c=3, h=16, w=20):
-    images = paddle.to_tensor(np.arange(b * c * h * w, dtype="float32").reshape([b, c, h, w]))
+def batch(b=4, c=3, h=16, w=20, seed=0):
+    """A uint8 batch, as the loader gives it, and its labels."""
+    images = paddle.to_tensor(np.random.RandomState(seed).randint(0, 256, (b, c, h, w)).astype("uint8"))
     labels = paddle.to_tensor(np.arange(b, dtype="int64") * 2)
     return images, labels
+
+
+def timm_rand_bbox(height, width, lam, rng):
+    """timm 0.3.4's rand_bbox (no margin), written out for comparison: centre -/+ cut // 2 on each axis."""
+    ratio = np.sqrt(1 - lam)
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy, cx = rng.randint(0, height), rng.randint(0, width)
+    return (int(np.clip(cy - cut_h // 2, 0, height)), int(np.clip(cy + cut_h // 2, 0, height)),
+            int(np.clip(cx - cut_w // 2, 0, width)), int(np.clip(cx + cut_w // 2, 0, width)))
 
 
 def test_smoothing_values_for_imagenet():
@@ -31,19 +41,36 @@ def test_lam_and_mode_come_from_the_rng():
     assert modes == {True, False}
 
 
-def test_mixup_images_and_targets():
+def test_mixup_blends_uint8_pixels_and_rounds_half_to_even_like_fast_collate_mixup():
     images, labels = batch()
     mixer = MixupCutmix(mixup_alpha=0.8, cutmix_alpha=0.0, smoothing=0.1, num_classes=10)
     lam, use_cutmix = mixer.sample(np.random.RandomState(3))
     assert not use_cutmix and 0 < lam < 1
     out, targets = mixer(images, labels, np.random.RandomState(3))
     x = images.numpy()
-    np.testing.assert_allclose(out.numpy(), lam * x + (1 - lam) * x[::-1], rtol=1e-6)
+    # FastCollateMixup: float32 blend, np.rint, uint8; float32 times a Python float stays float32.
+    f = x.astype(np.float32)
+    want = np.rint(f * np.float32(lam) + f[::-1] * np.float32(1 - lam))
+    assert out.dtype == paddle.float32
+    np.testing.assert_array_equal(out.numpy(), want)
     y = np.full((4, 10), 0.01, dtype=np.float32)
     y[np.arange(4), labels.numpy()] = 0.91
     np.testing.assert_allclose(targets.numpy(), lam * y + (1 - lam) * y[::-1], rtol=1e-5)
     np.testing.assert_allclose(targets.numpy().sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(images.numpy(), x)  # the input batch is not modified
+
+
+def test_round_half_even_matches_numpy_rint_on_ties():
+    values = np.array([0.0, 0.5, 1.5, 2.5, 3.49, 3.5, 254.5, 255.0, 127.50001, 0.49999997], np.float32)
+    np.testing.assert_array_equal(round_half_even(paddle.to_tensor(values)).numpy(), np.rint(values))
+
+
+@pytest.mark.parametrize("size", [(64, 64), (224, 224), (15, 21), (31, 7), (32, 33)])
+def test_cutmix_box_is_timms_rand_bbox_for_odd_and_even_sizes(size):
+    h, w = size
+    for s in range(200):
+        lam = np.random.RandomState(1000 + s).beta(1.0, 1.0)
+        assert cutmix_box(h, w, lam, np.random.RandomState(s)) == timm_rand_bbox(h, w, lam, np.random.RandomState(s))
 
 
 def test_cutmix_box_area_and_clipping():
@@ -54,6 +81,9 @@ def test_cutmix_box_area_and_clipping():
     clipped = [(t, b, l, r) for t, b, l, r in boxes if (b - t) * (r - l) < 32 * 32]
     assert unclipped and clipped
     assert all((b - t, r - l) == (32, 32) for t, b, l, r in unclipped)
+    # An odd cut size loses a pixel, as in timm: cut 33 -> 2 * 16.
+    odd = [cutmix_box(66, 66, 0.75, np.random.RandomState(s)) for s in range(200)]
+    assert {(b - t, r - l) for t, b, l, r in odd if 0 < t and b < 66 and 0 < l and r < 66} == {(32, 32)}
 
 
 def test_cutmix_images_and_corrected_lam():
@@ -64,7 +94,7 @@ def test_cutmix_images_and_corrected_lam():
     t, b, l, r = cutmix_box(16, 20, lam, rng)
     assert use_cutmix and (b - t) * (r - l) > 0
     out, targets = mixer(images, labels, np.random.RandomState(5))
-    x = images.numpy()
+    x = images.numpy().astype(np.float32)
     want = x.copy()
     want[:, :, t:b, l:r] = x[::-1, :, t:b, l:r]
     np.testing.assert_array_equal(out.numpy(), want)
@@ -77,7 +107,7 @@ def test_cutmix_images_and_corrected_lam():
 def test_smoothing_alone(kwargs):
     images, labels = batch()
     out, targets = MixupCutmix(num_classes=1000, **kwargs)(images, labels, np.random.RandomState(0))
-    np.testing.assert_array_equal(out.numpy(), images.numpy())
+    np.testing.assert_array_equal(out.numpy(), images.numpy().astype(np.float32))
     np.testing.assert_allclose(targets.numpy(), smooth_one_hot(labels, 1000, 0.1).numpy())
 
 

@@ -44,6 +44,18 @@ def test_training_writes_logs_and_checkpoints(trained):
     assert len(state["class_names"]) == 1000 and state["class_names"][0].startswith("tench")
 
 
+def test_best_checkpoint_follows_the_ema_model_as_the_official_protocol_does(trained):
+    tmp, out = trained
+    ema = [float(x) for x in re.findall(r"val \(ema\): top1 (\d\.\d{4})", out)]
+    model = re.findall(r"val \(model\): top1 (\d\.\d{4})", out)
+    assert len(ema) == len(model) == 3  # both validated and logged every epoch
+    best = paddle.load(str(tmp / "out" / "best.pdckpt"))
+    assert best["best"]["which"] == best["best_which"] == "ema"
+    assert best["best"]["acc"] == pytest.approx(max(ema), abs=1e-4)
+    assert best["best"]["epoch"] == ema.index(max(ema)) + 1
+    assert re.search(rf"best val top1 {max(ema):.4f} \(ema, epoch {ema.index(max(ema)) + 1}\)", out)
+
+
 def test_val_reproduces_best_checkpoint_accuracy(trained):
     tmp, _ = trained
     best = paddle.load(str(tmp / "out" / "best.pdckpt"))["best"]

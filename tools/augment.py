@@ -269,7 +269,7 @@ class RandAugment:
 
 
 class RandomErasing:
-    """With probability `prob`, erase 1..max_count rectangles of a normalised CHW float32 array, in place.
+    """With probability `prob`, erase 1..max_count rectangles of a normalised CHW float32 image.
 
     Each rectangle covers a uniform [min_area, max_area] fraction of the image (divided by the count)
     with log-uniform aspect ratio in [min_aspect, max_aspect (default 1/min_aspect)]; up to 10 tries
@@ -302,14 +302,16 @@ class RandomErasing:
         shape = (c, h, w) if self.mode == "pixel" else (c, 1, 1)
         return noise.standard_normal(shape).astype(np.float32)
 
-    def __call__(self, img, rng=random):
+    def patches(self, c, img_h, img_w, rng=random):
+        """The rectangles to erase in a c x img_h x img_w image: a list of (top, left, h, w, fill), where
+        fill is a float32 array (or scalar) that broadcasts to (c, h, w). Empty with probability 1 - prob."""
         if rng.random() > self.prob:
-            return img
-        c, img_h, img_w = img.shape
+            return []
         area = img_h * img_w
         count = self.min_count
         if self.max_count > self.min_count:
             count = rng.randint(self.min_count, self.max_count)
+        out = []
         for _ in range(count):
             for _attempt in range(10):
                 target = rng.uniform(self.min_area, self.max_area) * area / count
@@ -319,8 +321,14 @@ class RandomErasing:
                 if w < img_w and h < img_h:
                     top = rng.randint(0, img_h - h)
                     left = rng.randint(0, img_w - w)
-                    img[:, top:top + h, left:left + w] = self._fill(c, h, w, rng)
+                    out.append((top, left, h, w, self._fill(c, h, w, rng)))
                     break
+        return out
+
+    def __call__(self, img, rng=random):
+        """Erase a CHW float32 numpy array in place (and return it)."""
+        for top, left, h, w, fill in self.patches(*img.shape, rng):
+            img[:, top:top + h, left:left + w] = fill
         return img
 
     def __repr__(self):

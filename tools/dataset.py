@@ -1,4 +1,12 @@
-"""The data path: image lists or class folders -> decoded, augmented, normalised CHW float32 batches.
+"""The data path: image lists or class folders -> decoded, augmented uint8 (train) or normalised float32 (val).
+
+The pixels are those of the official T2T-ViT pipeline (timm 0.3.4 on torchvision, with timm's prefetcher,
+on by default in the official main.py): a full decode converted to RGB, then for validation Resize(short
+side floor(img_size / crop_pct), bicubic) + CenterCrop, for training the crop box cut out and then resized
+(RandomResizedCrop), flip and RandAugment. Training images leave the loader as uint8, because the official
+mixup/cutmix works on uint8 batches; batch_augment.py then normalises them and applies random erasing, in
+the prefetcher's order. Validation images are normalised here with a per-channel lookup table holding the
+prefetcher's float32 arithmetic, (v - 255 mean) / (255 std), so both paths give the same floats.
 
 Augmentation is a pure function of (Global.seed, epoch, sample index): TrainBatchSampler hands out
 (index, sample_seed) pairs and the dataset draws every random number of that sample's transforms from
@@ -11,25 +19,23 @@ import math
 import os
 import random
 import sys
+import warnings
 
 import numpy as np
 import paddle
 from PIL import Image
 
 import errors
-from augment import RANDOM_INTERPOLATION, RandAugment, RandomErasing
+from augment import RANDOM_INTERPOLATION, RandAugment
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 IMAGENET_SYNSETS = os.path.join(DATA_DIR, "imagenet_synsets.txt")
 IMAGENET_NAMES = os.path.join(DATA_DIR, "imagenet1k_label_list.txt")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
+# The interpolations a config can name (config.CHOICES lists the same two).
 INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
 }
 # What Pillow raises for unreadable, truncated or malformed image files.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -42,35 +48,55 @@ class BadImage(Exception):
         self.reason = reason
 
 
-def _interpolation(name, key, allow_random=False):
-    if allow_random and name == "random":
-        return None
-    if name not in INTERPOLATIONS:
-        choices = (["random"] if allow_random else []) + list(INTERPOLATIONS)
-        raise errors.UserError(f"{key}: unknown interpolation {name!r} (use one of {', '.join(choices)})")
-    return INTERPOLATIONS[name]
+def _to_rgb(img):
+    """convert('RGB'), as the official loader does; 16-bit images are scaled to 8 bits first.
 
-
-def read_region(path, region, out_size):
-    """Decode `path` to RGB for resampling the box `region(width, height)` to `out_size`.
-
-    Returns (image, box) with the box in the decoded image's pixel coordinates. JPEGs are decoded at the
-    smallest DCT scale (1/2, 1/4, 1/8) at which the box still has at least out_size pixels, which makes
-    large photos several times cheaper to decode without ever upsampling a reduced image.
-    Raises BadImage for files Pillow cannot read.
+    Pillow's RGB conversion clips 16-bit values at 255 instead of scaling them (a 16-bit PNG would turn
+    almost white); this is the one place where our pixels deliberately differ from the official path.
     """
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
+    if img.mode == "RGB":
+        return img
+    with warnings.catch_warnings():  # "Palette images with Transparency expressed in bytes ..."
+        warnings.simplefilter("ignore", UserWarning)
+        return img.convert("RGB")
+
+
+def _open(path):
     try:
-        f = open(path, "rb")
+        return open(path, "rb")
     except OSError as e:
         raise BadImage(path, f"{type(e).__name__}: {e}") from None
-    with f:
+
+
+def read_image(path):
+    """The whole image at full resolution as RGB: what the official loader's Image.open().convert('RGB') gives.
+
+    Raises BadImage for files Pillow cannot read.
+    """
+    with _open(path) as f:
         try:
             img = Image.open(f)
+            img.load()
         except DECODE_ERRORS as e:
             raise BadImage(path, f"{type(e).__name__}: {e}") from None
-        width, height = img.size
-        box = region(width, height)
+    return _to_rgb(img)
+
+
+def read_reduced(path, region, out_size):
+    """Opt-in fast decode (Data.reduced_decode): decode `path` for resampling the box `region(w, h)` to out_size.
+
+    Returns (image, box) with the box in the decoded image's pixel coordinates. JPEGs are decoded at the
+    smallest DCT scale (1/2, 1/4, 1/8) at which the box still has at least out_size pixels. This is cheaper
+    for large photos but not the official pixels: the DCT-scaled decode differs from a full decode plus
+    resize, and resampling the box from the whole image lets pixels just outside the box contribute.
+    """
+    with _open(path) as f:
         try:
+            img = Image.open(f)
+            width, height = img.size
+            box = region(width, height)
             if img.format == "JPEG":
                 need = (math.ceil(width * out_size[0] / (box[2] - box[0])),
                         math.ceil(height * out_size[1] / (box[3] - box[1])))
@@ -81,60 +107,63 @@ def read_region(path, region, out_size):
             img.load()
         except DECODE_ERRORS as e:
             raise BadImage(path, f"{type(e).__name__}: {e}") from None
-    if img.mode.startswith("I;16"):
-        # Pillow's RGB conversion clips 16-bit values instead of scaling them.
-        img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return img, box
+    return _to_rgb(img), box
+
+
+def to_chw(img):
+    """PIL RGB image -> uint8 CHW array (timm's ToNumpy)."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
 class Normalize:
-    """uint8 HWC RGB image -> CHW float32 (x / 255 - mean) / std, in one pass over the pixels."""
+    """uint8 CHW -> float32 (v - 255 mean) / (255 std): timm's prefetcher arithmetic, through a lookup table.
+
+    The table holds the float32 result for each of the 256 values of each channel, so looking it up gives
+    exactly what the prefetcher's float32 subtract and divide give (batch_augment.normalize computes the
+    same on the device), and within 1e-6 of torchvision's ToTensor + Normalize ((v / 255 - mean) / std).
+    """
 
     def __init__(self, mean, std):
-        mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
-        std = np.asarray(std, np.float32).reshape(3, 1, 1)
-        self.offset = mean * 255.0
-        self.scale = 1.0 / (std * 255.0)
+        # timm builds these as torch float32 tensors from [x * 255 for x in mean] (Python floats).
+        self.mean255 = np.array([m * 255 for m in mean], np.float32)
+        self.std255 = np.array([s * 255 for s in std], np.float32)
+        values = np.arange(256, dtype=np.float32)
+        self.table = (values[None, :] - self.mean255[:, None]) / self.std255[:, None]
 
-    def __call__(self, img):
-        a = np.asarray(img)
-        out = np.empty((3,) + a.shape[:2], np.float32)
-        np.subtract(a.transpose(2, 0, 1), self.offset, out=out, dtype=np.float32)
-        out *= self.scale
+    def __call__(self, chw):
+        out = np.empty(chw.shape, np.float32)
+        for c in range(3):
+            np.take(self.table[c], chw[c], out=out[c])
         return out
 
 
 class TrainTransform:
-    """Image path -> RandomResizedCrop, horizontal flip, RandAugment, normalise, RandomErasing.
+    """Image path -> RandomResizedCrop, horizontal flip, RandAugment -> uint8 CHW.
 
-    Crop and resize are one Pillow resample of the crop box, planned from the file header before
-    decoding so the JPEG can be decoded at reduced scale (paddle.vision's RandomResizedCrop works on a
-    decoded image, hence this own implementation with the same sampling rules).
-    interpolation None picks bilinear or bicubic per sample.
+    RandomResizedCrop samples the box as torchvision/timm do (area fraction in `scale`, log-uniform aspect
+    ratio, 10 tries, then a center-crop fallback), cuts it out and resizes only what is inside it.
+    interpolation None picks bilinear or bicubic per sample, after the box (timm's order of draws).
+    reduced_decode: decode large JPEGs at reduced scale (opt-in speed-up; see read_reduced).
+    Normalisation and random erasing come later, on the batch (batch_augment.py).
     """
 
     def __init__(self, img_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=None, hflip=0.5,
-                 rand_augment=None, random_erasing=None, mean=(0.485, 0.456, 0.406),
-                 std=(0.229, 0.224, 0.225)):
+                 rand_augment=None, reduced_decode=False):
         self.size = img_size
         self.scale = scale
-        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        self.ratio = ratio
         self.interpolation = interpolation
         self.hflip = hflip
         self.rand_augment = rand_augment
-        self.random_erasing = random_erasing
-        self.normalize = Normalize(mean, std)
+        self.reduced_decode = reduced_decode
 
     def crop_box(self, width, height, rng=random):
         """A random (left, top, right, bottom) box: area fraction in `scale`, log-uniform aspect ratio."""
         area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
-            target = area * rng.uniform(*self.scale)
-            aspect = math.exp(rng.uniform(*self.log_ratio))
+            target = rng.uniform(*self.scale) * area
+            aspect = math.exp(rng.uniform(*log_ratio))
             w = int(round(math.sqrt(target * aspect)))
             h = int(round(math.sqrt(target / aspect)))
             if 0 < w <= width and 0 < h <= height:
@@ -143,11 +172,10 @@ class TrainTransform:
                 return left, top, left + w, top + h
         # Fallback: the whole image, center-cropped to the nearest allowed aspect ratio.
         aspect = width / height
-        lo, hi = math.exp(self.log_ratio[0]), math.exp(self.log_ratio[1])
-        if aspect < lo:
-            w, h = width, int(round(width / lo))
-        elif aspect > hi:
-            w, h = int(round(height * hi)), height
+        if aspect < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif aspect > max(self.ratio):
+            w, h = int(round(height * max(self.ratio))), height
         else:
             w, h = width, height
         left, top = (width - w) // 2, (height - h) // 2
@@ -155,80 +183,73 @@ class TrainTransform:
 
     def __call__(self, path, rng=random):
         size = (self.size, self.size)
-        img, box = read_region(path, lambda w, h: self.crop_box(w, h, rng), size)
+        if self.reduced_decode:
+            img, box = read_reduced(path, lambda w, h: self.crop_box(w, h, rng), size)
+        else:
+            img = read_image(path)
+            box = self.crop_box(*img.size, rng)
         resample = self.interpolation
         if resample is None:
             resample = rng.choice(RANDOM_INTERPOLATION)
-        img = img.resize(size, resample, box=box)
+        if self.reduced_decode:
+            img = img.resize(size, resample, box=box)
+        else:
+            img = img.crop(box).resize(size, resample)
         if rng.random() < self.hflip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if self.rand_augment is not None:
             img = self.rand_augment(img, rng)
-        x = self.normalize(img)
-        if self.random_erasing is not None:
-            x = self.random_erasing(x, rng)
-        return x
+        return to_chw(img)
 
 
 class EvalTransform:
-    """Image path -> resize short side to int(img_size / crop_pct), center crop img_size, normalise.
+    """Image path -> Resize(short side floor(img_size / crop_pct)) + CenterCrop(img_size) -> normalised CHW.
 
-    Same pixels as paddle.vision.transforms Resize(int(img_size / crop_pct)) + CenterCrop(img_size),
-    computed as one resample of the crop's source box so only the kept pixels are interpolated.
+    torchvision's arithmetic: the long side becomes int(size * long / short), an image whose short side
+    already has the size is not resized, and the crop starts at int(round((h - img_size) / 2)) (Python's
+    round, halves to even; torchvision 0.8.x alone rounded halves up). The whole image is resized, then
+    cropped: resampling only the crop's source box would change Pillow's filter coefficients slightly.
     """
 
     def __init__(self, img_size, crop_pct=0.9, interpolation=Image.Resampling.BICUBIC,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
         self.size = img_size
-        self.resize_to = int(img_size / crop_pct)
+        self.resize_to = int(math.floor(img_size / crop_pct))
         self.interpolation = interpolation
         self.normalize = Normalize(mean, std)
 
     def resized_size(self, width, height):
-        """(width, height) after the short-side resize, rounded like paddle.vision's Resize."""
+        """(width, height) after the short-side resize."""
         r = self.resize_to
         if width <= height:
             return r, int(r * height / width)
         return int(r * width / height), r
 
-    def crop_box(self, width, height):
-        rw, rh = self.resized_size(width, height)
-        left = int(round((rw - self.size) / 2.0))
-        top = int(round((rh - self.size) / 2.0))
-        sx, sy = width / rw, height / rh
-        return left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy
+    def pixels(self, path):
+        """The uint8 CHW crop that the model sees, before normalisation."""
+        img = read_image(path)
+        size = self.resized_size(*img.size)
+        if size != img.size:
+            img = img.resize(size, self.interpolation)
+        left = int(round((size[0] - self.size) / 2.0))
+        top = int(round((size[1] - self.size) / 2.0))
+        return to_chw(img.crop((left, top, left + self.size, top + self.size)))
 
     def __call__(self, path):
-        size = (self.size, self.size)
-        img, box = read_region(path, self.crop_box, size)
-        return self.normalize(img.resize(size, self.interpolation, box=box))
+        return self.normalize(self.pixels(path))
 
 
-def _check_probability(value, key):
-    if not 0.0 <= value <= 1.0:
-        raise errors.UserError(f"{key}: {value} is not a probability in [0, 1]")
-
-
-def _check_range(value, key):
-    if len(value) != 2 or not 0 < value[0] <= value[1]:
-        raise errors.UserError(f"{key}: {list(value)} must be [low, high] with 0 < low <= high")
+def _interpolation(name, allow_random=False):
+    """The Pillow filter for a config's interpolation name (checked by config.py); None for 'random'."""
+    return None if allow_random and name == "random" else INTERPOLATIONS[name]
 
 
 def build_transform(cfg, split):
+    """The transform of 'train' (uint8 out) or 'val' (normalised float32 out); values checked by config.py."""
     d, a, size = cfg.Data, cfg.Augment, cfg.Global.img_size
-    if len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0:
-        raise errors.UserError(f"Data.mean / Data.std: need 3 values each and std > 0, "
-                               f"got {d.mean} / {d.std}")
     if split != "train":
-        if not 0.0 < d.crop_pct <= 1.0:
-            raise errors.UserError(f"Data.crop_pct: {d.crop_pct} is outside (0, 1]")
-        interpolation = _interpolation(d.interpolation, "Data.interpolation")
-        return EvalTransform(size, d.crop_pct, interpolation, d.mean, d.std)
-    _check_range(a.scale, "Augment.scale")
-    _check_range(a.ratio, "Augment.ratio")
-    _check_probability(a.hflip, "Augment.hflip")
-    _check_probability(a.reprob, "Augment.reprob")
-    interpolation = _interpolation(a.train_interpolation, "Augment.train_interpolation", allow_random=True)
+        return EvalTransform(size, d.crop_pct, _interpolation(d.interpolation), d.mean, d.std)
+    interpolation = _interpolation(a.train_interpolation, allow_random=True)
     rand_augment = None
     if a.rand_augment:
         fill = tuple(min(255, round(255 * m)) for m in d.mean)
@@ -236,17 +257,18 @@ def build_transform(cfg, split):
             rand_augment = RandAugment.from_spec(a.rand_augment, fill=fill, interpolation=interpolation)
         except errors.UserError as e:
             raise errors.UserError(f"Augment.rand_augment: {e}") from None
-    random_erasing = RandomErasing(a.reprob, mode="pixel", max_count=1) if a.reprob > 0 else None
     return TrainTransform(size, tuple(a.scale), tuple(a.ratio), interpolation, a.hflip, rand_augment,
-                          random_erasing, d.mean, d.std)
+                          d.reduced_decode)
 
 
 class ImageDataset(paddle.io.Dataset):
     """Samples (root-relative path, label). Items are `index` or `(index, sample_seed)`.
 
-    train: (CHW float32 image, int64 label, n_bad). An unreadable image is reported on stderr and
+    train: (CHW uint8 image, int64 label, int64 sample_seed, n_bad); the seed also drives the sample's
+    random erasing, applied later to the mixed batch. An unreadable image is reported on stderr and
     replaced by the next sample (same seed), n_bad counting the images skipped; MAX_SKIPS unreadable
-    images in a row is a UserError. val: (image, int64 label); an unreadable image is a UserError.
+    images in a row is a UserError. val: (CHW float32 normalised image, int64 label); an unreadable
+    image is a UserError.
 
     With defer_errors, a sample that would raise returns a marker instead: a blank image with label
     (val) or n_bad (train) = -1 - index. An exception raised inside a paddle DataLoader never reaches
@@ -279,12 +301,13 @@ class ImageDataset(paddle.io.Dataset):
                 return self.transform(self.path(index)), self.labels[index]
             except BadImage as e:
                 raise errors.UserError(f"cannot read validation image {e.path} ({e.reason})") from None
+        if seed is None:
+            seed = random.getrandbits(32)
         n = len(self)
         for n_bad in range(min(n, self.MAX_SKIPS)):
             i = (index + n_bad) % n
-            rng = random if seed is None else random.Random(seed)
             try:
-                return self.transform(self.path(i), rng), self.labels[i], n_bad
+                return self.transform(self.path(i), random.Random(seed)), self.labels[i], np.int64(seed), n_bad
             except BadImage as e:
                 print(f"warning: skipping unreadable training image {e.path} ({e.reason}); "
                       f"using {self.path((i + 1) % n)} instead", file=sys.stderr, flush=True)
@@ -299,9 +322,11 @@ class ImageDataset(paddle.io.Dataset):
         except errors.UserError:
             if not self.defer_errors:
                 raise
-        blank = np.zeros((3, self.transform.size, self.transform.size), np.float32)
+        size = (3, self.transform.size, self.transform.size)
         marker = np.int64(-1 - index)
-        return (blank, np.int64(0), marker) if self.train else (blank, marker)
+        if self.train:
+            return np.zeros(size, np.uint8), np.int64(0), np.int64(0), marker
+        return np.zeros(size, np.float32), marker
 
 
 class CheckedLoader:
@@ -315,7 +340,7 @@ class CheckedLoader:
         return len(self.loader)
 
     def __iter__(self):
-        slot = 2 if self.dataset.train else 1
+        slot = 3 if self.dataset.train else 1
         for batch in self.loader:
             marks = batch[slot].numpy()
             if marks.min() < 0:
@@ -523,8 +548,9 @@ class EvalBatchSampler:
 def build_loader(cfg, split, world_size=1, rank=0, accum_steps=1):
     """(loader, batch sampler) for 'train' or 'val': a paddle.io.DataLoader wrapped in CheckedLoader.
 
-    Train batches are [images [B,3,H,W] float32, labels [B] int64, n_bad [B] int64]; call
-    batch_sampler.set_epoch(epoch, start_step) before each epoch. Val batches are [images, labels].
+    Train batches are [images [B,3,H,W] uint8, labels [B] int64, sample seeds [B] int64, n_bad [B] int64]
+    (batch_augment.BatchAugment makes them model inputs); call batch_sampler.set_epoch(epoch, start_step)
+    before each epoch. Val batches are [images [B,3,H,W] float32 normalised, labels].
     """
     dataset = build_dataset(cfg, split)
     if split == "train":

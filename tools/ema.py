@@ -47,3 +47,16 @@ class ModelEMA:
 
     def set_state_dict(self, state):
         self.module.set_state_dict(state)
+
+
+def best_source(results, choice="ema"):
+    """Whose val top1 decides best.pdckpt, given {"model": (top1, top5), ["ema": ...]} and EMA.best.
+
+    The official protocol validates both but selects and reports on the EMA model when EMA is on (the
+    published T2T-ViT-7 weights are EMA weights); 'either' takes the better of the two each time.
+    """
+    if "ema" not in results:
+        return "model"
+    if choice == "either":
+        return max(results, key=lambda k: results[k][0])
+    return choice

@@ -1,10 +1,15 @@
-"""Mixup / CutMix over a batch with label smoothing folded into the soft targets, as timm's Mixup in
-'batch' mode (the official T2T-ViT recipe), and the soft-target cross entropy that trains on them.
+"""Mixup / CutMix over a batch with label smoothing folded into the soft targets, as timm's FastCollateMixup
+in 'batch' mode (the official T2T-ViT recipe with its default prefetcher), and the soft-target cross entropy
+that trains on them.
 
+The official mixup works on uint8 pixels: the blend is computed in float32 and rounded to the nearest
+integer (halves to even, np.rint) before normalisation; cutmix pastes pixels. So MixupCutmix takes the
+loader's uint8 batch and returns float32 pixel values (integers 0..255), to be normalised afterwards.
 Every random draw comes from the numpy RandomState passed in, which the trainer derives from
 (seed, epoch, step, micro-batch): a resumed run mixes exactly as an uninterrupted one.
 """
 import numpy as np
+import paddle
 import paddle.nn.functional as F
 
 
@@ -15,13 +20,24 @@ def smooth_one_hot(labels, num_classes, smoothing):
 
 
 def cutmix_box(height, width, lam, rng):
-    """(top, bottom, left, right) of a box of about (1 - lam) of the image, random centre, clipped at the borders."""
+    """(top, bottom, left, right) of a box of about (1 - lam) of the image, random centre, clipped at the
+    borders: timm's rand_bbox, whose box spans centre -/+ half the cut size (one pixel less than the cut
+    size when it is odd)."""
     cut = np.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * cut), int(width * cut)
     cy, cx = rng.randint(0, height), rng.randint(0, width)
-    top, left = np.clip(cy - cut_h // 2, 0, height), np.clip(cx - cut_w // 2, 0, width)
-    bottom, right = np.clip(cy - cut_h // 2 + cut_h, 0, height), np.clip(cx - cut_w // 2 + cut_w, 0, width)
+    top, bottom = np.clip(cy - cut_h // 2, 0, height), np.clip(cy + cut_h // 2, 0, height)
+    left, right = np.clip(cx - cut_w // 2, 0, width), np.clip(cx + cut_w // 2, 0, width)
     return int(top), int(bottom), int(left), int(right)
+
+
+def round_half_even(x):
+    """np.rint for non-negative float32 tensors (paddle.round rounds halves away from zero)."""
+    low = paddle.floor(x)
+    frac = x - low  # exact for |x| < 2**23
+    odd = paddle.remainder(low, paddle.full_like(low, 2.0)) == 1.0
+    up = (frac > 0.5).logical_or((frac == 0.5).logical_and(odd))
+    return low + up.astype(x.dtype)
 
 
 class MixupCutmix:
@@ -45,23 +61,24 @@ class MixupCutmix:
         return 1.0, False
 
     def __call__(self, images, labels, rng):
-        """images [B, C, H, W], labels [B] int64 -> (mixed images, soft targets [B, num_classes] float32)."""
+        """images [B, C, H, W] uint8, labels [B] int64 -> (mixed pixels float32 in [0, 255], soft targets)."""
         lam, use_cutmix = self.sample(rng)
+        pixels = images.astype("float32")
+        if use_cutmix:
+            h, w = images.shape[-2:]
+            top, bottom, left, right = cutmix_box(h, w, lam, rng)
+            # The clipped box may be smaller than asked: the targets follow the pixels actually pasted.
+            lam = 1.0 - (bottom - top) * (right - left) / (h * w)
         if lam < 1.0:
-            flipped = images.flip([0])
+            flipped = pixels.flip([0])
             if use_cutmix:
-                h, w = images.shape[-2:]
-                top, bottom, left, right = cutmix_box(h, w, lam, rng)
-                images = images.clone()
-                images[:, :, top:bottom, left:right] = flipped[:, :, top:bottom, left:right]
-                # The clipped box may be smaller than asked: the targets follow the pixels actually pasted.
-                lam = 1.0 - (bottom - top) * (right - left) / (h * w)
+                pixels[:, :, top:bottom, left:right] = flipped[:, :, top:bottom, left:right]
             else:
-                images = images * lam + flipped * (1.0 - lam)
+                pixels = round_half_even(pixels * lam + flipped * (1.0 - lam))
         targets = smooth_one_hot(labels, self.num_classes, self.smoothing)
         if lam < 1.0:
             targets = targets * lam + targets.flip([0]) * (1.0 - lam)
-        return images, targets
+        return pixels, targets
 
 
 def soft_target_cross_entropy(logits, targets):

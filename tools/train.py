@@ -17,12 +17,13 @@ import sys
 import numpy as np
 import paddle
 
+from batch_augment import BatchAugment
 from checkpoint import CheckpointDir, load_file, load_weights
 from config import add_config_args, config_from_args
 from dataset import build_loader, class_names
-from ema import ModelEMA
+from ema import ModelEMA, best_source
 from errors import UserError, cli
-from mixup import MixupCutmix, soft_target_cross_entropy
+from mixup import soft_target_cross_entropy
 from optim import build_optimizer
 from runtime import Runtime, Scalars, Timer, amp_context, derived_seed, format_eta, make_logger
 from scheduler import WarmupCosineLR
@@ -72,8 +73,7 @@ class Trainer:
         self.ema = ModelEMA(self.model, cfg.EMA.decay) if cfg.EMA.enable else None
         self.net = paddle.DataParallel(self.model) if self.rt.world > 1 else self.model
         self.sched = WarmupCosineLR.from_config(cfg, self.sampler.steps_per_epoch)
-        a = cfg.Augment
-        self.mixer = MixupCutmix(a.mixup, a.cutmix, a.mixup_prob, a.switch_prob, a.smoothing, g.num_classes)
+        self.augment = BatchAugment.from_config(cfg)
         self.ckpts = CheckpointDir(g.output_dir, g.keep_last)
         if self.rt.is_main:
             self.ckpts.remove_stale_temporaries()
@@ -114,12 +114,13 @@ class Trainer:
         path = self.ckpts.save(state, self.epoch, self.step, is_best)
         self.log.info(f"saved {path}{' (best)' if is_best else ''}")
 
-    def micro_step(self, images, labels, j):
+    def micro_step(self, images, labels, seeds, j):
         """Forward and backward of one micro-batch; returns (loss, acc) as floats."""
         g = j * self.rt.world + self.rt.rank  # position in the global batch, not the device's id
         seed = self.cfg.Global.seed
         paddle.seed(derived_seed(seed, self.epoch, self.step, g))
-        images, targets = self.mixer(images, labels, np.random.RandomState(derived_seed(seed, self.epoch, self.step, g, 1)))
+        images, targets = self.augment(images, labels, seeds,
+                                       np.random.RandomState(derived_seed(seed, self.epoch, self.step, g, 1)))
         last = j == self.accum - 1
         sync = contextlib.nullcontext() if last or self.rt.world == 1 else self.net.no_sync()
         with sync:
@@ -153,13 +154,13 @@ class Trainer:
         cfg, E, N = self.cfg, self.cfg.Global.epochs, self.sampler.steps_per_epoch
         self.sampler.set_epoch(self.epoch, self.step)
         timer, read_t, train_t, losses, accs, bad = Timer(), 0.0, 0.0, [], [], 0
-        for i, (images, labels, n_bad) in enumerate(self.train_loader):
+        for i, (images, labels, seeds, n_bad) in enumerate(self.train_loader):
             read_t += timer.lap()
             j = i % self.accum
             if j == 0:
                 lr = self.sched.lr_at(self.epoch, self.step)
                 self.opt.set_lr(lr)
-            loss, acc = self.micro_step(images, labels, j)
+            loss, acc = self.micro_step(images, labels, seeds, j)
             losses.append(loss), accs.append(acc)
             bad += int(n_bad.sum())
             if j == self.accum - 1:
@@ -190,7 +191,7 @@ class Trainer:
         results = {"model": (top1, top5)}
         if self.ema:
             results["ema"] = evaluate(self.ema.module, self.val_loader, self.rt)[:2]
-        which = max(results, key=lambda k: results[k][0])
+        which = best_source(results, self.cfg.EMA.best)
         for name, (t1, t5) in results.items():
             self.log.info(f"Epoch [{self.epoch + 1}/{self.cfg.Global.epochs}] val ({name}): top1 {t1:.4f}, "
                           f"top5 {t5:.4f} on {n} images")

@@ -1,0 +1,223 @@
+"""The pixels that reach the model are those of the official pipeline (timm 0.3.4 over torchvision, prefetcher on).
+
+The reference here is written from torchvision's and timm's documented arithmetic, independently of
+tools/dataset.py: Image.open().convert('RGB'); eval: Resize(int) keeps the aspect ratio with the long side
+int(size * long / short) and leaves an image whose short side already has the size alone, CenterCrop starts at
+int(round((h - crop) / 2)); train: RandomResizedCrop crops the sampled box, then resizes the crop.
+"""
+import math
+import os
+import random
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+import dataset
+from augment import RANDOM_INTERPOLATION, RandomErasing
+from batch_augment import ERASE_STREAM, BatchAugment
+from mixup import MixupCutmix
+from runtime import derived_seed
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def photo_like(size, seed=0):
+    """A w x h RGB array with edges, gradients and noise, so resampling differences would show."""
+    w, h = size
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255.0 / w, yy * 255.0 / h, 127 + 120 * np.sin(xx / 7.0) * np.cos(yy / 5.0)], -1)
+    base[(xx // 37 + yy // 23) % 2 == 0] *= 0.4  # hard edges
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def make_image(tmp_path, name, size=(500, 375), mode="RGB", fmt="JPEG"):
+    img = Image.fromarray(photo_like(size))
+    if mode == "P+transparency":
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+        img.info["transparency"] = 3
+        path = tmp_path / f"{name}.png"
+        img.save(path, "PNG", transparency=3)
+        return str(path)
+    if mode == "P":
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE, colors=200)
+    elif mode != "RGB":
+        img = img.convert(mode)
+    path = tmp_path / f"{name}.{'jpg' if fmt == 'JPEG' else fmt.lower()}"
+    img.save(path, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return str(path)
+
+
+def reference_eval(path, img_size, crop_pct=0.9):
+    """timm transforms_imagenet_eval + ToNumpy: uint8 CHW."""
+    img = Image.open(path).convert("RGB")
+    size = int(math.floor(img_size / crop_pct))
+    w, h = img.size
+    if not ((w <= h and w == size) or (h <= w and h == size)):
+        if w < h:
+            img = img.resize((size, int(size * h / w)), Image.BICUBIC)
+        else:
+            img = img.resize((int(size * w / h), size), Image.BICUBIC)
+    w, h = img.size
+    top, left = int(round((h - img_size) / 2.0)), int(round((w - img_size) / 2.0))
+    img = img.crop((left, top, left + img_size, top + img_size))
+    return np.array(img, np.uint8).transpose(2, 0, 1)
+
+
+def reference_normalize(chw):
+    """ToTensor + Normalize in float32: (x / 255 - mean) / std."""
+    f = np.float32
+    return (chw.astype(f) / f(255) - np.array(MEAN, f).reshape(3, 1, 1)) / np.array(STD, f).reshape(3, 1, 1)
+
+
+def reference_train(path, img_size, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """timm RandomResizedCropAndInterpolation('random') + RandomHorizontalFlip, drawing from `rng`."""
+    img = Image.open(path).convert("RGB")
+    width, height = img.size
+    area = width * height
+    for _ in range(10):
+        target_area = rng.uniform(*scale) * area
+        log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if w <= width and h <= height:
+            i = rng.randint(0, height - h)
+            j = rng.randint(0, width - w)
+            break
+    else:
+        in_ratio = width / height
+        if in_ratio < min(ratio):
+            w, h = width, int(round(width / min(ratio)))
+        elif in_ratio > max(ratio):
+            h, w = height, int(round(height * max(ratio)))
+        else:
+            w, h = width, height
+        i, j = (height - h) // 2, (width - w) // 2
+    interpolation = rng.choice([Image.BILINEAR, Image.BICUBIC])
+    img = img.crop((j, i, j + w, i + h)).resize((img_size, img_size), interpolation)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.array(img, np.uint8).transpose(2, 0, 1)
+
+
+SIZES = [(500, 375), (375, 500), (512, 512), (1024, 683), (2000, 1500), (248, 248), (200, 150), (333, 249)]
+MODES = [("L", "JPEG"), ("CMYK", "JPEG"), ("P", "PNG"), ("P+transparency", "PNG"), ("RGBA", "PNG"), ("RGB", "PNG")]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("official_pixels")
+    out = {f"{w}x{h}": make_image(tmp, f"{w}x{h}", (w, h)) for w, h in SIZES}
+    out.update({f"{m}.{fmt}": make_image(tmp, f"mode_{m}", (375, 500), m, fmt) for m, fmt in MODES})
+    return out
+
+
+@pytest.mark.parametrize("img_size", [224, 288, 32])
+def test_eval_pixels_equal_the_reference_for_every_size_and_mode(images, img_size):
+    t = dataset.EvalTransform(img_size, 0.9)
+    for name, path in images.items():
+        mine = t.pixels(path)
+        assert mine.dtype == np.uint8 and mine.shape == (3, img_size, img_size), name
+        np.testing.assert_array_equal(mine, reference_eval(path, img_size), err_msg=name)
+        x = t(path)
+        assert x.dtype == np.float32 and np.abs(x - reference_normalize(reference_eval(path, img_size))).max() <= 1e-6
+
+
+def test_eval_center_crop_rounds_half_to_even_like_pythons_round(tmp_path):
+    # 253 x 249 -> short side 248, long side int(248 * 253 / 249) = 251: 27 spare columns, round(13.5) = 14.
+    path = make_image(tmp_path, "odd", (253, 249), "RGB", "PNG")
+    assert dataset.EvalTransform(224, 0.9).resized_size(253, 249) == (251, 248)
+    np.testing.assert_array_equal(dataset.EvalTransform(224, 0.9).pixels(path), reference_eval(path, 224))
+    # 252 x 249 -> 250 wide: round(13.0) = 13; 254 x 249 -> 252: round(14.0); 255 x 249 -> 253: round(14.5) = 14.
+    for w in (252, 254, 255, 256):
+        path = make_image(tmp_path, f"odd{w}", (w, 249), "RGB", "PNG")
+        np.testing.assert_array_equal(dataset.EvalTransform(224, 0.9).pixels(path), reference_eval(path, 224))
+
+
+def test_eval_never_decodes_at_reduced_scale(tmp_path, monkeypatch):
+    path = make_image(tmp_path, "big", (2000, 1500))
+    monkeypatch.setattr(Image.Image, "draft", lambda *a, **k: pytest.fail("eval must decode at full size"))
+    dataset.EvalTransform(224, 0.9).pixels(path)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((300, 260), 40000, np.uint16)).save(path)
+    assert (dataset.EvalTransform(224, 0.9).pixels(str(path)) == 40000 >> 8).all()
+
+
+def test_train_pixels_equal_the_reference_crop_then_resize(images):
+    t = dataset.TrainTransform(224)  # interpolation None: random bilinear/bicubic, as 'random' in timm
+    for name, path in images.items():
+        for seed in range(4):
+            mine = t(path, random.Random(seed))
+            assert mine.dtype == np.uint8 and mine.shape == (3, 224, 224)
+            np.testing.assert_array_equal(mine, reference_train(path, 224, random.Random(seed)),
+                                          err_msg=f"{name} seed {seed}")
+
+
+def test_train_crop_uses_nothing_outside_the_box(tmp_path):
+    # A grey image whose outer 60 px are white: a box well inside it must come out grey only.
+    a = np.full((400, 500, 3), 128, np.uint8)
+    a[:60], a[-60:], a[:, :60], a[:, -60:] = 255, 255, 255, 255
+    path = tmp_path / "frame.png"
+    Image.fromarray(a).save(path)
+    t = dataset.TrainTransform(64, scale=(0.2, 0.2), ratio=(1.0, 1.0), interpolation=Image.Resampling.BICUBIC)
+    t.crop_box = lambda w, h, rng=None: (60, 60, 440, 340)
+    assert (t(str(path), random.Random(0)) == 128).all()
+
+
+def test_reduced_decode_is_opt_in_and_changes_pixels_of_large_jpegs(images):
+    path = images["2000x1500"]
+    exact, reduced = dataset.TrainTransform(224), dataset.TrainTransform(224, reduced_decode=True)
+    diffs = [np.abs(exact(path, random.Random(s)).astype(int) - reduced(path, random.Random(s))).max()
+             for s in range(4)]
+    assert max(diffs) > 0
+
+
+def test_lit_data_eval_pixels_equal_the_reference():
+    lit = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lit_data", "val")
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(lit) for f in fs)
+    assert len(paths) == 20
+    t = dataset.EvalTransform(224, 0.9)
+    for path in paths:
+        np.testing.assert_array_equal(t.pixels(path), reference_eval(path, 224), err_msg=path)
+
+
+# ------------------------------------------------------------------------ the batch: mixup, then erasing
+
+def test_batch_is_mixed_as_uint8_then_normalised_then_erased_per_sample():
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (4, 3, 32, 32)).astype(np.uint8)
+    labels, seeds = np.arange(4, dtype=np.int64), np.array([11, 12, 13, 14], np.int64)
+    mixer = MixupCutmix(mixup_alpha=0.8, cutmix_alpha=0.0, smoothing=0.1, num_classes=10)
+    erasing = RandomErasing(1.0, mode="pixel", max_count=1)
+    augment = BatchAugment(mixer, MEAN, STD, erasing)
+    x, targets = augment(paddle.to_tensor(images), paddle.to_tensor(labels), paddle.to_tensor(seeds),
+                         np.random.RandomState(3))
+    lam, _ = mixer.sample(np.random.RandomState(3))
+    f = images.astype(np.float32)
+    mixed = np.rint(f * np.float32(lam) + f[::-1] * np.float32(1 - lam))
+    m255 = np.array([m * 255 for m in MEAN], np.float32).reshape(1, 3, 1, 1)
+    s255 = np.array([s * 255 for s in STD], np.float32).reshape(1, 3, 1, 1)
+    want = (mixed - m255) / s255
+    for i, seed in enumerate(seeds):
+        erasing(want[i], random.Random(derived_seed(int(seed), ERASE_STREAM)))
+    np.testing.assert_array_equal(x.numpy(), want)
+    # Every sample got its own rectangle of noise over the mixed pixels (erasing came after the mix).
+    assert all((x.numpy()[i] != ((mixed - m255) / s255)[i]).any() for i in range(4))
+
+
+def test_train_samples_carry_no_erasing_it_happens_on_the_batch():
+    ds = dataset.build_dataset(_lit_cfg(), "train")
+    img = ds[(0, 5)][0]
+    assert img.dtype == np.uint8  # still pixels: erasing noise (normal floats) cannot be in it
+
+
+def _lit_cfg():
+    import config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return config.load_config(os.path.join(root, "config", "t2t_vit_7.yaml"), ["Global.img_size=32"])
