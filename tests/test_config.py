@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-import config
-import errors
+from t2tvit import config
+from t2tvit import errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T2T_7 = os.path.join(ROOT, "config", "t2t_vit_7.yaml")

@@ -8,11 +8,11 @@ import pytest
 import yaml
 from PIL import Image
 
-import augment
-import config
-import dataset
-import errors
-from augment import AugmentOp, RandAugment, RandomErasing
+from t2tvit import augment
+from t2tvit import config
+from t2tvit import dataset
+from t2tvit import errors
+from t2tvit.augment import AugmentOp, RandAugment, RandomErasing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIT = os.path.join(ROOT, "lit_data")

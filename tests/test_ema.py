@@ -2,7 +2,7 @@ import numpy as np
 import paddle
 import pytest
 
-from ema import ModelEMA, best_source
+from t2tvit.ema import ModelEMA, best_source
 
 
 class Tiny(paddle.nn.Layer):

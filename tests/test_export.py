@@ -10,7 +10,7 @@ import pytest
 
 import infer
 from infer import Predictor, model_files
-from t2t import create_model
+from t2tvit.t2t import create_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT = os.path.join(ROOT, "tools", "export_model.py")

@@ -2,7 +2,7 @@ import numpy as np
 import paddle
 import pytest
 
-from mixup import MixupCutmix, cutmix_box, round_half_even, smooth_one_hot, soft_target_cross_entropy
+from t2tvit.mixup import MixupCutmix, cutmix_box, round_half_even, smooth_one_hot, soft_target_cross_entropy
 
 
 def batch(b=4, c=3, h=16, w=20, seed=0):

@@ -8,9 +8,9 @@ import numpy as np
 import paddle
 import pytest
 
-from checkpoint import match_state_dict
-from errors import UserError
-from t2t import VARIANTS, create_model, frozen_parameter_names, linear_weight_names, sinusoid_table
+from t2tvit.checkpoint import match_state_dict
+from t2tvit.errors import UserError
+from t2tvit.t2t import VARIANTS, create_model, frozen_parameter_names, linear_weight_names, sinusoid_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "..", "shared", "fixtures", "t2t_vit_7")

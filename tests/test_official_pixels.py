@@ -1,7 +1,7 @@
 """The pixels that reach the model are those of the official pipeline (timm 0.3.4 over torchvision, prefetcher on).
 
 The reference here is written from torchvision's and timm's documented arithmetic, independently of
-tools/dataset.py: Image.open().convert('RGB'); eval: Resize(int) keeps the aspect ratio with the long side
+tools/t2tvit/dataset.py: Image.open().convert('RGB'); eval: Resize(int) keeps the aspect ratio with the long side
 int(size * long / short) and leaves an image whose short side already has the size alone, CenterCrop starts at
 int(round((h - crop) / 2)); train: RandomResizedCrop crops the sampled box, then resizes the crop.
 """
@@ -14,11 +14,11 @@ import paddle
 import pytest
 from PIL import Image
 
-import dataset
-from augment import RANDOM_INTERPOLATION, RandomErasing
-from batch_augment import ERASE_STREAM, BatchAugment
-from mixup import MixupCutmix
-from runtime import derived_seed
+from t2tvit import dataset
+from t2tvit.augment import RANDOM_INTERPOLATION, RandomErasing
+from t2tvit.batch_augment import ERASE_STREAM, BatchAugment
+from t2tvit.mixup import MixupCutmix
+from t2tvit.runtime import derived_seed
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -218,6 +218,6 @@ def test_train_samples_carry_no_erasing_it_happens_on_the_batch():
 
 
 def _lit_cfg():
-    import config
+    from t2tvit import config
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return config.load_config(os.path.join(root, "config", "t2t_vit_7.yaml"), ["Global.img_size=32"])

@@ -2,8 +2,8 @@ import numpy as np
 import paddle
 import pytest
 
-from config import Config
-from optim import build_optimizer, decay_groups
+from t2tvit.config import Config
+from t2tvit.optim import build_optimizer, decay_groups
 
 
 class Small(paddle.nn.Layer):

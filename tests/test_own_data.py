@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from runner import ENV, ROOT, tool
-from t2t import create_model
+from t2tvit.t2t import create_model
 
 MINI = os.path.join(ROOT, "tests", "data", "fashion_mnist_mini")
 FASHION = os.path.join(ROOT, "config", "fashion_mnist.yaml")

@@ -132,7 +132,7 @@ def test_bad_input_is_one_line_and_leaves_no_checkpoint(tmp_path, case):
         root, first = corrupt_copy(tmp_path, "val")
         tool_name, extra, culprit = "val.py", {"Data.root": str(root)}, first.split("/")[-1]
         weights = tmp_path / "w.pdparams"
-        from t2t import create_model
+        from t2tvit.t2t import create_model
         paddle.save(create_model("t2t_vit_7", img_size=32).state_dict(), str(weights))
     args = fast_overrides(tmp_path, **extra)
     if tool_name == "val.py":

@@ -1,10 +1,10 @@
 """Each model's config carries its official recipe, and the batch split keeps the global batch."""
 import pytest
 
-from config import load_config
-from errors import UserError
+from t2tvit.config import load_config
+from t2tvit.errors import UserError
 from runner import ROOT
-from t2t import VARIANTS
+from t2tvit.t2t import VARIANTS
 from train import batch_plan
 
 # (lr, weight decay) of the official training commands; everything else is the T2T-ViT-7 recipe.

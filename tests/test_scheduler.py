@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-import config
-from scheduler import WarmupCosineLR
+from t2tvit import config
+from t2tvit.scheduler import WarmupCosineLR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 2502  # ImageNet-1k at a global batch of 512

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from errors import UserError, cli
+from t2tvit.errors import UserError, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "config", "t2t_vit_7.yaml")
@@ -63,7 +63,7 @@ def _setup_paddle(args):
     import paddle
 
     if args.device == "cpu" and not args.no_malloc_tuning:
-        from runtime import keep_freed_memory
+        from t2tvit.runtime import keep_freed_memory
         keep_freed_memory()
     paddle.set_device("gpu" if args.device == "gpu" else "cpu")
     paddle.seed(0)
@@ -83,7 +83,7 @@ def _autocast(paddle, amp):
 
 def measure_eval_dynamic(args):
     paddle = _setup_paddle(args)
-    from t2t import create_model
+    from t2tvit.t2t import create_model
     model = create_model(args.model, img_size=args.img_size)
     model.eval()
     x = paddle.randn([args.batch, 3, args.img_size, args.img_size])
@@ -99,7 +99,7 @@ def measure_eval_engine(args):
     _setup_paddle(args)
     from export_model import export
     from infer import Predictor
-    from t2t import create_model
+    from t2tvit.t2t import create_model
     model = create_model(args.model, img_size=args.img_size)
     model.eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,10 +111,10 @@ def measure_eval_engine(args):
 
 def measure_train(args):
     paddle = _setup_paddle(args)
-    from config import load_config
-    from mixup import soft_target_cross_entropy
-    from optim import build_optimizer
-    from t2t import create_model
+    from t2tvit.config import load_config
+    from t2tvit.mixup import soft_target_cross_entropy
+    from t2tvit.optim import build_optimizer
+    from t2tvit.t2t import create_model
     cfg = load_config(RECIPE)
     model = create_model(args.model, img_size=args.img_size, drop_path_rate=cfg.Model.drop_path_rate)
     model.train()
@@ -135,8 +135,8 @@ def measure_train(args):
 
 
 def measure_data(args, split):
-    from config import load_config
-    from dataset import build_transform
+    from t2tvit.config import load_config
+    from t2tvit.dataset import build_transform
     cfg = load_config(RECIPE, [f"Global.img_size={args.img_size}"])
     transform = build_transform(cfg, split)
     paths = sorted(glob.glob(os.path.join(args.jpeg_dir, "*.JPEG")))
@@ -368,7 +368,7 @@ def main(argv=None):
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")
     if args.img_size % 16:
         raise UserError(f"--img-size {args.img_size} is not a multiple of 16")
-    from t2t import VARIANTS
+    from t2tvit.t2t import VARIANTS
     if args.model not in VARIANTS:
         raise UserError(f"unknown model {args.model!r}; known models: {', '.join(VARIANTS)}")
     if args.worker:

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import paddle
 
-from checkpoint import atomic_save, match_state_dict
-from errors import UserError, cli
-from t2t import create_model, linear_weight_names
+from t2tvit.checkpoint import atomic_save, match_state_dict
+from t2tvit.errors import UserError, cli
+from t2tvit.t2t import create_model, linear_weight_names
 
 STATE_KEYS = ("state_dict_ema", "state_dict", "model")
 

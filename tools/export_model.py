@@ -17,11 +17,11 @@ import numpy as np
 import paddle
 import yaml
 
-from checkpoint import load_weights
-from config import add_config_args, config_from_args
-from errors import UserError, cli
+from t2tvit.checkpoint import load_weights
+from t2tvit.config import add_config_args, config_from_args
+from t2tvit.errors import UserError, cli
 from infer import META_FILE, MODEL_FILES, PREFIX, Predictor
-from t2t import create_model
+from t2tvit.t2t import create_model
 
 INPUT_NAME = "x"
 CHECK_TOL = 1e-4

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-import errors
+from t2tvit import errors
 
 FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"]

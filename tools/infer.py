@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import yaml
 
-from errors import UserError, cli
-from runtime import keep_freed_memory
+from t2tvit.errors import UserError, cli
+from t2tvit.runtime import keep_freed_memory
 
 PREFIX = "inference"
 MODEL_FILES = (PREFIX + ".json", PREFIX + ".pdmodel")  # Paddle 3.x (PIR) writes .json, 2.6 .pdmodel
@@ -146,8 +146,8 @@ class Predictor:
 
 @cli
 def main(argv=None):
-    from config import add_config_args, config_from_args
-    from dataset import build_transform, class_names
+    from t2tvit.config import add_config_args, config_from_args
+    from t2tvit.dataset import build_transform, class_names
     from predict import load_images, print_predictions
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -13,7 +13,7 @@ import zipfile
 
 from PIL import Image
 
-import errors
+from t2tvit import errors
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
@@ -33,7 +33,7 @@ that the data path is tested on real photos. It is far too small to learn anythi
 ## Contents
 
 - `train/<wnid>/imagenet_<k>.JPEG`, `val/<wnid>/imagenet_<k>.JPEG`: the photos, in the ImageNet folder
-  layout (`<wnid>` is the class's WordNet id, see `tools/data/imagenet_synsets.txt`).
+  layout (`<wnid>` is the class's WordNet id, see `tools/t2tvit/data/imagenet_synsets.txt`).
 - `train.txt`, `val.txt`: list files, one line per photo: `train/<wnid>/imagenet_<k>.JPEG <class id>`
   (path relative to this folder, then the ImageNet-1k class index 0..999).
 

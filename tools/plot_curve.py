@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-import errors  # noqa: E402
+from t2tvit import errors  # noqa: E402
 
 STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) "
 TRAIN = re.compile(STAMP + r"Epoch \[(\d+)/(\d+)\], Step \[(\d+)/(\d+)\], Loss: ([^,]+), acc: ([^,]+),", re.M)

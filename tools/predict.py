@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import paddle
 
-from checkpoint import load_file, load_weights, weights_or_best
-from config import add_config_args, config_from_args
-from dataset import BadImage, build_transform, class_names
-from errors import UserError, cli
+from t2tvit.checkpoint import load_file, load_weights, weights_or_best
+from t2tvit.config import add_config_args, config_from_args
+from t2tvit.dataset import BadImage, build_transform, class_names
+from t2tvit.errors import UserError, cli
 from infer import Predictor
-from runtime import select_device
-from t2t import create_model
+from t2tvit.runtime import select_device
+from t2tvit.t2t import create_model
 
 
 def print_predictions(paths, logits, names, topk):

@@ -17,18 +17,18 @@ import sys
 import numpy as np
 import paddle
 
-from batch_augment import BatchAugment
-from checkpoint import CheckpointDir, load_file, load_weights
-from config import add_config_args, config_from_args
-from dataset import build_loader, class_names
-from ema import ModelEMA, best_source
-from errors import UserError, cli
-from mixup import soft_target_cross_entropy
-from optim import build_optimizer
-from runtime import Runtime, Scalars, Timer, amp_context, derived_seed, format_eta, make_logger
-from scheduler import WarmupCosineLR
-from t2t import create_model
-from val import evaluate
+from t2tvit.batch_augment import BatchAugment
+from t2tvit.checkpoint import CheckpointDir, load_file, load_weights
+from t2tvit.config import add_config_args, config_from_args
+from t2tvit.dataset import build_loader, class_names
+from t2tvit.ema import ModelEMA, best_source
+from t2tvit.engine import evaluate
+from t2tvit.errors import UserError, cli
+from t2tvit.mixup import soft_target_cross_entropy
+from t2tvit.optim import build_optimizer
+from t2tvit.runtime import Runtime, Scalars, Timer, amp_context, derived_seed, format_eta, make_logger
+from t2tvit.scheduler import WarmupCosineLR
+from t2tvit.t2t import create_model
 
 
 def batch_plan(global_batch, max_batch, world):

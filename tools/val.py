@@ -4,46 +4,20 @@
     python -m paddle.distributed.launch --devices 0,1 tools/val.py -c ...
 
 --weights takes converted official weights (.pdparams) or a checkpoint of this repo (.pdckpt; the better of
-model and EMA, as recorded when it was saved). Without it: Global.output_dir/best.pdckpt.
+model and EMA that the run recorded as best). Without it: Global.output_dir/best.pdckpt.
 Each process evaluates a disjoint share of the images (no padding), so every image counts exactly once.
 """
 import argparse
 import os
 import sys
 
-import paddle
-
-from checkpoint import load_weights, weights_or_best
-from config import add_config_args, config_from_args
-from dataset import build_loader
-from errors import cli
-from runtime import Runtime, Timer, make_logger
-from t2t import create_model
-
-
-@paddle.no_grad()
-def evaluate(model, loader, runtime, log=None, print_every=0):
-    """Returns (top1, top5, images) over every rank's share of the set."""
-    was_training = model.training
-    model.eval()
-    correct1 = correct5 = seen = 0
-    timer = Timer()
-    read_time = 0.0
-    for i, (images, labels) in enumerate(loader):
-        read_time += timer.lap()
-        logits = model(images)
-        top5 = paddle.topk(logits.astype("float32"), k=min(5, logits.shape[-1]), axis=-1)[1]
-        hits = (top5 == labels.reshape([-1, 1]).astype(top5.dtype)).astype("int64")
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.sum())
-        seen += labels.shape[0]
-        timer.lap()
-        if log and print_every and (i + 1) % print_every == 0:
-            log.info(f"Step [{i + 1}/{len(loader)}], acc: {correct1 / seen:.4f}, read_time: {read_time / (i + 1):.4f}")
-    correct1, correct5, seen = runtime.all_sum([correct1, correct5, seen])
-    if was_training:  # Paddle 2.6's Layer.train() takes no argument
-        model.train()
-    return correct1 / max(seen, 1), correct5 / max(seen, 1), int(seen)
+from t2tvit.checkpoint import load_weights, weights_or_best
+from t2tvit.config import add_config_args, config_from_args
+from t2tvit.dataset import build_loader
+from t2tvit.engine import evaluate
+from t2tvit.errors import cli
+from t2tvit.runtime import Runtime, make_logger
+from t2tvit.t2t import create_model
 
 
 @cli

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import paddle
 
-from errors import UserError
+from .errors import UserError
 
 CKPT_PATTERN = re.compile(r"^ckpt-e(\d{4})-s(\d{6})\.pdckpt$")
 

@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from errors import UserError
+from .errors import UserError
 
 
 def select_device(choice):

@@ -15,7 +15,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from errors import UserError
+from .errors import UserError
 
 _normal_02 = nn.initializer.Normal(mean=0.0, std=0.02)
 _zeros = nn.initializer.Constant(0.0)

@@ -25,8 +25,8 @@ import numpy as np
 import paddle
 from PIL import Image
 
-import errors
-from augment import RANDOM_INTERPOLATION, RandAugment
+from . import errors
+from .augment import RANDOM_INTERPOLATION, RandAugment
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 IMAGENET_SYNSETS = os.path.join(DATA_DIR, "imagenet_synsets.txt")

@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-import errors
+from . import errors
 
 # Magnitudes are on a 0..10 scale; an op's argument is its maximum times magnitude / LEVEL_DENOM.
 LEVEL_DENOM = 10.0

@@ -12,9 +12,9 @@ import re
 
 import yaml
 
-import errors
+from . import errors
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMA_PATH = os.path.join(ROOT, "config", "default.yaml")
 
 CHOICES = {

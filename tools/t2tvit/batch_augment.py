@@ -11,9 +11,9 @@ import random
 import numpy as np
 import paddle
 
-from augment import RandomErasing
-from mixup import MixupCutmix
-from runtime import derived_seed
+from .augment import RandomErasing
+from .mixup import MixupCutmix
+from .runtime import derived_seed
 
 ERASE_STREAM = 1  # derived_seed(sample_seed, ERASE_STREAM) seeds a sample's erasing
 
