@@ -1,17 +1,13 @@
 import os
 import random
+import json
 import threading
-import types
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from t2tvit import augment
-from t2tvit import config
-from t2tvit import dataset
-from t2tvit import errors
+from t2tvit import augment, config, dataset, decode, errors, samplers, transforms
 from t2tvit.augment import AugmentOp, RandAugment, RandomErasing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,20 +17,12 @@ LIT_LABELS = {"imagenet_00": 243, "imagenet_01": 559, "imagenet_03": 990, "image
               "imagenet_07": 609, "imagenet_15": 99, "imagenet_17": 22}
 
 
-def _ns(d):
-    return types.SimpleNamespace(**{k: _ns(v) if isinstance(v, dict) else v for k, v in d.items()})
-
-
 def make_cfg(**overrides):
-    """default.yaml as attribute namespaces, with overrides given as Section_key=value."""
-    with open(os.path.join(ROOT, "config", "default.yaml")) as f:
-        raw = yaml.safe_load(f)
-    raw["Data"]["root"] = LIT
-    for key, value in overrides.items():
-        section, name = key.split("_", 1)
-        assert name in raw[section], key
-        raw[section][name] = value
-    return _ns(raw)
+    """The default config through the real loader, Data.root = lit_data, overrides given as Section_key=value."""
+    overrides = {"Data_root": LIT, **overrides}
+    texts = [f"{key.replace('_', '.', 1)}={json.dumps(value) if not isinstance(value, str) else value}"
+             for key, value in overrides.items()]
+    return config.load_config(config.SCHEMA_PATH, texts)
 
 
 def folder_cfg(root, **overrides):
@@ -129,13 +117,13 @@ def test_class_tables_agree():
 def test_transform_output(split, img_size):
     ds = dataset.build_dataset(make_cfg(Global_img_size=img_size), split)
     sample = ds[(5, 11)] if split == "train" else ds[5]
-    img, label = sample[0], sample[1]
+    img, label = sample["image"], sample["label"]
     assert img.shape == (3, img_size, img_size)
     assert img.flags["C_CONTIGUOUS"]
     assert label.dtype == np.int64 and label == ds.labels[5]
     if split == "train":
         # uint8 pixels (normalised after mixup, on the device), the sample seed, no unreadable image.
-        assert img.dtype == np.uint8 and sample[2] == 11 and sample[3] == 0
+        assert img.dtype == np.uint8 and sample["seed"] == 11 and sample["n_bad"] == 0
     else:
         assert img.dtype == np.float32
         # The normalised range of 0..255 pixels.
@@ -150,20 +138,20 @@ def test_any_colour_mode_becomes_rgb(tmp_path, mode):
     else:
         fmt = "PNG" if mode in ("RGBA", "P", "1") else "JPEG"
         path = write_image(tmp_path / f"x.{fmt.lower()}", mode=mode, fmt=fmt)
-    img = dataset.read_image(str(path))
+    img = decode.read_image(str(path))
     assert img.mode == "RGB"
     if mode == "I;16":
         assert np.asarray(img).max() == 40000 >> 8
     cfg = make_cfg(Global_img_size=32)
     for split in ("train", "val"):
-        assert dataset.build_transform(cfg, split)(str(path)).shape == (3, 32, 32)
+        assert transforms.build_transform(cfg, split)(str(path)).shape == (3, 32, 32)
 
 
 def test_normalize_is_the_prefetchers_float32_arithmetic_and_torchvisions_within_1e_6():
     a = np.random.RandomState(0).randint(0, 256, (3, 5, 7)).astype(np.uint8)
     a[:, 0, :3] = [[0, 128, 255]] * 3
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    out = dataset.Normalize(mean, std)(a)
+    out = transforms.Normalize(mean, std)(a)
     assert out.dtype == np.float32 and out.shape == a.shape
     # timm's prefetcher: x.float().sub_(255 * mean).div_(255 * std), float32 throughout.
     m255 = np.array([m * 255 for m in mean], np.float32).reshape(3, 1, 1)
@@ -176,32 +164,32 @@ def test_normalize_is_the_prefetchers_float32_arithmetic_and_torchvisions_within
 
 
 def test_val_resize_and_crop_sizes():
-    t = dataset.EvalTransform(224, 0.9)
+    t = transforms.EvalTransform(224, 0.9)
     assert t.resize_to == 248
     assert t.resized_size(500, 375) == (330, 248)
     assert t.resized_size(375, 500) == (248, 330)
-    assert dataset.EvalTransform(64, 0.875).resize_to == 73
-    assert dataset.EvalTransform(288, 0.9).resize_to == 320
+    assert transforms.EvalTransform(64, 0.875).resize_to == 73
+    assert transforms.EvalTransform(288, 0.9).resize_to == 320
 
 
 def test_reduced_decode_decodes_large_jpeg_reduced_but_never_too_small(tmp_path):
     path = str(write_image(tmp_path / "big.jpg", size=(2000, 1500)))
-    train = dataset.TrainTransform(224)
+    train = transforms.TrainTransform(224)
     reduced = 0
     for seed in range(300):
         rng = random.Random(seed)
-        img, box = dataset.read_reduced(path, lambda w, h: train.crop_box(w, h, rng), (224, 224))
+        img, box = decode.read_reduced(path, lambda w, h: train.crop_box(w, h, rng), (224, 224))
         assert box[2] - box[0] >= 224 - 1e-9 and box[3] - box[1] >= 224 - 1e-9
         assert 0 <= box[0] and box[2] <= img.size[0] + 1e-9 and box[3] <= img.size[1] + 1e-9
         reduced += img.size[0] < 2000
     assert reduced > 150
     # A crop only just bigger than the output is decoded at full size.
-    img, box = dataset.read_reduced(path, lambda w, h: (0, 0, 300, 300), (224, 224))
+    img, box = decode.read_reduced(path, lambda w, h: (0, 0, 300, 300), (224, 224))
     assert img.size == (2000, 1500) and box == (0, 0, 300, 300)
 
 
 def test_train_crop_box_statistics():
-    t = dataset.TrainTransform(224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+    t = transforms.TrainTransform(224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
     rng = random.Random(0)
     for _ in range(500):
         left, top, right, bottom = t.crop_box(500, 375, rng)
@@ -210,15 +198,15 @@ def test_train_crop_box_statistics():
         assert 0.08 * 500 * 375 * 0.9 <= w * h <= 500 * 375
         assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
     # Impossible scale: the fallback is the whole image cropped to the ratio range.
-    t = dataset.TrainTransform(224, scale=(5.0, 6.0), ratio=(1.0, 1.0))
+    t = transforms.TrainTransform(224, scale=(5.0, 6.0), ratio=(1.0, 1.0))
     assert t.crop_box(500, 300) == (100, 0, 400, 300)
 
 
 def test_augmentation_is_a_function_of_index_and_seed():
     ds = dataset.build_dataset(make_cfg(Global_img_size=64), "train")
     a, b, c = ds[(3, 77)], ds[(3, 77)], ds[(3, 78)]
-    np.testing.assert_array_equal(a[0], b[0])
-    assert not np.array_equal(a[0], c[0])
+    np.testing.assert_array_equal(a["image"], b["image"])
+    assert not np.array_equal(a["image"], c["image"])
     # The global generators are neither used nor disturbed, even by another thread reseeding them
     # meanwhile (paddle's DataLoader makes samples in a thread when num_workers is 0).
     random.seed(1)
@@ -237,7 +225,7 @@ def test_augmentation_is_a_function_of_index_and_seed():
     thread.start()
     try:
         for _ in range(5):
-            np.testing.assert_array_equal(ds[(3, 77)][0], a[0])
+            np.testing.assert_array_equal(ds[(3, 77)]["image"], a["image"])
     finally:
         stop.set()
         thread.join()
@@ -331,7 +319,7 @@ def test_bad_augment_settings_are_config_errors_naming_the_key(override, culprit
 
 def test_bad_rand_augment_spec_names_the_part():
     with pytest.raises(errors.UserError, match="Augment.rand_augment: .*bogus3"):
-        dataset.build_transform(make_cfg(Augment_rand_augment="rand-m9-bogus3"), "train")
+        transforms.build_transform(make_cfg(Augment_rand_augment="rand-m9-bogus3"), "train")
 
 
 def _corrupt(path):
@@ -375,17 +363,18 @@ def test_corrupt_training_image_is_replaced_and_counted(tmp_path, capsys):
     cfg.Global.img_size = 32
     _corrupt(tmp_path / "train" / "n01440764" / "i1.jpg")
     ds = dataset.build_dataset(cfg, "train")
-    img, label, seed, n_bad = ds[(1, 5)]
-    assert n_bad == 1 and label == 2 and seed == 5
+    sample = ds[(1, 5)]
+    assert (sample["n_bad"], sample["label"], sample["seed"]) == (1, 2, 5)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "i1.jpg" in err and "warning" in err
     # The substitute is the next sample, augmented with the same seed.
-    np.testing.assert_array_equal(img, ds[(2, 5)][0])
-    assert ds[(0, 5)][3] == 0
+    np.testing.assert_array_equal(sample["image"], ds[(2, 5)]["image"])
+    assert ds[(0, 5)]["n_bad"] == 0
     # The bad counts reach the batches.
     cfg.Data.batch_size, cfg.Data.num_workers = 4, 0
     loader, sampler = dataset.build_loader(cfg, "train")
-    (_, labels, _, bad), = list(loader)
+    batch, = list(loader)
+    labels, bad = batch["label"], batch["n_bad"]
     assert int(bad.sum()) == 1 and bad.dtype == labels.dtype
 
 
@@ -398,10 +387,10 @@ def _steps(sampler, epoch=0, start_step=0):
 
 def test_devices_and_accumulation_split_the_same_global_batch():
     n, b = 103, 4
-    one = _steps(dataset.TrainBatchSampler(n, b, world_size=1, rank=0, accum_steps=2, seed=3), epoch=2)
-    two = [_steps(dataset.TrainBatchSampler(n, b, world_size=2, rank=r, accum_steps=1, seed=3), epoch=2)
+    one = _steps(samplers.TrainBatchSampler(n, b, world_size=1, rank=0, accum_steps=2, seed=3), epoch=2)
+    two = [_steps(samplers.TrainBatchSampler(n, b, world_size=2, rank=r, accum_steps=1, seed=3), epoch=2)
            for r in range(2)]
-    four = [_steps(dataset.TrainBatchSampler(n, 2, world_size=2, rank=r, accum_steps=2, seed=3), epoch=2)
+    four = [_steps(samplers.TrainBatchSampler(n, 2, world_size=2, rank=r, accum_steps=2, seed=3), epoch=2)
             for r in range(2)]
     steps = n // 8
     assert len(one) == 2 * steps and all(len(x) == steps for x in two)
@@ -415,22 +404,22 @@ def test_devices_and_accumulation_split_the_same_global_batch():
 
 def test_order_depends_on_seed_and_epoch_only():
     def order(seed, epoch):
-        return [i for batch in _steps(dataset.TrainBatchSampler(50, 5, seed=seed), epoch) for i, _ in batch]
+        return [i for batch in _steps(samplers.TrainBatchSampler(50, 5, seed=seed), epoch) for i, _ in batch]
 
     assert order(0, 0) == order(0, 0)
     assert order(0, 0) != order(0, 1)
     assert order(0, 0) != order(1, 0)
-    sampler = dataset.TrainBatchSampler(50, 5, seed=0)
+    sampler = samplers.TrainBatchSampler(50, 5, seed=0)
     first = _steps(sampler, 4)
     _steps(sampler, 9)
     assert _steps(sampler, 4) == first
     seeds = {s for batch in first for _, s in batch}
     assert len(seeds) == 50 and all(isinstance(s, int) and 0 <= s < 2**32 for s in seeds)
-    assert first[0][0][1] == dataset.sample_seed(0, 4, first[0][0][0])
+    assert first[0][0][1] == samplers.sample_seed(0, 4, first[0][0][0])
 
 
 def test_start_step_skips_exactly():
-    sampler = dataset.TrainBatchSampler(100, 3, world_size=2, rank=1, accum_steps=2, seed=7)
+    sampler = samplers.TrainBatchSampler(100, 3, world_size=2, rank=1, accum_steps=2, seed=7)
     assert sampler.steps_per_epoch == 100 // 12
     full = _steps(sampler, 5)
     assert len(full) == len(sampler) == 16
@@ -444,7 +433,7 @@ def test_start_step_skips_exactly():
 
 def test_dataset_smaller_than_global_batch():
     with pytest.raises(errors.UserError, match=r"has 20 images, fewer than the global batch 32"):
-        dataset.TrainBatchSampler(20, 8, world_size=2, accum_steps=2)
+        samplers.TrainBatchSampler(20, 8, world_size=2, accum_steps=2)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -452,7 +441,7 @@ def test_eval_sampler_covers_every_index_once(world_size):
     n, b = 23, 4
     seen = []
     for rank in range(world_size):
-        sampler = dataset.EvalBatchSampler(n, b, world_size, rank)
+        sampler = samplers.EvalBatchSampler(n, b, world_size, rank)
         batches = list(sampler)
         assert len(batches) == len(sampler)
         assert all(len(x) <= b for x in batches)
@@ -468,12 +457,14 @@ def test_loader_passes_index_and_seed_to_the_dataset(num_workers):
     loader, sampler = dataset.build_loader(cfg, "train")
     sampler.set_epoch(1, start_step=3)
     assert len(loader) == 2
-    images, labels, seeds, bad = next(iter(loader))
+    first = next(iter(loader))
+    assert sorted(first) == ["failed", "image", "label", "n_bad", "seed"]
+    images, labels, seeds, bad = first["image"], first["label"], first["seed"], first["n_bad"]
     assert images.shape == [4, 3, 32, 32] and str(images.dtype).endswith("uint8")
     assert labels.shape == [4] and str(labels.dtype).endswith("int64")
     ds = loader.dataset
     batch = list(sampler)[0]
-    expected = np.stack([ds[item][0] for item in batch])
+    expected = np.stack([ds[item]["image"] for item in batch])
     np.testing.assert_array_equal(images.numpy(), expected)
     assert labels.numpy().tolist() == [int(ds.labels[i]) for i, _ in batch]
     assert seeds.numpy().tolist() == [seed for _, seed in batch]
@@ -481,9 +472,9 @@ def test_loader_passes_index_and_seed_to_the_dataset(num_workers):
 
     val_loader, _ = dataset.build_loader(cfg, "val", world_size=3, rank=2)
     batches = list(val_loader)
-    assert [len(x) for x in batches] == [2, 2]
-    assert batches[0][0].shape == [4, 3, 32, 32] and str(batches[0][0].dtype).endswith("float32")
-    assert batches[1][1].numpy().tolist() == [int(ds.labels[i]) for i in (14, 17)]
+    assert [sorted(x) for x in batches] == [["failed", "image", "label"]] * 2
+    assert batches[0]["image"].shape == [4, 3, 32, 32] and str(batches[0]["image"].dtype).endswith("float32")
+    assert batches[1]["label"].numpy().tolist() == [int(ds.labels[i]) for i in (14, 17)]
 
 
 # ----------------------------------------------------------------------------------------- RandAugment

@@ -14,8 +14,8 @@ import paddle
 import pytest
 from PIL import Image
 
-from t2tvit import dataset
-from t2tvit.augment import RANDOM_INTERPOLATION, RandomErasing
+from t2tvit import dataset, transforms
+from t2tvit.augment import RandomErasing
 from t2tvit.batch_augment import ERASE_STREAM, BatchAugment
 from t2tvit.mixup import MixupCutmix
 from t2tvit.runtime import derived_seed
@@ -117,7 +117,7 @@ def images(tmp_path_factory):
 
 @pytest.mark.parametrize("img_size", [224, 288, 32])
 def test_eval_pixels_equal_the_reference_for_every_size_and_mode(images, img_size):
-    t = dataset.EvalTransform(img_size, 0.9)
+    t = transforms.EvalTransform(img_size, 0.9)
     for name, path in images.items():
         mine = t.pixels(path)
         assert mine.dtype == np.uint8 and mine.shape == (3, img_size, img_size), name
@@ -129,28 +129,28 @@ def test_eval_pixels_equal_the_reference_for_every_size_and_mode(images, img_siz
 def test_eval_center_crop_rounds_half_to_even_like_pythons_round(tmp_path):
     # 253 x 249 -> short side 248, long side int(248 * 253 / 249) = 251: 27 spare columns, round(13.5) = 14.
     path = make_image(tmp_path, "odd", (253, 249), "RGB", "PNG")
-    assert dataset.EvalTransform(224, 0.9).resized_size(253, 249) == (251, 248)
-    np.testing.assert_array_equal(dataset.EvalTransform(224, 0.9).pixels(path), reference_eval(path, 224))
+    assert transforms.EvalTransform(224, 0.9).resized_size(253, 249) == (251, 248)
+    np.testing.assert_array_equal(transforms.EvalTransform(224, 0.9).pixels(path), reference_eval(path, 224))
     # 252 x 249 -> 250 wide: round(13.0) = 13; 254 x 249 -> 252: round(14.0); 255 x 249 -> 253: round(14.5) = 14.
     for w in (252, 254, 255, 256):
         path = make_image(tmp_path, f"odd{w}", (w, 249), "RGB", "PNG")
-        np.testing.assert_array_equal(dataset.EvalTransform(224, 0.9).pixels(path), reference_eval(path, 224))
+        np.testing.assert_array_equal(transforms.EvalTransform(224, 0.9).pixels(path), reference_eval(path, 224))
 
 
 def test_eval_never_decodes_at_reduced_scale(tmp_path, monkeypatch):
     path = make_image(tmp_path, "big", (2000, 1500))
     monkeypatch.setattr(Image.Image, "draft", lambda *a, **k: pytest.fail("eval must decode at full size"))
-    dataset.EvalTransform(224, 0.9).pixels(path)
+    transforms.EvalTransform(224, 0.9).pixels(path)
 
 
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     path = tmp_path / "deep.png"
     Image.fromarray(np.full((300, 260), 40000, np.uint16)).save(path)
-    assert (dataset.EvalTransform(224, 0.9).pixels(str(path)) == 40000 >> 8).all()
+    assert (transforms.EvalTransform(224, 0.9).pixels(str(path)) == 40000 >> 8).all()
 
 
 def test_train_pixels_equal_the_reference_crop_then_resize(images):
-    t = dataset.TrainTransform(224)  # interpolation None: random bilinear/bicubic, as 'random' in timm
+    t = transforms.TrainTransform(224)  # interpolation None: random bilinear/bicubic, as 'random' in timm
     for name, path in images.items():
         for seed in range(4):
             mine = t(path, random.Random(seed))
@@ -165,14 +165,14 @@ def test_train_crop_uses_nothing_outside_the_box(tmp_path):
     a[:60], a[-60:], a[:, :60], a[:, -60:] = 255, 255, 255, 255
     path = tmp_path / "frame.png"
     Image.fromarray(a).save(path)
-    t = dataset.TrainTransform(64, scale=(0.2, 0.2), ratio=(1.0, 1.0), interpolation=Image.Resampling.BICUBIC)
+    t = transforms.TrainTransform(64, scale=(0.2, 0.2), ratio=(1.0, 1.0), interpolation=Image.Resampling.BICUBIC)
     t.crop_box = lambda w, h, rng=None: (60, 60, 440, 340)
     assert (t(str(path), random.Random(0)) == 128).all()
 
 
 def test_reduced_decode_is_opt_in_and_changes_pixels_of_large_jpegs(images):
     path = images["2000x1500"]
-    exact, reduced = dataset.TrainTransform(224), dataset.TrainTransform(224, reduced_decode=True)
+    exact, reduced = transforms.TrainTransform(224), transforms.TrainTransform(224, reduced_decode=True)
     diffs = [np.abs(exact(path, random.Random(s)).astype(int) - reduced(path, random.Random(s))).max()
              for s in range(4)]
     assert max(diffs) > 0
@@ -182,7 +182,7 @@ def test_lit_data_eval_pixels_equal_the_reference():
     lit = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lit_data", "val")
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(lit) for f in fs)
     assert len(paths) == 20
-    t = dataset.EvalTransform(224, 0.9)
+    t = transforms.EvalTransform(224, 0.9)
     for path in paths:
         np.testing.assert_array_equal(t.pixels(path), reference_eval(path, 224), err_msg=path)
 
@@ -213,7 +213,7 @@ def test_batch_is_mixed_as_uint8_then_normalised_then_erased_per_sample():
 
 def test_train_samples_carry_no_erasing_it_happens_on_the_batch():
     ds = dataset.build_dataset(_lit_cfg(), "train")
-    img = ds[(0, 5)][0]
+    img = ds[(0, 5)]["image"]
     assert img.dtype == np.uint8  # still pixels: erasing noise (normal floats) cannot be in it
 
 

@@ -136,7 +136,7 @@ def measure_train(args):
 
 def measure_data(args, split):
     from t2tvit.config import load_config
-    from t2tvit.dataset import build_transform
+    from t2tvit.transforms import build_transform
     cfg = load_config(RECIPE, [f"Global.img_size={args.img_size}"])
     transform = build_transform(cfg, split)
     paths = sorted(glob.glob(os.path.join(args.jpeg_dir, "*.JPEG")))

@@ -147,7 +147,8 @@ class Predictor:
 @cli
 def main(argv=None):
     from t2tvit.config import add_config_args, config_from_args
-    from t2tvit.dataset import build_transform, class_names
+    from t2tvit.dataset import class_names
+    from t2tvit.transforms import build_transform
     from predict import load_images, print_predictions
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -15,7 +15,9 @@ import paddle
 
 from t2tvit.checkpoint import load_file, load_weights, weights_or_best
 from t2tvit.config import add_config_args, config_from_args
-from t2tvit.dataset import BadImage, build_transform, class_names
+from t2tvit.dataset import class_names
+from t2tvit.decode import BadImage
+from t2tvit.transforms import build_transform
 from t2tvit.errors import UserError, cli
 from infer import Predictor
 from t2tvit.runtime import select_device

@@ -50,12 +50,11 @@ class Trainer:
         self.log = make_logger("train", os.path.join(g.log_dir, "train.log"), self.rt.is_main)
         self.scalars = Scalars(g.log_dir, self.rt.is_main, self.log)
         batch, self.accum = batch_plan(cfg.Data.global_batch_size, cfg.Data.batch_size, self.rt.world)
-        cfg.Data.batch_size = batch
         self.log.info(f"config:\n{cfg.dump()}")
         self.log.info(f"global batch {cfg.Data.global_batch_size} = {batch} per device x {self.rt.world} "
                       f"device(s) x {self.accum} accumulation step(s), on {self.rt.device}")
-        self.train_loader, self.sampler = build_loader(cfg, "train", self.rt.world, self.rt.rank, self.accum)
-        self.val_loader, _ = build_loader(cfg, "val", self.rt.world, self.rt.rank)
+        self.train_loader, self.sampler = build_loader(cfg, "train", batch, self.rt.world, self.rt.rank, self.accum)
+        self.val_loader, _ = build_loader(cfg, "val", batch, self.rt.world, self.rt.rank)
         self.classes = class_names(cfg)
         paddle.seed(g.seed)
         self.model = create_model(g.model, img_size=g.img_size, num_classes=g.num_classes,
@@ -154,15 +153,15 @@ class Trainer:
         cfg, E, N = self.cfg, self.cfg.Global.epochs, self.sampler.steps_per_epoch
         self.sampler.set_epoch(self.epoch, self.step)
         timer, read_t, train_t, losses, accs, bad = Timer(), 0.0, 0.0, [], [], 0
-        for i, (images, labels, seeds, n_bad) in enumerate(self.train_loader):
+        for i, batch in enumerate(self.train_loader):
             read_t += timer.lap()
             j = i % self.accum
             if j == 0:
                 lr = self.sched.lr_at(self.epoch, self.step)
                 self.opt.set_lr(lr)
-            loss, acc = self.micro_step(images, labels, seeds, j)
+            loss, acc = self.micro_step(batch["image"], batch["label"], batch["seed"], j)
             losses.append(loss), accs.append(acc)
-            bad += int(n_bad.sum())
+            bad += int(batch["n_bad"].sum())
             if j == self.accum - 1:
                 self.optimizer_step(all(math.isfinite(x) for x in losses[-self.accum:]))
                 self.step += 1

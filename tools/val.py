@@ -34,7 +34,7 @@ def main(argv=None):
     weights = weights_or_best(args.weights, cfg.Global.output_dir)
     model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
     which, notes = load_weights(model, weights, prefer=args.which)
-    loader, _ = build_loader(cfg, "val", rt.world, rt.rank)
+    loader, _ = build_loader(cfg, "val", world_size=rt.world, rank=rt.rank)
     for note in notes:
         log.info(f"note: {note}")
     log.info(f"evaluating {weights} ({which}) on {cfg.Data.root} with {rt.world} process(es)")

@@ -21,7 +21,7 @@ ERASE_STREAM = 1  # derived_seed(sample_seed, ERASE_STREAM) seeds a sample's era
 class BatchAugment:
     def __init__(self, mixer, mean, std, random_erasing=None):
         self.mixer = mixer
-        # The same float32 constants as dataset.Normalize's table (timm: [x * 255 for x in mean]).
+        # The same float32 constants as transforms.Normalize's table (timm: [x * 255 for x in mean]).
         self.mean255 = paddle.to_tensor(np.array([m * 255 for m in mean], np.float32).reshape(1, 3, 1, 1))
         self.std255 = paddle.to_tensor(np.array([s * 255 for s in std], np.float32).reshape(1, 3, 1, 1))
         self.random_erasing = random_erasing

@@ -12,7 +12,8 @@ def evaluate(model, loader, runtime, log=None, print_every=0):
     correct1 = correct5 = seen = 0
     timer = Timer()
     read_time = 0.0
-    for i, (images, labels) in enumerate(loader):
+    for i, batch in enumerate(loader):
+        images, labels = batch["image"], batch["label"]
         read_time += timer.lap()
         logits = model(images)
         top5 = paddle.topk(logits.astype("float32"), k=min(5, logits.shape[-1]), axis=-1)[1]
