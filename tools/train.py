@@ -17,11 +17,11 @@ import sys
 import numpy as np
 import paddle
 
-from checkpoint import CheckpointDir, load_file, load_weights
+from checkpoint import CheckpointDir, load_weights
 from config import add_config_args, config_from_args
 from dataset import build_loader, class_names
 from ema import ModelEMA
-from errors import UserError, cli
+from errors import StorageError, UserError, cli
 from mixup import MixupCutmix, soft_target_cross_entropy
 from optim import build_optimizer
 from runtime import Runtime, Scalars, Timer, amp_context, derived_seed, format_eta, make_logger
@@ -82,7 +82,7 @@ class Trainer:
         self._restore()
 
     def _restore(self):
-        path = self.ckpts.resume_path(self.cfg.Global.resume)
+        path, state = self.ckpts.resume_from(self.cfg.Global.resume, self.log.warning)
         if path is None:
             if self.cfg.Global.pretrained:
                 which, notes = load_weights(self.model, self.cfg.Global.pretrained, drop_head=True)
@@ -90,7 +90,6 @@ class Trainer:
                 if self.ema:
                     self.ema.set_state_dict(self.model.state_dict())
             return
-        state = load_file(path)
         if state.get("global_batch") != self.cfg.Data.global_batch_size or state.get("arch") != self.cfg.Global.model:
             raise UserError(f"{path} is a {state.get('arch')} run with global batch {state.get('global_batch')}; "
                             f"this config trains {self.cfg.Global.model} with {self.cfg.Data.global_batch_size}")
@@ -224,7 +223,10 @@ def main(argv=None):
     cfg = config_from_args(args)
     if args.resume is not None:
         cfg.Global.resume = args.resume
-    Trainer(cfg).fit()
+    try:
+        Trainer(cfg).fit()
+    except StorageError as e:
+        raise UserError(f"{e}; newest complete checkpoint: {CheckpointDir(cfg.Global.output_dir).newest()}")
 
 
 if __name__ == "__main__":
