@@ -26,7 +26,9 @@ def command(name, *args, config=DEMO, nproc=1, extra_launch=()):
     cmd = [sys.executable]
     if nproc > 1 or extra_launch:
         if "--log_dir" not in extra_launch:  # the launcher's own logs, which default to ./log of the repo
-            extra_launch = (*extra_launch, "--log_dir", os.path.join(tempfile.gettempdir(), "t2t_launch_logs"))
+            # one folder per test session: the launcher echoes workerlog.0, which concurrent sessions would share
+            logs = os.path.join(tempfile.gettempdir(), f"t2t_launch_logs_{os.getpid()}")
+            extra_launch = (*extra_launch, "--log_dir", logs)
         cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), *extra_launch]
     return cmd + [os.path.join(ROOT, "tools", name), "-c", config, *args]
 
