@@ -145,7 +145,10 @@ class CheckpointDir:
     def remove_stale_temporaries(self):
         """Half-written files of a process that was killed while saving (call before this run saves)."""
         for tmp in glob.glob(os.path.join(self.root, "*.pdckpt.tmp*")):
-            os.remove(tmp)
+            try:
+                os.remove(tmp)
+            except OSError as e:
+                raise StorageError(tmp, e) from None
 
     def save(self, state, epoch, step, is_best=False):
         """Write the checkpoint of (epoch, step); an OSError becomes a StorageError naming the file."""
