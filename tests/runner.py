@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "config", "t2t_vit_7_demo.yaml")
@@ -25,7 +26,9 @@ def command(name, *args, config=DEMO, nproc=1, extra_launch=()):
     cmd = [sys.executable]
     if nproc > 1 or extra_launch:
         if "--log_dir" not in extra_launch:  # the launcher's own logs, which default to ./log of the repo
-            extra_launch = (*extra_launch, "--log_dir", os.path.join(tempfile.gettempdir(), "t2t_launch_logs"))
+            # one folder per test session: the launcher echoes workerlog.0, which concurrent sessions would share
+            logs = os.path.join(tempfile.gettempdir(), f"t2t_launch_logs_{os.getpid()}")
+            extra_launch = (*extra_launch, "--log_dir", logs)
         cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), *extra_launch]
     return cmd + [os.path.join(ROOT, "tools", name), "-c", config, *args]
 
@@ -37,10 +40,46 @@ def tool(name, *args, timeout=300, **kwargs):
 
 
 def start(name, *args, log_file=None, **kwargs):
-    """Start a tool in the background, its output going to log_file."""
+    """Start a tool in the background, its output going to log_file, in a session of its own (so that
+    os.killpg(proc.pid, sig) is what Ctrl-C on a terminal does: the signal reaches it and its data workers)."""
     out = open(log_file, "w") if log_file else subprocess.DEVNULL
     return subprocess.Popen(command(name, *args, **kwargs), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env=ENV)
+                            env=ENV, start_new_session=True)
+
+
+def wait_for_steps(proc, log_file, steps, timeout=240):
+    """Wait until log_file shows `steps` logged optimizer steps (or the process ends)."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if os.path.isfile(log_file) and len(losses(open(log_file).read())) >= steps:
+            return
+        time.sleep(0.05)
+
+
+def processes_mentioning(text):
+    """pids of the processes (other than this one) whose command line contains text: a run's leftovers."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read() and int(pid) != os.getpid():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def children(pid):
+    """pids of the child processes of pid."""
+    kids = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(p))
+        except (OSError, IndexError, ValueError):
+            pass
+    return kids
 
 
 def losses(text):

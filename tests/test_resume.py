@@ -1,47 +1,22 @@
-"""Runs survive SIGKILL and resume exactly; 1, 2 processes or 2 machines follow the same recipe."""
+"""Runs survive SIGKILL, SIGTERM and SIGINT and resume exactly; 1, 2 processes or 2 machines follow the same recipe."""
 import os
 import random
+import re
+import shlex
+import shutil
 import signal
+import subprocess
 import time
 
 import numpy as np
 import paddle
 import pytest
 
-from runner import fast_overrides, free_port, losses, start, tool
+from runner import (ENV, ROOT, children, error_lines, fast_overrides, free_port, losses, processes_mentioning, start,
+                    tool, wait_for_steps)
 
-SAVE_EVERY_STEP = {"Global.save_every_steps": 1, "Global.seed": 7, "Data.num_workers": 1}
-
-
-def test_sigkill_then_resume_continues_exactly(tmp_path):
-    ref = tool("train.py", *fast_overrides(tmp_path / "ref", **SAVE_EVERY_STEP))
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    expected = losses(ref.stdout)
-    assert len(expected) == 15
-
-    args = fast_overrides(tmp_path / "run", **SAVE_EVERY_STEP)
-    log = tmp_path / "killed.log"
-    proc = start("train.py", *args, log_file=log)
-    target = random.Random().randint(3, 10)  # any moment: here, after some number of logged steps
-    deadline = time.time() + 240
-    while len(losses(log.read_text())) < target and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.random() * 0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = losses(log.read_text())
-    assert proc.returncode == -signal.SIGKILL and len(before) < 15
-
-    latest = tmp_path / "run" / "out" / "latest.pdckpt"
-    state = paddle.load(str(latest))  # always a complete checkpoint
-    resumed = tool("train.py", *args)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resumed from {latest}: epoch {state['epoch'] + 1}, step {state['step']}" in resumed.stdout
-    after = losses(resumed.stdout)
-    assert set(before) | set(after) == set(expected)
-    for key, value in {**before, **after}.items():
-        assert value == expected[key], key
-    assert not list((tmp_path / "run" / "out").glob("*.tmp*"))
+ONE = {"Global.seed": 7, "Data.num_workers": 1}  # the same run with or without periodic checkpoints
+STOP_LINE = re.compile(r"stopped by (SIG\w+) at epoch (\d+)/3, step (\d+)/5, checkpoint (\S+); resume with: (.+)")
 
 
 def final_weights(out_dir):
@@ -51,7 +26,16 @@ def final_weights(out_dir):
 def assert_same_weights(a, b, tol=1e-5):
     assert a.keys() == b.keys()
     worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
-    assert worst < tol, worst
+    assert worst <= tol, worst
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("one")
+    r = tool("train.py", *fast_overrides(tmp, **ONE))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(losses(r.stdout)) == 15
+    return tmp, losses(r.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +44,108 @@ def two_process_run(tmp_path_factory):
     r = tool("train.py", *fast_overrides(tmp), nproc=2)
     assert r.returncode == 0, r.stdout[-3000:]
     return tmp, r.stdout
+
+
+def interrupt(tmp_path, args, sig, to="process", nproc=1):
+    """Run train.py and send sig at a random step; returns (the process, its output). `to`: process, group (what
+    Ctrl-C on a terminal reaches: the trainer and its data workers), workers (each launched worker's group)."""
+    log = tmp_path / f"{sig.name}.log"
+    proc = start("train.py", *args, log_file=log, nproc=nproc)
+    wait_for_steps(proc, tmp_path / "log" / "train.log", random.Random().randint(2, 10))
+    time.sleep(random.random() * 0.2)
+    if to == "group":
+        os.killpg(proc.pid, sig)
+    elif to == "workers":
+        for worker in children(proc.pid):
+            os.killpg(worker, sig)
+    else:
+        proc.send_signal(sig)
+    proc.wait(timeout=120)
+    time.sleep(0.5)
+    assert not processes_mentioning(str(tmp_path / "out")), "a trainer or data worker outlived the run"
+    assert sig == signal.SIGKILL or not list((tmp_path / "out").glob("*.tmp*"))  # SIGKILL may cut a save
+    return proc, log.read_text()
+
+
+def assert_resumed_exactly(logged, expected, out_dir, reference_dir):
+    assert set(logged) == set(expected)
+    for key, value in logged.items():
+        assert value == expected[key], key
+    assert not list(out_dir.glob("*.tmp*"))
+    assert_same_weights(final_weights(out_dir), final_weights(reference_dir), tol=0)
+
+
+def test_sigkill_then_resume_continues_exactly(tmp_path, one_process_run):
+    args = fast_overrides(tmp_path, **ONE, **{"Global.save_every_steps": 1})
+    proc, text = interrupt(tmp_path, args, signal.SIGKILL)
+    before = losses(text)
+    assert proc.returncode == -signal.SIGKILL and len(before) < 15
+
+    latest = tmp_path / "out" / "latest.pdckpt"
+    state = paddle.load(str(latest))  # always a complete checkpoint
+    resumed = tool("train.py", *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {latest}: epoch {state['epoch'] + 1}, step {state['step']}" in resumed.stdout
+    assert_resumed_exactly({**before, **losses(resumed.stdout)}, one_process_run[1], tmp_path / "out",
+                           one_process_run[0] / "out")
+
+
+def resume_after_stop(tmp_path, sig, log_text):
+    """Check the one stop line and its checkpoint, then run the command it gives."""
+    stops = STOP_LINE.findall(log_text)
+    assert len(stops) == 1, log_text[-3000:]
+    name, epoch, step, path, command = stops[0]
+    state = paddle.load(path)
+    assert name == sig.name and (state["epoch"] + 1, state["step"]) == (int(epoch), int(step))
+    assert path.startswith(str(tmp_path / "out")) and "Traceback" not in log_text
+    resumed = subprocess.run(shlex.split(command), capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+
+
+@pytest.mark.parametrize("sig, to", [(signal.SIGTERM, "process"), (signal.SIGINT, "group")],
+                         ids=["SIGTERM to the trainer", "SIGINT to its process group, as Ctrl-C"])
+def test_signal_on_one_process_stops_at_a_step_with_a_checkpoint_and_resumes_exactly(tmp_path, one_process_run,
+                                                                                     sig, to):
+    proc, text = interrupt(tmp_path, fast_overrides(tmp_path, **ONE), sig, to)
+    assert proc.returncode == 128 + sig, text[-3000:]
+    resume_after_stop(tmp_path, sig, text)
+    logged = losses((tmp_path / "log" / "train.log").read_text())  # both runs: every step exactly once
+    assert_resumed_exactly(logged, one_process_run[1], tmp_path / "out", one_process_run[0] / "out")
+
+
+@pytest.mark.parametrize("sig, to", [(signal.SIGTERM, "launcher"), (signal.SIGINT, "workers")],
+                         ids=["SIGTERM to the launcher", "SIGINT to every worker"])
+def test_signal_on_two_processes_stops_both_at_one_step_and_resumes_exactly(tmp_path, two_process_run, sig, to):
+    proc, text = interrupt(tmp_path, fast_overrides(tmp_path, **{"Data.num_workers": 1}), sig, to, nproc=2)
+    # a signalled launcher exits with the signal's number, else with its first failed worker's exit code
+    assert proc.returncode == (sig if to == "launcher" else 128 + sig), text[-3000:]
+    log = tmp_path / "log" / "train.log"  # rank 0's
+    resume_after_stop(tmp_path, sig, log.read_text())
+    expected = losses((two_process_run[0] / "log" / "train.log").read_text())
+    assert_resumed_exactly(losses(log.read_text()), expected, tmp_path / "out", two_process_run[0] / "out")
+
+
+def test_unreadable_latest_falls_back_to_the_newest_readable_checkpoint(tmp_path, one_process_run):
+    out = tmp_path / "out"
+    os.makedirs(out)
+    for name in ("ckpt-e0001-s000000.pdckpt", "ckpt-e0002-s000000.pdckpt"):
+        shutil.copyfile(one_process_run[0] / "out" / name, out / name)
+    with open(out / "latest.pdckpt", "wb") as f:  # what a storage fault leaves: a truncated file
+        f.write((one_process_run[0] / "out" / "latest.pdckpt").read_bytes()[:5000])
+    args = fast_overrides(tmp_path, **ONE)
+    r = tool("train.py", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    warning = [line for line in r.stdout.splitlines() if "warning: cannot read" in line]
+    assert len(warning) == 1 and str(out / "latest.pdckpt") in warning[0]
+    assert warning[0].endswith(f"resuming from {out / 'ckpt-e0002-s000000.pdckpt'}, the newest readable checkpoint")
+    after = losses(r.stdout)
+    assert sorted(after) == [(3, s) for s in range(1, 6)]
+    assert all(after[k] == one_process_run[1][k] for k in after)
+    assert_same_weights(final_weights(out), final_weights(one_process_run[0] / "out"), tol=0)
+
+    (tmp_path / "damaged.pdckpt").write_bytes(b"\0" * 100)
+    r = tool("train.py", *args, "--resume", str(tmp_path / "damaged.pdckpt"))
+    assert r.returncode == 2 and len(error_lines(r)) == 1 and "damaged.pdckpt" in error_lines(r)[0]
 
 
 def test_accumulation_on_one_process_equals_two_processes(tmp_path, two_process_run):

@@ -10,6 +10,7 @@ resumed from any checkpoint continues exactly as if it had never stopped.
 """
 import argparse
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -18,14 +19,15 @@ import numpy as np
 import paddle
 
 from t2tvit.batch_augment import BatchAugment
-from t2tvit.checkpoint import CheckpointDir, load_file, load_weights
+from t2tvit.checkpoint import CheckpointDir, load_weights
 from t2tvit.config import add_config_args, config_from_args
 from t2tvit.dataset import build_loader, class_names
 from t2tvit.ema import ModelEMA, best_source
 from t2tvit.engine import evaluate
-from t2tvit.errors import UserError, cli
+from t2tvit.errors import StorageError, UserError, cli
 from t2tvit.mixup import soft_target_cross_entropy
 from t2tvit.optim import build_optimizer
+from t2tvit.preempt import GracefulStop, Interruptible, Stopped, resume_command, signal_name
 from t2tvit.runtime import Runtime, Scalars, Timer, amp_context, derived_seed, format_eta, make_logger
 from t2tvit.scheduler import WarmupCosineLR
 from t2tvit.t2t import create_model
@@ -44,9 +46,10 @@ def batch_plan(global_batch, max_batch, world):
 
 
 class Trainer:
-    def __init__(self, cfg):
+    def __init__(self, cfg, stop=None):
         g = cfg.Global
         self.cfg, self.rt = cfg, Runtime(cfg)
+        self.stop = stop or GracefulStop()
         self.log = make_logger("train", os.path.join(g.log_dir, "train.log"), self.rt.is_main)
         self.scalars = Scalars(g.log_dir, self.rt.is_main, self.log)
         batch, self.accum = batch_plan(cfg.Data.global_batch_size, cfg.Data.batch_size, self.rt.world)
@@ -78,10 +81,11 @@ class Trainer:
             self.ckpts.remove_stale_temporaries()
         self.epoch, self.step, self.skips = 0, 0, 0
         self.best = {"acc": -1.0, "which": "model", "epoch": -1}
+        self.saved_at, self.stopping = None, False
         self._restore()
 
     def _restore(self):
-        path = self.ckpts.resume_path(self.cfg.Global.resume)
+        path, state = self.ckpts.resume_from(self.cfg.Global.resume, self.log.warning)
         if path is None:
             if self.cfg.Global.pretrained:
                 which, notes = load_weights(self.model, self.cfg.Global.pretrained, drop_head=True)
@@ -89,7 +93,6 @@ class Trainer:
                 if self.ema:
                     self.ema.set_state_dict(self.model.state_dict())
             return
-        state = load_file(path)
         if state.get("global_batch") != self.cfg.Data.global_batch_size or state.get("arch") != self.cfg.Global.model:
             raise UserError(f"{path} is a {state.get('arch')} run with global batch {state.get('global_batch')}; "
                             f"this config trains {self.cfg.Global.model} with {self.cfg.Data.global_batch_size}")
@@ -111,7 +114,9 @@ class Trainer:
                  "skips": self.skips, "arch": self.cfg.Global.model, "global_batch": self.cfg.Data.global_batch_size,
                  "img_size": self.cfg.Global.img_size, "class_names": self.classes, "config": self.cfg.to_dict()}
         path = self.ckpts.save(state, self.epoch, self.step, is_best)
+        self.saved_at = (self.epoch, self.step)
         self.log.info(f"saved {path}{' (best)' if is_best else ''}")
+        return path
 
     def micro_step(self, images, labels, seeds, j):
         """Forward and backward of one micro-batch; returns (loss, acc) as floats."""
@@ -132,10 +137,13 @@ class Trainer:
         return float(loss), acc
 
     def optimizer_step(self, loss_is_finite):
+        # One all-reduce per step: do all ranks have a finite loss, and has any been asked to stop?
+        finite, stops = self.rt.all_sum([float(loss_is_finite), float(self.stop.requested)])
+        self.stopping = stops > 0  # the same answer on every rank, so all stop after this very step
         if self.scaler:  # the loss scaler skips steps with inf/nan gradients by itself
             self.scaler.step(self.opt)
             self.scaler.update()
-        elif self.rt.all_sum([float(loss_is_finite)])[0] < self.rt.world:  # every rank must agree to skip
+        elif finite < self.rt.world:  # every rank must agree to skip
             self.skips += 1
             where = f"non-finite loss at epoch {self.epoch + 1}, step {self.step}"
             if self.cfg.Global.nonfinite == "stop" or self.skips > self.cfg.Global.max_skips:
@@ -180,6 +188,8 @@ class Trainer:
                     read_t, train_t, losses, accs = 0.0, 0.0, [], []
                 if cfg.Global.save_every_steps and self.step % cfg.Global.save_every_steps == 0 and self.step < N:
                     self.save()
+                if self.stopping or (self.rt.world == 1 and self.stop.requested):  # one process: no need to agree
+                    raise Stopped(self.stop.signum)
             train_t += timer.lap()
         bad = int(self.rt.all_sum([bad])[0])
         if bad:
@@ -204,15 +214,47 @@ class Trainer:
 
     def fit(self):
         E = self.cfg.Global.epochs
-        while self.epoch < E:
-            self.train_epoch()
-            last = self.epoch == E - 1
-            is_best = self.validate() if last or (self.epoch + 1) % self.cfg.Global.eval_every == 0 else False
-            self.epoch, self.step = self.epoch + 1, 0
-            self.save(is_best)
+        for loader in (self.train_loader, self.val_loader):
+            self.stop.adopt_workers(loader)
+        self.val_loader = Interruptible(self.val_loader, self.stop, self.rt)
+        try:
+            while self.epoch < E:
+                self.train_epoch()
+                last = self.epoch == E - 1
+                is_best = self.validate() if last or (self.epoch + 1) % self.cfg.Global.eval_every == 0 else False
+                self.epoch, self.step = self.epoch + 1, 0
+                self.save(is_best)
+        except Stopped as stop:
+            try:
+                self.stop_here(stop)
+            except Stopped as again:  # a second signal while saving: the checkpoint of this step is dropped
+                self.stop_here(again)
+                raise again from None
+            raise
         self.log.info(f"best val top1 {self.best['acc']:.4f} ({self.best['which']}, epoch {self.best['epoch']}); "
                       f"checkpoints in {self.cfg.Global.output_dir}")
         self.scalars.close()
+
+    def stop_here(self, stop):
+        """Checkpoint the step boundary every rank agreed on (unless saved already) and say how to resume.
+
+        A stop during validation saves (epoch, steps_per_epoch): the resumed run validates that epoch again.
+        """
+        where = f"epoch {self.epoch + 1}/{self.cfg.Global.epochs}, step {self.step}/{self.sampler.steps_per_epoch}"
+        if stop.at_once:
+            path = self.ckpts.latest if os.path.isfile(self.ckpts.latest) else None
+            what = (f"stopped at once by a second {signal_name(stop.signum)} at {where} (work since the newest "
+                    f"checkpoint is lost): newest complete checkpoint {path or 'none yet'}")
+        else:
+            if self.saved_at != (self.epoch, self.step):
+                self.save()
+            path = self.ckpts.path(self.epoch, self.step)
+            self.rt.all_sum([0.0])  # no rank exits (which makes the launcher end the others) before the save
+            what = f"stopped by {signal_name(self.stop.signum)} at {where}, checkpoint {path}"
+        self.stop.exiting()
+        if self.rt.is_main:
+            self.log.warning(f"{what}; resume with: {resume_command(path)}" if path else
+                             f"{what}; no checkpoint yet: start again with the same command")
 
 
 @cli
@@ -224,7 +266,19 @@ def main(argv=None):
     cfg = config_from_args(args)
     if args.resume is not None:
         cfg.Global.resume = args.resume
-    Trainer(cfg).fit()
+    log = logging.getLogger("train")
+    stop = GracefulStop().install(log)  # after `import paddle`, whose own SIGTERM handler this replaces
+    try:
+        trainer = Trainer(cfg, stop)
+    except Stopped as e:
+        log.warning(f"stopped at once by a second {signal_name(e.signum)} while starting: nothing was trained")
+        return e.exit_code
+    try:
+        trainer.fit()
+    except Stopped as e:
+        return e.exit_code
+    except StorageError as e:
+        raise UserError(f"{e}; newest complete checkpoint: {CheckpointDir(cfg.Global.output_dir).newest()}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import paddle
 
-from .errors import UserError
+from .errors import StorageError, UserError
 
 CKPT_PATTERN = re.compile(r"^ckpt-e(\d{4})-s(\d{6})\.pdckpt$")
 
@@ -35,11 +35,15 @@ def atomic_link(src, dst):
     """Point dst at src's content atomically (a hard link where possible, so deleting src keeps dst)."""
     tmp = f"{dst}.tmp{os.getpid()}"
     try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
 def weights_or_best(given, output_dir):
@@ -141,30 +145,71 @@ class CheckpointDir:
     def remove_stale_temporaries(self):
         """Half-written files of a process that was killed while saving (call before this run saves)."""
         for tmp in glob.glob(os.path.join(self.root, "*.pdckpt.tmp*")):
-            os.remove(tmp)
+            try:
+                os.remove(tmp)
+            except OSError as e:
+                raise StorageError(tmp, e) from None
 
     def save(self, state, epoch, step, is_best=False):
-        path = os.path.join(self.root, f"ckpt-e{epoch:04d}-s{step:06d}.pdckpt")
-        atomic_save(state, path)
-        atomic_link(path, self.latest)
-        if is_best:
-            atomic_link(path, self.best)
-        self._prune()
+        """Write the checkpoint of (epoch, step); an OSError becomes a StorageError naming the file."""
+        path = target = self.path(epoch, step)
+        try:
+            atomic_save(state, path)
+            for target in [self.latest] + ([self.best] if is_best else []):
+                atomic_link(path, target)
+            target = self.root
+            self._prune()
+        except OSError as e:
+            raise StorageError(target, e) from None
         return path
 
+    def path(self, epoch, step):
+        return os.path.join(self.root, f"ckpt-e{epoch:04d}-s{step:06d}.pdckpt")
+
+    def newest(self):
+        """'latest.pdckpt (= ckpt-....pdckpt)': the newest complete checkpoint, or 'none yet'."""
+        if not os.path.isfile(self.latest):
+            return "none yet"
+        twins = [p for p in self._periodic() if os.path.samefile(p, self.latest)]
+        return self.latest + (f" (= {os.path.basename(twins[0])})" if twins else "")
+
+    def _periodic(self):
+        return sorted(p for p in glob.glob(os.path.join(self.root, "ckpt-e*.pdckpt"))
+                      if CKPT_PATTERN.match(os.path.basename(p)))
+
     def _prune(self):
-        periodic = sorted(p for p in glob.glob(os.path.join(self.root, "ckpt-e*.pdckpt"))
-                          if CKPT_PATTERN.match(os.path.basename(p)))
+        periodic = self._periodic()
         for old in periodic[:-self.keep_last] if self.keep_last > 0 else periodic:
             if not os.path.samefile(old, self.latest):
                 os.remove(old)
 
-    def resume_path(self, resume):
-        """The checkpoint to resume from: Global.resume = 'auto' | '' | a path."""
+    def resume_from(self, resume, warn):
+        """(path, loaded checkpoint) to resume from, or (None, None): Global.resume = 'auto' | '' | a path.
+
+        'auto' takes latest.pdckpt; when it cannot be read, the newest readable periodic checkpoint, then
+        best.pdckpt, saying so through `warn`. A path that cannot be read is an error.
+        """
         if resume == "":
-            return None
-        if resume == "auto":
-            return self.latest if os.path.isfile(self.latest) else None
-        if not os.path.isfile(resume):
-            raise UserError(f"Global.resume: no checkpoint at {resume}")
-        return resume
+            return None, None
+        if resume != "auto":
+            if not os.path.isfile(resume):
+                raise UserError(f"Global.resume: no checkpoint at {resume}")
+            return resume, load_file(resume)
+        if not os.path.isfile(self.latest):
+            return None, None
+        unreadable = []
+        for path in [self.latest] + self._periodic()[::-1] + [self.best]:
+            if not os.path.isfile(path):
+                continue
+            try:
+                state = load_file(path)
+                if not (isinstance(state, dict) and {"model", "optimizer", "epoch", "step"} <= set(state)):
+                    raise UserError(f"{path} is not a training checkpoint")
+            except UserError as e:
+                unreadable.append(str(e))
+                continue
+            if unreadable:
+                warn(f"warning: {'; '.join(unreadable)}; resuming from {path}, the newest readable checkpoint")
+            return path, state
+        raise UserError(f"Global.resume=auto: no readable checkpoint in {self.root} ({'; '.join(unreadable)}). "
+                        "Pass --resume PATH, or move the folder away to start afresh")

@@ -7,6 +7,14 @@ class UserError(Exception):
     """Bad input from the user (file, key or value); the message names the culprit."""
 
 
+class StorageError(UserError):
+    """An OSError while writing a file (no space, permission, read-only file system): the path and why."""
+
+    def __init__(self, path, err):
+        self.path, self.reason = path, err.strerror or str(err)
+        super().__init__(f"cannot write {path}: {self.reason}")
+
+
 def cli(main):
     """Run `main()` and turn a UserError into `error: <message>` on stderr with exit code 2."""
 

@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from .errors import UserError
+from .errors import StorageError, UserError
 
 
 def select_device(choice):
@@ -86,6 +86,16 @@ def amp_context(mode, level, device):
     return lambda: paddle.amp.auto_cast(enable=True, level=level, dtype=dtype), None
 
 
+class LogFileHandler(logging.FileHandler):
+    """A log file whose write errors stop the run (StorageError) instead of printing a traceback per line."""
+
+    def handleError(self, record):
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            raise StorageError(self.baseFilename, err) from None
+        super().handleError(record)
+
+
 def make_logger(name, log_file, is_main):
     """Rank 0 logs INFO to console and file; other ranks only warnings, to the console."""
     logger = logging.getLogger(name)
@@ -95,8 +105,11 @@ def make_logger(name, log_file, is_main):
     fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers = [logging.StreamHandler(sys.stdout)]
     if is_main and log_file:
-        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+            handlers.append(LogFileHandler(log_file))
+        except OSError as e:
+            raise StorageError(e.filename or log_file, e) from None
     for h in handlers:
         h.setFormatter(fmt)
         logger.addHandler(h)
@@ -107,22 +120,50 @@ class Scalars:
     """VisualDL scalars on rank 0 (a no-op elsewhere; where visualdl is missing, `log` is told why)."""
 
     def __init__(self, logdir, enabled, log):
-        self.writer = None
+        self.writer, self.error = None, None
         if enabled:
             try:
                 from visualdl import LogWriter
             except ImportError:
                 log.warning("visualdl is not installed: no VisualDL scalars (pip install visualdl)")
                 return
-            self.writer = LogWriter(logdir=logdir)
+            try:
+                self.writer = LogWriter(logdir=logdir)
+                self.path = self.writer.file_name
+            except OSError as e:
+                raise StorageError(e.filename or logdir, e) from None
+            self._catch_write_errors()
+
+    def _catch_write_errors(self):
+        """VisualDL writes from a thread that prints and swallows errors: keep the first for the main thread."""
+        try:
+            records = self.writer._get_file_writer()._async_writer._record_writer
+        except AttributeError:  # another VisualDL version: its errors stay its own
+            return
+        write = records.write
+
+        def checked(data):
+            try:
+                write(data)
+            except OSError as e:
+                self.error = self.error or e
+                raise
+
+        records.write = checked
+
+    def _check(self):
+        if self.error is not None:
+            raise StorageError(self.path, self.error)
 
     def add(self, tag, value, step):
         if self.writer is not None:
+            self._check()
             self.writer.add_scalar(tag=tag, value=float(value), step=int(step))
 
     def close(self):
         if self.writer is not None:
             self.writer.close()
+            self._check()
 
 
 def format_eta(seconds):
