@@ -30,12 +30,12 @@ META_FILE = PREFIX + ".yml"  # what the graph takes: model name, input name, img
 ONNX_FILE = "model.onnx"
 # Export formats and the files each one writes (with META_FILE, which every format needs).
 FORMATS = {"paddle": MODEL_FILES + (PARAMS_FILE,), "onnx": (ONNX_FILE,)}
-BACKENDS = ("paddle", "onnxruntime", "openvino")
+BACKENDS = ("paddle", "onnxruntime", "openvino")  # also the names of their Python packages
 BACKEND_FORMAT = {"paddle": "paddle", "onnxruntime": "onnx", "openvino": "onnx"}
-BACKEND_MODULE = {"paddle": "paddle", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 # backend="auto": the first of these that is installed and whose model file is there. Measured on a 2-core
-# AMD EPYC (Zen 4), T2T-ViT-7, 224 px, batch 32 and batch 1, 2 threads (README, "Deploy"): OpenVINO fp32 was
-# fastest at both batch sizes, then Paddle Inference (oneDNN), then ONNX Runtime.
+# AMD EPYC (cpu family 26: Zen 5), T2T-ViT-7, 224 px, 2 threads, fp32, images/s in two interleaved rounds:
+# batch 32: openvino 99-109, paddle 99-104, onnxruntime 81-84; batch 1: openvino 92-96, onnxruntime 74-75,
+# paddle 54. OpenVINO is the fastest at both; Paddle Inference is next at batch 32 and needs no model.onnx.
 AUTO_ORDER = ("openvino", "paddle", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of AVX512_BF16 and AMX-BF16
@@ -70,7 +70,7 @@ def _check_backend(backend):
 
 def available_backends():
     """The deployment backends installed here, in BACKENDS order."""
-    return [b for b in BACKENDS if importlib.util.find_spec(BACKEND_MODULE[b]) is not None]
+    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
 
 
 def supported_precisions(backend):
