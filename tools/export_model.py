@@ -12,6 +12,7 @@ the dynamic model's logits within 1e-4; a previous export's model files in DIR a
 """
 import argparse
 import importlib.util
+import inspect
 import os
 import shutil
 import sys
@@ -68,15 +69,15 @@ def to_onnx(model_dir):
     import paddle2onnx
 
     model_file, params_file, _ = model_files(model_dir)
-    if model_file.endswith(".pdmodel"):
-        raise UserError("ONNX export needs Paddle 3.x: paddle2onnx 2.x (requirements-deploy.txt) converts the "
-                        "PIR programs Paddle 3 writes, and this Paddle wrote a 2.6 .pdmodel")
     out = os.path.join(model_dir, ONNX_FILE)
-    # optimize_tool="none": paddle2onnx's default (Polygraphy constant folding) pip-installs missing modules
-    # at run time; ONNX Runtime and OpenVINO fold constants themselves when they load the model.
+    options = {"save_file": out, "opset_version": ONNX_OPSET, "enable_onnx_checker": True, "verbose": False}
+    # paddle2onnx 2.x (Paddle 3) folds constants with Polygraphy by default, which pip-installs missing modules
+    # at run time: "none" turns it off (ONNX Runtime and OpenVINO fold constants when they load the model).
+    # paddle2onnx 1.x (Paddle 2.6) has no such step and no such option.
+    if "optimize_tool" in inspect.signature(paddle2onnx.export).parameters:
+        options["optimize_tool"] = "none"
     try:
-        paddle2onnx.export(model_file, params_file, save_file=out, opset_version=ONNX_OPSET,
-                           enable_onnx_checker=True, optimize_tool="none")
+        paddle2onnx.export(model_file, params_file, **options)
     except Exception as e:  # it logs the cause and then fails on its own unset result
         raise UserError(f"paddle2onnx could not convert the exported program (its log above says why): {e}")
     if not os.path.isfile(out):

@@ -92,7 +92,16 @@ def precision_problem(backend, precision, device="cpu"):
                 f"use --backend {' or '.join(BF16_BACKENDS)} for {precision}")
     if not cpu_has_bf16():
         return "bf16 needs a CPU with AVX512_BF16 or AMX; this CPU has neither"
+    if backend == "paddle" and paddle_major() == 2:
+        return ("Paddle Inference 2.6's bf16 passes break this model (elementwise_mul fails at run time); "
+                "use Paddle 3.x, or --backend openvino for bf16")
     return None
+
+
+def paddle_major():
+    import paddle
+
+    return int(paddle.__version__.split(".")[0])
 
 
 def read_meta(model_dir):
