@@ -97,8 +97,8 @@ def measure_eval_dynamic(args):
 
 def measure_eval_engine(args):
     _setup_paddle(args)
-    from export_model import export
-    from infer import Predictor
+    from t2tvit.deploy import export
+    from t2tvit.deploy import Predictor
     from t2tvit.t2t import create_model
     model = create_model(args.model, img_size=args.img_size)
     model.eval()
@@ -155,7 +155,7 @@ def measure_gemm(args):
     """Seconds per GFLOP of a fp32 matmul: [dynamic graph, inference engine]."""
     paddle = _setup_paddle(args)
     import paddle.inference as pi
-    from infer import cpu_config
+    from t2tvit.deploy import cpu_config
     n, k, m = GEMM_SHAPE
     a = paddle.randn([n, k])
     b = paddle.randn([k, m])
@@ -358,7 +358,7 @@ def main(argv=None):
     ap.add_argument("--mkl-debug", choices=("both", "on", "off"), default="both",
                     help="MKL_DEBUG_CPU_TYPE=5 for the MKL-bound CPU measurements: both, on or off")
     ap.add_argument("--no-malloc-tuning", action="store_true",
-                    help="leave glibc's malloc as is (the tools keep freed memory by default; see infer.py)")
+                    help="leave glibc's malloc as is (the tools keep freed memory by default; see t2tvit/runtime.py)")
     ap.add_argument("--data-images", type=int, default=40, help="JPEGs per data-pipeline run")
     ap.add_argument("--worker", choices=MEASURES, help=argparse.SUPPRESS)
     ap.add_argument("--jpeg-dir", help=argparse.SUPPRESS)
