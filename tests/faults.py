@@ -1,17 +1,25 @@
-"""Run a script with writes to some files failing, as on a full disk or a read-only file system.
+"""Run a script with a fault injected: writes to some files failing, or signals at a chosen moment.
 
     python tests/faults.py GLOB ERRNO [AFTER_BYTES] -- tools/train.py ARGS...
+    python tests/faults.py --signal SIGTERM MODULE.FUNCTION CALL [COUNT] -- tools/train.py ARGS...
 
 Files whose name matches GLOB, opened for writing through Python's open() (paddle.save, logging and VisualDL
 all use it), fail with ERRNO (a name: ENOSPC, EROFS, EACCES): once AFTER_BYTES have been written to them
 (the disk fills up mid-file), or when opened if AFTER_BYTES is not given. Needs no root and no mount.
+
+With --signal, the CALL-th call of MODULE.FUNCTION (e.g. t2tvit.engine.evaluate, paddle.save) gets the signal as it
+starts; with COUNT 2, a second one 1.5 s later, once the function has done its work (a save is written but
+not yet renamed into place).
 """
 import builtins
 import errno
 import fnmatch
+import importlib
 import os
 import runpy
+import signal
 import sys
+import time
 
 
 class FailingFile:
@@ -53,12 +61,35 @@ def install(pattern, err, after_bytes=None):
     builtins.open = failing_open
 
 
+def signal_at(sig, target, call, count=1):
+    module_name, name = target.rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    real, calls = getattr(module, name), []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) != call:
+            return real(*args, **kwargs)
+        os.kill(os.getpid(), sig)
+        if count == 1:
+            return real(*args, **kwargs)
+        time.sleep(1.5)
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), sig)
+        return result
+
+    setattr(module, name, wrapper)
+
+
 def main():
     split = sys.argv.index("--")
     spec, script = sys.argv[1:split], sys.argv[split + 1:]
-    install(spec[0], getattr(errno, spec[1]), int(spec[2]) if len(spec) > 2 else None)
     sys.argv = script
     sys.path.insert(0, os.path.dirname(os.path.abspath(script[0])))
+    if spec[0] == "--signal":
+        signal_at(getattr(signal, spec[1]), spec[2], *map(int, spec[3:]))
+    else:
+        install(spec[0], getattr(errno, spec[1]), int(spec[2]) if len(spec) > 2 else None)
     runpy.run_path(script[0], run_name="__main__")
 
 

@@ -39,6 +39,13 @@ def tool(name, *args, timeout=300, **kwargs):
                           timeout=timeout)
 
 
+def tool_with_fault(fault, name, *args, timeout=300):
+    """Run a tool on one process through tests/faults.py, which injects `fault` (a list of its arguments)."""
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "faults.py"), *map(str, fault), "--",
+           os.path.join(ROOT, "tools", name), "-c", DEMO, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=timeout)
+
+
 def start(name, *args, log_file=None, **kwargs):
     """Start a tool in the background, its output going to log_file, in a session of its own (so that
     os.killpg(proc.pid, sig) is what Ctrl-C on a terminal does: the signal reaches it and its data workers)."""

@@ -3,24 +3,14 @@
 The faults are injected (tests/faults.py makes Python's open() fail for some files), so this runs anywhere,
 without root or a small file system to fill.
 """
-import os
 import re
-import subprocess
-import sys
 
 import paddle
 import pytest
 
+from runner import error_lines, fast_overrides, tool_with_fault
 from t2tvit.checkpoint import CheckpointDir
 from t2tvit.errors import UserError
-from runner import DEMO, ENV, ROOT, error_lines, fast_overrides
-
-
-def train_with_fault(tmp_path, pattern, errno_name, after_bytes=None):
-    fault = [pattern, errno_name] + ([str(after_bytes)] if after_bytes is not None else [])
-    cmd = [sys.executable, os.path.join(ROOT, "tests", "faults.py"), *fault, "--",
-           os.path.join(ROOT, "tools", "train.py"), "-c", DEMO, *fast_overrides(tmp_path, **{"Data.num_workers": 1})]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
 
 
 @pytest.mark.parametrize("pattern, errno_name, after_bytes, culprit, newest", [
@@ -31,7 +21,8 @@ def train_with_fault(tmp_path, pattern, errno_name, after_bytes=None):
 ], ids=["checkpoint on a full disk", "log on a full disk", "metrics on a read-only file system"])
 def test_a_failed_write_stops_with_one_error_line_and_keeps_the_checkpoints(tmp_path, pattern, errno_name,
                                                                             after_bytes, culprit, newest):
-    r = train_with_fault(tmp_path, pattern, errno_name, after_bytes)
+    fault = [pattern, errno_name] + ([after_bytes] if after_bytes is not None else [])
+    r = tool_with_fault(fault, "train.py", *fast_overrides(tmp_path, **{"Data.num_workers": 1}))
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     errors = error_lines(r)
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -13,7 +13,7 @@ import paddle
 import pytest
 
 from runner import (ENV, ROOT, children, error_lines, fast_overrides, free_port, losses, processes_mentioning, start,
-                    tool, wait_for_steps)
+                    tool, tool_with_fault, wait_for_steps)
 
 ONE = {"Global.seed": 7, "Data.num_workers": 1}  # the same run with or without periodic checkpoints
 STOP_LINE = re.compile(r"stopped by (SIG\w+) at epoch (\d+)/3, step (\d+)/5, checkpoint (\S+); resume with: (.+)")
@@ -123,6 +123,27 @@ def test_signal_on_two_processes_stops_both_at_one_step_and_resumes_exactly(tmp_
     resume_after_stop(tmp_path, sig, log.read_text())
     expected = losses((two_process_run[0] / "log" / "train.log").read_text())
     assert_resumed_exactly(losses(log.read_text()), expected, tmp_path / "out", two_process_run[0] / "out")
+
+
+@pytest.mark.parametrize("fault, stop", [
+    (("t2tvit.engine.evaluate", 1, 1), "stopped by SIGTERM at epoch 1/3, step 5/5, checkpoint "),
+    (("paddle.save", 1, 1), "stopped by SIGTERM at epoch 2/3, step 1/5, checkpoint "),
+    (("paddle.save", 2, 2), "stopped at once by a second SIGTERM at epoch 3/3, step 0/5 (work since the newest "
+                            "checkpoint is lost): newest complete checkpoint "),
+], ids=["one during validation", "one during a save", "a second one during a save"])
+def test_signals_during_validation_or_a_save_stop_cleanly_and_resume_exactly(tmp_path, one_process_run, fault, stop):
+    args = fast_overrides(tmp_path, **ONE)
+    r = tool_with_fault(("--signal", "SIGTERM", *fault), "train.py", *args)
+    assert r.returncode == 128 + signal.SIGTERM and "Traceback" not in r.stderr, r.stderr[-3000:]
+    line = [line for line in r.stdout.splitlines() if "stopped" in line]
+    assert len(line) == 1 and stop in line[0], r.stdout[-3000:]
+    checkpoint = line[0].split(stop)[1].split(";")[0]
+    assert os.path.samefile(checkpoint, tmp_path / "out" / "latest.pdckpt")  # complete, and the newest
+    assert not list((tmp_path / "out").glob("*.tmp*"))
+    resumed = tool("train.py", *args, "--resume", checkpoint)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_resumed_exactly(losses((tmp_path / "log" / "train.log").read_text()), one_process_run[1],
+                           tmp_path / "out", one_process_run[0] / "out")
 
 
 def test_unreadable_latest_falls_back_to_the_newest_readable_checkpoint(tmp_path, one_process_run):

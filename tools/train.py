@@ -252,6 +252,7 @@ class Trainer:
             self.rt.all_sum([0.0])  # no rank exits (which makes the launcher end the others) before the save
             what = f"stopped by {signal_name(self.stop.signum)} at {where}, checkpoint {path}"
         self.stop.exiting()
+        stop.logged = True
         if self.rt.is_main:
             self.log.warning(f"{what}; resume with: {resume_command(path)}" if path else
                              f"{what}; no checkpoint yet: start again with the same command")
@@ -269,16 +270,15 @@ def main(argv=None):
     log = logging.getLogger("train")
     stop = GracefulStop().install(log)  # after `import paddle`, whose own SIGTERM handler this replaces
     try:
-        trainer = Trainer(cfg, stop)
+        Trainer(cfg, stop).fit()
     except Stopped as e:
-        log.warning(f"stopped at once by a second {signal_name(e.signum)} while starting: nothing was trained")
-        return e.exit_code
-    try:
-        trainer.fit()
-    except Stopped as e:
+        if not e.logged:  # a second signal before training started
+            log.warning(f"stopped at once by a second {signal_name(e.signum)} while starting: nothing was trained")
         return e.exit_code
     except StorageError as e:
         raise UserError(f"{e}; newest complete checkpoint: {CheckpointDir(cfg.Global.output_dir).newest()}")
+    finally:
+        stop.exiting()  # however the run ends, its data loader workers end with it
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from the trainer and inherit this handler: there it ignores the signal (a termin
 SIGTERM reach every process of the job, but the trainer needs its workers to finish the step and ends them
 itself), unless the trainer is gone or exiting (multiprocessing's exit hook sends SIGTERM), when it exits.
 """
-import atexit
 import ctypes
 import mmap
 import multiprocessing
@@ -38,6 +37,7 @@ class Stopped(BaseException):
         super().__init__(signal_name(signum))
         self.signum = signum or signal.SIGTERM  # a rank that saw no signal follows the one that did
         self.at_once = at_once
+        self.logged = False  # whether the line saying where the run stopped was written
 
     @property
     def exit_code(self):
@@ -66,11 +66,14 @@ class GracefulStop:
         self.log = log
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
-        atexit.register(self.exiting)  # runs before multiprocessing's own exit hook, which terminates workers
         return self
 
     def exiting(self):
-        """From now on signals end the data loader workers and are ignored by the trainer."""
+        """From now on signals end the data loader workers and are ignored by the trainer.
+
+        Call it before the interpreter exits, however it exits: multiprocessing's exit hook ends the
+        workers that are still running with SIGTERM, and waits for them.
+        """
         self._exiting[0] = 1
 
     def _handle(self, signum, frame):
