@@ -214,16 +214,23 @@ class Trainer:
 
     def fit(self):
         E = self.cfg.Global.epochs
+        while self.epoch < E:
+            self.train_epoch()
+            last = self.epoch == E - 1
+            is_best = self.validate() if last or (self.epoch + 1) % self.cfg.Global.eval_every == 0 else False
+            self.epoch, self.step = self.epoch + 1, 0
+            self.save(is_best)
+        self.log.info(f"best val top1 {self.best['acc']:.4f} ({self.best['which']}, epoch {self.best['epoch']}); "
+                      f"checkpoints in {self.cfg.Global.output_dir}")
+        self.scalars.close()
+
+    def run(self):
+        """fit(), stopping at a step boundary every rank agrees on when a signal asks (preempt.py)."""
         for loader in (self.train_loader, self.val_loader):
             self.stop.adopt_workers(loader)
         self.val_loader = Interruptible(self.val_loader, self.stop, self.rt)
         try:
-            while self.epoch < E:
-                self.train_epoch()
-                last = self.epoch == E - 1
-                is_best = self.validate() if last or (self.epoch + 1) % self.cfg.Global.eval_every == 0 else False
-                self.epoch, self.step = self.epoch + 1, 0
-                self.save(is_best)
+            self.fit()
         except Stopped as stop:
             try:
                 self.stop_here(stop)
@@ -231,9 +238,6 @@ class Trainer:
                 self.stop_here(again)
                 raise again from None
             raise
-        self.log.info(f"best val top1 {self.best['acc']:.4f} ({self.best['which']}, epoch {self.best['epoch']}); "
-                      f"checkpoints in {self.cfg.Global.output_dir}")
-        self.scalars.close()
 
     def stop_here(self, stop):
         """Checkpoint the step boundary every rank agreed on (unless saved already) and say how to resume.
@@ -270,7 +274,7 @@ def main(argv=None):
     log = logging.getLogger("train")
     stop = GracefulStop().install(log)  # after `import paddle`, whose own SIGTERM handler this replaces
     try:
-        Trainer(cfg, stop).fit()
+        Trainer(cfg, stop).run()
     except Stopped as e:
         if not e.logged:  # a second signal before training started
             log.warning(f"stopped at once by a second {signal_name(e.signum)} while starting: nothing was trained")
