@@ -1,16 +1,16 @@
 """Run the repo's tools as a user would: subprocesses on lit_data with small, fast settings."""
 import os
-import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from t2tvit.runtime import MetricsFile, read_metrics
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "config", "t2t_vit_7_demo.yaml")
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", MKL_DEBUG_CPU_TYPE="5")
-LOSS_LINE = re.compile(r"Epoch \[(\d+)/\d+\], Step \[(\d+)/\d+\], Loss: ([\d.na]+)")
 
 
 def fast_overrides(tmp_path, **extra):
@@ -54,11 +54,11 @@ def start(name, *args, log_file=None, **kwargs):
                             env=ENV, start_new_session=True)
 
 
-def wait_for_steps(proc, log_file, steps, timeout=240):
-    """Wait until log_file shows `steps` logged optimizer steps (or the process ends)."""
+def wait_for_steps(proc, log_dir, steps, timeout=240):
+    """Wait until the run logging to log_dir has logged `steps` optimizer steps (or the process ends)."""
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline:
-        if os.path.isfile(log_file) and len(losses(open(log_file).read())) >= steps:
+        if len(losses(log_dir)) >= steps:
             return
         time.sleep(0.05)
 
@@ -89,9 +89,13 @@ def children(pid):
     return kids
 
 
-def losses(text):
-    """{(epoch, step): loss string} from training log text."""
-    return {(int(e), int(s)): loss for e, s, loss in LOSS_LINE.findall(text)}
+def losses(log_dir):
+    """{(epoch, step): loss} of every logged optimizer step, from the run's metrics.jsonl (a step logged again
+    by a resumed run counts with its later line)."""
+    path = os.path.join(log_dir, MetricsFile.NAME)
+    if not os.path.isfile(path):
+        return {}
+    return {(r["epoch"], r["step"]): r["loss"] for r in read_metrics(path, "train")}
 
 
 def error_lines(result):

@@ -125,7 +125,7 @@ def test_training_from_scratch_learns_real_images(fashion, tmp_path):
     assert (epoch, n) == ("6", "1000")
     assert float(top1) >= 0.60, r.stdout[-3000:]
     curve = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plot_curve.py"),
-                            str(tmp_path / "log" / "train.log")], capture_output=True, text=True, env=ENV)
+                            str(tmp_path / "log")], capture_output=True, text=True, env=ENV)
     assert curve.returncode == 0, curve.stderr
     assert (tmp_path / "log" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"val top-1 (model) {float(top1):.4f} at epoch 6" in curve.stdout

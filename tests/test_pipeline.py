@@ -8,6 +8,7 @@ import paddle
 import pytest
 
 from runner import ROOT, error_lines, fast_overrides, losses, tool
+from t2tvit.runtime import MetricsFile, read_metrics
 
 LOG_LINE = re.compile(r"Epoch \[\d+/3\], Step \[\d+/5\], Loss: \d+\.\d{4}, acc: \d\.\d{4}, read_time: \d+\.\d{4}, "
                       r"train_time: \d+\.\d{4}, lr: \d\.\d{6}, ips: [\d.]+ images/s, eta: \d+:\d\d:\d\d")
@@ -33,7 +34,7 @@ def test_training_writes_logs_and_checkpoints(trained):
     tmp, out = trained
     steps = [line for line in out.splitlines() if "Step [" in line]
     assert len(steps) == 15 and all(LOG_LINE.search(line) for line in steps), steps[:2]
-    assert sorted(losses(out)) == [(e, s) for e in (1, 2, 3) for s in range(1, 6)]
+    assert sorted(losses(tmp / "log")) == [(e, s) for e in (1, 2, 3) for s in range(1, 6)]
     assert os.path.isfile(tmp / "log" / "train.log") and glob.glob(str(tmp / "log" / "vdlrecords.*"))
     names = sorted(os.path.basename(p) for p in glob.glob(str(tmp / "out" / "*")))
     assert names == ["best.pdckpt", "ckpt-e0001-s000000.pdckpt", "ckpt-e0002-s000000.pdckpt",
@@ -44,16 +45,33 @@ def test_training_writes_logs_and_checkpoints(trained):
     assert len(state["class_names"]) == 1000 and state["class_names"][0].startswith("tench")
 
 
+def test_metrics_file_holds_the_numbers_of_every_log_line(trained):
+    tmp, out = trained
+    records = read_metrics(tmp / "log" / MetricsFile.NAME)
+    train = [r for r in records if r["kind"] == "train"]
+    assert [(r["epoch"], r["step"]) for r in train] == [(e, s) for e in (1, 2, 3) for s in range(1, 6)]
+    assert set(train[0]) == {"kind", "epoch", "epochs", "step", "steps", "loss", "acc", "read_time", "train_time",
+                             "lr", "ips", "eta", "time"}
+    for r in train:  # the human line shows the same numbers, rounded
+        assert (f"Epoch [{r['epoch']}/3], Step [{r['step']}/5], Loss: {r['loss']:.4f}, acc: {r['acc']:.4f}, "
+                f"read_time: {r['read_time']:.4f}, train_time: {r['train_time']:.4f}, lr: {r['lr']:.6f}") in out
+    val = [r for r in records if r["kind"] == "val"]
+    assert [(r["epoch"], r["model"]) for r in val] == [(e, m) for e in (1, 2, 3) for m in ("model", "ema")]
+    assert all(r["images"] == 20 and 0 <= r["top5"] <= 1 for r in val)
+
+
 def test_best_checkpoint_follows_the_ema_model_as_the_official_protocol_does(trained):
     tmp, out = trained
-    ema = [float(x) for x in re.findall(r"val \(ema\): top1 (\d\.\d{4})", out)]
-    model = re.findall(r"val \(model\): top1 (\d\.\d{4})", out)
-    assert len(ema) == len(model) == 3  # both validated and logged every epoch
+    records = read_metrics(tmp / "log" / MetricsFile.NAME)
+    ema = [r["top1"] for r in records if r["kind"] == "val" and r["model"] == "ema"]
+    assert len(ema) == 3 and len([r for r in records if r["kind"] == "val" and r["model"] == "model"]) == 3
     best = paddle.load(str(tmp / "out" / "best.pdckpt"))
     assert best["best"]["which"] == best["best_which"] == "ema"
-    assert best["best"]["acc"] == pytest.approx(max(ema), abs=1e-4)
-    assert best["best"]["epoch"] == ema.index(max(ema)) + 1
-    assert re.search(rf"best val top1 {max(ema):.4f} \(ema, epoch {ema.index(max(ema)) + 1}\)", out)
+    first_max = ema.index(max(ema)) + 1
+    assert best["best"]["acc"] == max(ema) and best["best"]["epoch"] == first_max
+    [final] = [r for r in records if r["kind"] == "best"]
+    assert {k: final[k] for k in ("top1", "model", "epoch")} == {"top1": max(ema), "model": "ema", "epoch": first_max}
+    assert re.search(rf"best val top1 {max(ema):.4f} \(ema, epoch {first_max}\)", out)
 
 
 def test_val_reproduces_best_checkpoint_accuracy(trained):

@@ -14,6 +14,7 @@ import pytest
 
 from runner import (ENV, ROOT, children, error_lines, fast_overrides, free_port, losses, processes_mentioning, start,
                     tool, tool_with_fault, wait_for_steps)
+from t2tvit.runtime import MetricsFile, read_metrics
 
 ONE = {"Global.seed": 7, "Data.num_workers": 1}  # the same run with or without periodic checkpoints
 STOP_LINE = re.compile(r"stopped by (SIG\w+) at epoch (\d+)/3, step (\d+)/5, checkpoint (\S+); resume with: (.+)")
@@ -21,6 +22,10 @@ STOP_LINE = re.compile(r"stopped by (SIG\w+) at epoch (\d+)/3, step (\d+)/5, che
 
 def final_weights(out_dir):
     return {k: v.numpy() for k, v in paddle.load(os.path.join(out_dir, "latest.pdckpt"))["model"].items()}
+
+
+def val_metrics(log_dir):
+    return [(r["epoch"], r["model"], r["top1"], r["top5"]) for r in read_metrics(log_dir / MetricsFile.NAME, "val")]
 
 
 def assert_same_weights(a, b, tol=1e-5):
@@ -34,8 +39,8 @@ def one_process_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("one")
     r = tool("train.py", *fast_overrides(tmp, **ONE))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert len(losses(r.stdout)) == 15
-    return tmp, losses(r.stdout)
+    assert len(losses(tmp / "log")) == 15
+    return tmp, losses(tmp / "log")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,7 @@ def interrupt(tmp_path, args, sig, to="process", nproc=1):
     Ctrl-C on a terminal reaches: the trainer and its data workers), workers (each launched worker's group)."""
     log = tmp_path / f"{sig.name}.log"
     proc = start("train.py", *args, log_file=log, nproc=nproc)
-    wait_for_steps(proc, tmp_path / "log" / "train.log", random.Random().randint(2, 10))
+    wait_for_steps(proc, tmp_path / "log", random.Random().randint(2, 10))
     time.sleep(random.random() * 0.2)
     if to == "group":
         os.killpg(proc.pid, sig)
@@ -78,7 +83,7 @@ def assert_resumed_exactly(logged, expected, out_dir, reference_dir):
 def test_sigkill_then_resume_continues_exactly(tmp_path, one_process_run):
     args = fast_overrides(tmp_path, **ONE, **{"Global.save_every_steps": 1})
     proc, text = interrupt(tmp_path, args, signal.SIGKILL)
-    before = losses(text)
+    before = losses(tmp_path / "log")
     assert proc.returncode == -signal.SIGKILL and len(before) < 15
 
     latest = tmp_path / "out" / "latest.pdckpt"
@@ -86,7 +91,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, one_process_run):
     resumed = tool("train.py", *args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {latest}: epoch {state['epoch'] + 1}, step {state['step']}" in resumed.stdout
-    assert_resumed_exactly({**before, **losses(resumed.stdout)}, one_process_run[1], tmp_path / "out",
+    assert_resumed_exactly(losses(tmp_path / "log"), one_process_run[1], tmp_path / "out",
                            one_process_run[0] / "out")
 
 
@@ -109,7 +114,7 @@ def test_signal_on_one_process_stops_at_a_step_with_a_checkpoint_and_resumes_exa
     proc, text = interrupt(tmp_path, fast_overrides(tmp_path, **ONE), sig, to)
     assert proc.returncode == 128 + sig, text[-3000:]
     resume_after_stop(tmp_path, sig, text)
-    logged = losses((tmp_path / "log" / "train.log").read_text())  # both runs: every step exactly once
+    logged = losses(tmp_path / "log")  # the steps of both runs
     assert_resumed_exactly(logged, one_process_run[1], tmp_path / "out", one_process_run[0] / "out")
 
 
@@ -121,8 +126,8 @@ def test_signal_on_two_processes_stops_both_at_one_step_and_resumes_exactly(tmp_
     assert proc.returncode == (sig if to == "launcher" else 128 + sig), text[-3000:]
     log = tmp_path / "log" / "train.log"  # rank 0's
     resume_after_stop(tmp_path, sig, log.read_text())
-    expected = losses((two_process_run[0] / "log" / "train.log").read_text())
-    assert_resumed_exactly(losses(log.read_text()), expected, tmp_path / "out", two_process_run[0] / "out")
+    expected = losses(two_process_run[0] / "log")
+    assert_resumed_exactly(losses(tmp_path / "log"), expected, tmp_path / "out", two_process_run[0] / "out")
 
 
 @pytest.mark.parametrize("fault, stop", [
@@ -142,7 +147,7 @@ def test_signals_during_validation_or_a_save_stop_cleanly_and_resume_exactly(tmp
     assert not list((tmp_path / "out").glob("*.tmp*"))
     resumed = tool("train.py", *args, "--resume", checkpoint)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert_resumed_exactly(losses((tmp_path / "log" / "train.log").read_text()), one_process_run[1],
+    assert_resumed_exactly(losses(tmp_path / "log"), one_process_run[1],
                            tmp_path / "out", one_process_run[0] / "out")
 
 
@@ -159,7 +164,7 @@ def test_unreadable_latest_falls_back_to_the_newest_readable_checkpoint(tmp_path
     warning = [line for line in r.stdout.splitlines() if "warning: cannot read" in line]
     assert len(warning) == 1 and str(out / "latest.pdckpt") in warning[0]
     assert warning[0].endswith(f"resuming from {out / 'ckpt-e0002-s000000.pdckpt'}, the newest readable checkpoint")
-    after = losses(r.stdout)
+    after = losses(tmp_path / "log")
     assert sorted(after) == [(3, s) for s in range(1, 6)]
     assert all(after[k] == one_process_run[1][k] for k in after)
     assert_same_weights(final_weights(out), final_weights(one_process_run[0] / "out"), tol=0)
@@ -186,6 +191,5 @@ def test_two_machines_train_like_two_processes(tmp_path, two_process_run):
     log = (tmp_path / "log" / "train.log").read_text()  # written by rank 0, on whichever node it landed
     assert "x 2 device(s)" in log
     assert_same_weights(final_weights(tmp_path / "out"), final_weights(two_process_run[0] / "out"))
-    val = [line.split("val (model)")[1] for line in log.splitlines() if "val (model)" in line]
-    ref = [line.split("val (model)")[1] for line in two_process_run[1].splitlines() if "val (model)" in line]
-    assert len(val) == 3 and val == ref
+    val, ref = (val_metrics(d / "log") for d in (tmp_path, two_process_run[0]))
+    assert len(val) == 6 and val == ref

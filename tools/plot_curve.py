@@ -1,15 +1,15 @@
-"""Draw a training run's learning curve from its train.log.
+"""Draw a training run's learning curve from its metrics file (log_dir/metrics.jsonl, written by tools/train.py).
 
-    python tools/plot_curve.py log/fashion_mnist/train.log [--out log/fashion_mnist/curve.png]
+    python tools/plot_curve.py log/fashion_mnist [--out log/fashion_mnist/curve.png]
 
-Left: the training loss of every log line, at its fractional epoch. Right: validation top-1 of the model
-and of its EMA after each validated epoch, with the training accuracy of the log lines behind them. A
-resumed run appends to the same log and may repeat steps; the last value logged for a step wins.
+The argument may be the run's log folder, its metrics.jsonl, or its train.log (the metrics file beside it is
+read). Left: the training loss of every log line, at its fractional epoch. Right: validation top-1 of the model
+and of its EMA after each validated epoch, with the training accuracy of the log lines behind them. A resumed
+run appends to the same file and may repeat steps; the last value logged for a step wins.
 """
 import argparse
 import datetime
 import os
-import re
 import sys
 
 import matplotlib
@@ -18,23 +18,28 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from t2tvit import errors  # noqa: E402
-
-STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) "
-TRAIN = re.compile(STAMP + r"Epoch \[(\d+)/(\d+)\], Step \[(\d+)/(\d+)\], Loss: ([^,]+), acc: ([^,]+),", re.M)
-VAL = re.compile(STAMP + r"Epoch \[(\d+)/\d+\] val \((model|ema)\): top1 ([\d.]+)", re.M)
+from t2tvit.runtime import MetricsFile, read_metrics  # noqa: E402
 
 
-def parse_log(text):
+def curves_of(records):
     """{'train': {(epoch, step): (x, loss, acc)}, 'model'/'ema': {epoch: top1}, 'times': [datetimes]}."""
     curves = {"train": {}, "model": {}, "ema": {}}
-    for _, epoch, _, step, steps, loss, acc in TRAIN.findall(text):
-        e, s = int(epoch), int(step)
-        curves["train"][e, s] = (e - 1 + s / int(steps), float(loss), float(acc))
-    for _, epoch, which, top1 in VAL.findall(text):
-        curves[which][int(epoch)] = float(top1)
-    curves["times"] = sorted(datetime.datetime.strptime(t, "%Y-%m-%d %H:%M:%S")
-                             for t in re.findall(STAMP, text, re.M))
+    for r in records:
+        if r["kind"] == "train":
+            curves["train"][r["epoch"], r["step"]] = (r["epoch"] - 1 + r["step"] / r["steps"], r["loss"], r["acc"])
+        elif r["kind"] == "val":
+            curves[r["model"]][r["epoch"]] = r["top1"]
+    curves["times"] = sorted(datetime.datetime.fromtimestamp(r["time"]) for r in records if "time" in r)
     return curves
+
+
+def metrics_path(path):
+    """The metrics.jsonl named by a log folder, the file itself, or a train.log beside it."""
+    if os.path.isdir(path):
+        return os.path.join(path, MetricsFile.NAME)
+    if os.path.basename(path) == MetricsFile.NAME:
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(path)), MetricsFile.NAME)
 
 
 def plot(curves, out, title):
@@ -62,25 +67,26 @@ def plot(curves, out, title):
 @errors.cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("log", help="a train.log written by tools/train.py")
-    ap.add_argument("--out", default="", help="PNG to write (default: curve.png beside the log)")
-    ap.add_argument("--title", default="", help="figure title (default: the log's folder name)")
+    ap.add_argument("log", help="a run's log folder (Global.log_dir), its metrics.jsonl or its train.log")
+    ap.add_argument("--out", default="", help="PNG to write (default: curve.png in the log folder)")
+    ap.add_argument("--title", default="", help="figure title (default: the log folder's name)")
     args = ap.parse_args(argv)
+    path = metrics_path(args.log)
     try:
-        with open(args.log, encoding="utf-8") as f:
-            text = f.read()
+        curves = curves_of(read_metrics(path))
     except OSError as e:
-        raise errors.UserError(f"cannot read {args.log}: {e.strerror}") from None
-    curves = parse_log(text)
+        raise errors.UserError(f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise errors.UserError(f"{path} is not a metrics file of tools/train.py ({type(e).__name__}: {e})") from None
     if not curves["train"]:
-        raise errors.UserError(f"{args.log} has no training log lines (`Epoch [e/E], Step [i/N], Loss: ...`)")
-    folder = os.path.dirname(os.path.abspath(args.log))
+        raise errors.UserError(f"{path} has no training records")
+    folder = os.path.dirname(os.path.abspath(path))
     out = args.out or os.path.join(folder, "curve.png")
     plot(curves, out, args.title or os.path.basename(folder))
-    span = curves["times"][-1] - curves["times"][0]
+    span = curves["times"][-1] - curves["times"][0] if curves["times"] else "?"
     last = {w: sorted(curves[w].items())[-1] for w in ("model", "ema") if curves[w]}
     summary = ", ".join(f"val top-1 ({w}) {v:.4f} at epoch {e}" for w, (e, v) in last.items())
-    print(f"wrote {out}: {max(e for e, _ in curves['train'])} epochs, {span} from first to last log line"
+    print(f"wrote {out}: {max(e for e, _ in curves['train'])} epochs, {span} from first to last record"
           + (f", {summary}" if summary else ""))
 
 

@@ -9,257 +9,66 @@ position of the micro-batch in the global batch). So 1, 4 or 8 devices follow th
 resumed from any checkpoint continues exactly as if it had never stopped.
 """
 import argparse
-import contextlib
 import logging
-import math
 import os
 import sys
 
-import numpy as np
 import paddle
 
 from t2tvit.batch_augment import BatchAugment
 from t2tvit.checkpoint import CheckpointDir, load_weights
 from t2tvit.config import add_config_args, config_from_args
 from t2tvit.dataset import build_loader, class_names
-from t2tvit.ema import ModelEMA, best_source
-from t2tvit.engine import evaluate
+from t2tvit.ema import ModelEMA
+from t2tvit.engine import Trainer, batch_plan
 from t2tvit.errors import StorageError, UserError, cli
-from t2tvit.mixup import soft_target_cross_entropy
 from t2tvit.optim import build_optimizer
-from t2tvit.preempt import GracefulStop, Interruptible, Stopped, resume_command, signal_name
-from t2tvit.runtime import Runtime, Scalars, Timer, amp_context, derived_seed, format_eta, make_logger
+from t2tvit.preempt import GracefulStop, Stopped, signal_name
+from t2tvit.runtime import MetricsFile, Runtime, Scalars, amp_context, make_logger
 from t2tvit.scheduler import WarmupCosineLR
 from t2tvit.t2t import create_model
 
 
-def batch_plan(global_batch, max_batch, world):
-    """(per-device batch, accumulation steps): the fewest accumulation steps whose batch fits max_batch."""
-    if global_batch % world:
-        raise UserError(f"Data.global_batch_size {global_batch} is not divisible by the {world} devices")
-    for accum in range(1, global_batch // world + 1):
-        per_device, rest = divmod(global_batch, world * accum)
-        if rest == 0 and per_device <= max_batch:
-            return per_device, accum
-    raise UserError(f"no per-device batch <= Data.batch_size {max_batch} divides Data.global_batch_size "
-                    f"{global_batch} over {world} devices")
-
-
-class Trainer:
-    def __init__(self, cfg, stop=None):
-        g = cfg.Global
-        self.cfg, self.rt = cfg, Runtime(cfg)
-        self.stop = stop or GracefulStop()
-        self.log = make_logger("train", os.path.join(g.log_dir, "train.log"), self.rt.is_main)
-        self.scalars = Scalars(g.log_dir, self.rt.is_main, self.log)
-        batch, self.accum = batch_plan(cfg.Data.global_batch_size, cfg.Data.batch_size, self.rt.world)
-        self.log.info(f"config:\n{cfg.dump()}")
-        self.log.info(f"global batch {cfg.Data.global_batch_size} = {batch} per device x {self.rt.world} "
-                      f"device(s) x {self.accum} accumulation step(s), on {self.rt.device}")
-        self.train_loader, self.sampler = build_loader(cfg, "train", batch, self.rt.world, self.rt.rank, self.accum)
-        self.val_loader, _ = build_loader(cfg, "val", batch, self.rt.world, self.rt.rank)
-        self.classes = class_names(cfg)
-        paddle.seed(g.seed)
-        self.model = create_model(g.model, img_size=g.img_size, num_classes=g.num_classes,
-                                  drop_rate=cfg.Model.drop_rate, attn_drop_rate=cfg.Model.attn_drop_rate,
-                                  drop_path_rate=cfg.Model.drop_path_rate)
-        self.opt = build_optimizer(self.model, cfg)
-        self.autocast, note = amp_context(g.amp, g.amp_level, self.rt.device)
-        amp_on = note is None and g.amp != "none"
-        if note:
-            self.log.warning(note)
-        self.scaler = paddle.amp.GradScaler() if amp_on and g.amp == "fp16" else None
-        if amp_on and g.amp_level == "O2":
-            self.model, self.opt = paddle.amp.decorate(self.model, self.opt, level="O2",
-                                                       dtype="float16" if g.amp == "fp16" else "bfloat16")
-        self.ema = ModelEMA(self.model, cfg.EMA.decay) if cfg.EMA.enable else None
-        self.net = paddle.DataParallel(self.model) if self.rt.world > 1 else self.model
-        self.sched = WarmupCosineLR.from_config(cfg, self.sampler.steps_per_epoch)
-        self.augment = BatchAugment.from_config(cfg)
-        self.ckpts = CheckpointDir(g.output_dir, g.keep_last)
-        if self.rt.is_main:
-            self.ckpts.remove_stale_temporaries()
-        self.epoch, self.step, self.skips = 0, 0, 0
-        self.best = {"acc": -1.0, "which": "model", "epoch": -1}
-        self.saved_at, self.stopping = None, False
-        self._restore()
-
-    def _restore(self):
-        path, state = self.ckpts.resume_from(self.cfg.Global.resume, self.log.warning)
-        if path is None:
-            if self.cfg.Global.pretrained:
-                which, notes = load_weights(self.model, self.cfg.Global.pretrained, drop_head=True)
-                self.log.info(f"fine-tuning from {self.cfg.Global.pretrained} ({which}); " + "; ".join(notes))
-                if self.ema:
-                    self.ema.set_state_dict(self.model.state_dict())
-            return
-        if state.get("global_batch") != self.cfg.Data.global_batch_size or state.get("arch") != self.cfg.Global.model:
-            raise UserError(f"{path} is a {state.get('arch')} run with global batch {state.get('global_batch')}; "
-                            f"this config trains {self.cfg.Global.model} with {self.cfg.Data.global_batch_size}")
-        self.model.set_state_dict(state["model"])
-        self.opt.set_state_dict(state["optimizer"])
-        if self.ema and state.get("ema"):
-            self.ema.set_state_dict(state["ema"])
-        if self.scaler and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step, self.best, self.skips = state["epoch"], state["step"], state["best"], state["skips"]
-        self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step}, best {self.best}")
-
-    def save(self, is_best=False):
-        if not self.rt.is_main:
-            return
-        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                 "ema": self.ema.state_dict() if self.ema else {}, "scaler": self.scaler.state_dict() if self.scaler else {},
-                 "epoch": self.epoch, "step": self.step, "best": self.best, "best_which": self.best["which"],
-                 "skips": self.skips, "arch": self.cfg.Global.model, "global_batch": self.cfg.Data.global_batch_size,
-                 "img_size": self.cfg.Global.img_size, "class_names": self.classes, "config": self.cfg.to_dict()}
-        path = self.ckpts.save(state, self.epoch, self.step, is_best)
-        self.saved_at = (self.epoch, self.step)
-        self.log.info(f"saved {path}{' (best)' if is_best else ''}")
-        return path
-
-    def micro_step(self, images, labels, seeds, j):
-        """Forward and backward of one micro-batch; returns (loss, acc) as floats."""
-        g = j * self.rt.world + self.rt.rank  # position in the global batch, not the device's id
-        seed = self.cfg.Global.seed
-        paddle.seed(derived_seed(seed, self.epoch, self.step, g))
-        images, targets = self.augment(images, labels, seeds,
-                                       np.random.RandomState(derived_seed(seed, self.epoch, self.step, g, 1)))
-        last = j == self.accum - 1
-        sync = contextlib.nullcontext() if last or self.rt.world == 1 else self.net.no_sync()
-        with sync:
-            with self.autocast():
-                logits = self.net(images)
-            loss = soft_target_cross_entropy(logits.astype("float32"), targets)
-            scaled = loss / self.accum
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        acc = float((logits.argmax(axis=-1) == labels).astype("float32").mean())
-        return float(loss), acc
-
-    def optimizer_step(self, loss_is_finite):
-        # One all-reduce per step: do all ranks have a finite loss, and has any been asked to stop?
-        finite, stops = self.rt.all_sum([float(loss_is_finite), float(self.stop.requested)])
-        self.stopping = stops > 0  # the same answer on every rank, so all stop after this very step
-        if self.scaler:  # the loss scaler skips steps with inf/nan gradients by itself
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        elif finite < self.rt.world:  # every rank must agree to skip
-            self.skips += 1
-            where = f"non-finite loss at epoch {self.epoch + 1}, step {self.step}"
-            if self.cfg.Global.nonfinite == "stop" or self.skips > self.cfg.Global.max_skips:
-                last = self.ckpts.latest if os.path.isfile(self.ckpts.latest) else "none yet"
-                raise UserError(f"{where} (skipped so far: {self.skips - 1}); last good checkpoint: {last}. "
-                                "Lower Optimizer.lr, or set Global.nonfinite=skip")
-            self.log.warning(f"{where}: step skipped ({self.skips}/{self.cfg.Global.max_skips})")
-        else:
-            self.opt.step()
-        self.opt.clear_grad()
-        if self.ema:
-            self.ema.update(self.model)
-
-    def train_epoch(self):
-        cfg, E, N = self.cfg, self.cfg.Global.epochs, self.sampler.steps_per_epoch
-        self.sampler.set_epoch(self.epoch, self.step)
-        timer, read_t, train_t, losses, accs, bad = Timer(), 0.0, 0.0, [], [], 0
-        for i, batch in enumerate(self.train_loader):
-            read_t += timer.lap()
-            j = i % self.accum
-            if j == 0:
-                lr = self.sched.lr_at(self.epoch, self.step)
-                self.opt.set_lr(lr)
-            loss, acc = self.micro_step(batch["image"], batch["label"], batch["seed"], j)
-            losses.append(loss), accs.append(acc)
-            bad += int(batch["n_bad"].sum())
-            if j == self.accum - 1:
-                self.optimizer_step(all(math.isfinite(x) for x in losses[-self.accum:]))
-                self.step += 1
-                if self.step % cfg.Global.print_every == 0 or self.step == N:
-                    train_t += timer.lap()
-                    k = len(losses) // self.accum
-                    step_t = (read_t + train_t) / k
-                    left = (N - self.step) + (E - self.epoch - 1) * N
-                    self.log.info(f"Epoch [{self.epoch + 1}/{E}], Step [{self.step}/{N}], Loss: {np.mean(losses):.4f}, "
-                                  f"acc: {np.mean(accs):.4f}, read_time: {read_t / k:.4f}, train_time: {train_t / k:.4f}, "
-                                  f"lr: {lr:.6f}, ips: {cfg.Data.global_batch_size / step_t:.1f} images/s, "
-                                  f"eta: {format_eta(left * step_t)}")
-                    gstep = self.epoch * N + self.step
-                    for tag, v in (("train/loss", np.mean(losses)), ("train/acc", np.mean(accs)), ("train/lr", lr)):
-                        self.scalars.add(tag, v, gstep)
-                    read_t, train_t, losses, accs = 0.0, 0.0, [], []
-                if cfg.Global.save_every_steps and self.step % cfg.Global.save_every_steps == 0 and self.step < N:
-                    self.save()
-                if self.stopping or (self.rt.world == 1 and self.stop.requested):  # one process: no need to agree
-                    raise Stopped(self.stop.signum)
-            train_t += timer.lap()
-        bad = int(self.rt.all_sum([bad])[0])
-        if bad:
-            self.log.warning(f"Epoch [{self.epoch + 1}/{E}]: {bad} unreadable training image(s) replaced")
-
-    def validate(self):
-        top1, top5, n = evaluate(self.model, self.val_loader, self.rt)
-        results = {"model": (top1, top5)}
-        if self.ema:
-            results["ema"] = evaluate(self.ema.module, self.val_loader, self.rt)[:2]
-        which = best_source(results, self.cfg.EMA.best)
-        for name, (t1, t5) in results.items():
-            self.log.info(f"Epoch [{self.epoch + 1}/{self.cfg.Global.epochs}] val ({name}): top1 {t1:.4f}, "
-                          f"top5 {t5:.4f} on {n} images")
-            prefix = "val" if name == "model" else "val_ema"
-            self.scalars.add(f"{prefix}/top1", t1, self.epoch + 1)
-            self.scalars.add(f"{prefix}/top5", t5, self.epoch + 1)
-        is_best = results[which][0] > self.best["acc"]
-        if is_best:
-            self.best = {"acc": results[which][0], "which": which, "epoch": self.epoch + 1}
-        return is_best
-
-    def fit(self):
-        E = self.cfg.Global.epochs
-        while self.epoch < E:
-            self.train_epoch()
-            last = self.epoch == E - 1
-            is_best = self.validate() if last or (self.epoch + 1) % self.cfg.Global.eval_every == 0 else False
-            self.epoch, self.step = self.epoch + 1, 0
-            self.save(is_best)
-        self.log.info(f"best val top1 {self.best['acc']:.4f} ({self.best['which']}, epoch {self.best['epoch']}); "
-                      f"checkpoints in {self.cfg.Global.output_dir}")
-        self.scalars.close()
-
-    def run(self):
-        """fit(), stopping at a step boundary every rank agrees on when a signal asks (preempt.py)."""
-        for loader in (self.train_loader, self.val_loader):
-            self.stop.adopt_workers(loader)
-        self.val_loader = Interruptible(self.val_loader, self.stop, self.rt)
-        try:
-            self.fit()
-        except Stopped as stop:
-            try:
-                self.stop_here(stop)
-            except Stopped as again:  # a second signal while saving: the checkpoint of this step is dropped
-                self.stop_here(again)
-                raise again from None
-            raise
-
-    def stop_here(self, stop):
-        """Checkpoint the step boundary every rank agreed on (unless saved already) and say how to resume.
-
-        A stop during validation saves (epoch, steps_per_epoch): the resumed run validates that epoch again.
-        """
-        where = f"epoch {self.epoch + 1}/{self.cfg.Global.epochs}, step {self.step}/{self.sampler.steps_per_epoch}"
-        if stop.at_once:
-            path = self.ckpts.latest if os.path.isfile(self.ckpts.latest) else None
-            what = (f"stopped at once by a second {signal_name(stop.signum)} at {where} (work since the newest "
-                    f"checkpoint is lost): newest complete checkpoint {path or 'none yet'}")
-        else:
-            if self.saved_at != (self.epoch, self.step):
-                self.save()
-            path = self.ckpts.path(self.epoch, self.step)
-            self.rt.all_sum([0.0])  # no rank exits (which makes the launcher end the others) before the save
-            what = f"stopped by {signal_name(self.stop.signum)} at {where}, checkpoint {path}"
-        self.stop.exiting()
-        stop.logged = True
-        if self.rt.is_main:
-            self.log.warning(f"{what}; resume with: {resume_command(path)}" if path else
-                             f"{what}; no checkpoint yet: start again with the same command")
+def build_trainer(cfg, stop):
+    """Every part of a run, from the config, in the order that makes it reproducible; resumed or fine-tuned."""
+    g = cfg.Global
+    rt = Runtime(cfg)
+    log = make_logger("train", os.path.join(g.log_dir, "train.log"), rt.is_main)
+    scalars = Scalars(g.log_dir, rt.is_main, log)
+    metrics = MetricsFile(g.log_dir, rt.is_main)
+    batch, accum = batch_plan(cfg.Data.global_batch_size, cfg.Data.batch_size, rt.world)
+    log.info(f"config:\n{cfg.dump()}")
+    log.info(f"global batch {cfg.Data.global_batch_size} = {batch} per device x {rt.world} "
+             f"device(s) x {accum} accumulation step(s), on {rt.device}")
+    train_loader, sampler = build_loader(cfg, "train", batch, rt.world, rt.rank, accum)
+    val_loader, _ = build_loader(cfg, "val", batch, rt.world, rt.rank)
+    paddle.seed(g.seed)
+    model = create_model(g.model, img_size=g.img_size, num_classes=g.num_classes, drop_rate=cfg.Model.drop_rate,
+                         attn_drop_rate=cfg.Model.attn_drop_rate, drop_path_rate=cfg.Model.drop_path_rate)
+    opt = build_optimizer(model, cfg)
+    autocast, note = amp_context(g.amp, g.amp_level, rt.device)
+    amp_on = note is None and g.amp != "none"
+    if note:
+        log.warning(note)
+    scaler = paddle.amp.GradScaler() if amp_on and g.amp == "fp16" else None
+    if amp_on and g.amp_level == "O2":
+        model, opt = paddle.amp.decorate(model, opt, level="O2", dtype="float16" if g.amp == "fp16" else "bfloat16")
+    ema = ModelEMA(model, cfg.EMA.decay) if cfg.EMA.enable else None
+    ckpts = CheckpointDir(g.output_dir, g.keep_last)
+    if rt.is_main:
+        ckpts.remove_stale_temporaries()
+    trainer = Trainer(cfg, rt, model, opt, WarmupCosineLR.from_config(cfg, sampler.steps_per_epoch), train_loader,
+                      sampler, val_loader, accum, BatchAugment.from_config(cfg), ckpts, log, scalars, metrics,
+                      class_names(cfg), ema=ema, scaler=scaler, autocast=autocast, stop=stop)
+    path, state = ckpts.resume_from(g.resume, log.warning)
+    if path is not None:
+        trainer.restore(path, state)
+    elif g.pretrained:
+        which, notes = load_weights(model, g.pretrained, drop_head=True)
+        log.info(f"fine-tuning from {g.pretrained} ({which}); " + "; ".join(notes))
+        if ema:
+            ema.set_state_dict(model.state_dict())
+    return trainer
 
 
 @cli
@@ -274,7 +83,7 @@ def main(argv=None):
     log = logging.getLogger("train")
     stop = GracefulStop().install(log)  # after `import paddle`, whose own SIGTERM handler this replaces
     try:
-        Trainer(cfg, stop).run()
+        build_trainer(cfg, stop).run()
     except Stopped as e:
         if not e.logged:  # a second signal before training started
             log.warning(f"stopped at once by a second {signal_name(e.signum)} while starting: nothing was trained")

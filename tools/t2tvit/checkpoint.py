@@ -129,6 +129,36 @@ def load_weights(model, path, prefer="best", drop_head=False, loaded=None):
     return which, notes
 
 
+PROGRESS_KEYS = ("epoch", "step", "best", "skips")
+
+
+def training_state(model, optimizer, ema, scaler, progress, arch, global_batch, img_size, class_names, config):
+    """A training checkpoint (.pdckpt): the one place its layout is written (read by restore_training and
+    weights_from). progress: epoch and step reached, best {acc, which, epoch}, skipped steps."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema else {}, "scaler": scaler.state_dict() if scaler else {},
+            **{k: progress[k] for k in PROGRESS_KEYS}, "best_which": progress["best"]["which"],
+            "arch": arch, "global_batch": global_batch, "img_size": img_size, "class_names": list(class_names),
+            "config": config}
+
+
+def restore_training(state, path, model, optimizer, ema=None, scaler=None, arch=None, global_batch=None):
+    """Load a training checkpoint into the run's parts; returns its progress {epoch, step, best, skips}.
+
+    A checkpoint of another model or global batch is refused: its schedule and data order would not continue.
+    """
+    if state.get("global_batch") != global_batch or state.get("arch") != arch:
+        raise UserError(f"{path} is a {state.get('arch')} run with global batch {state.get('global_batch')}; "
+                        f"this config trains {arch} with {global_batch}")
+    model.set_state_dict(state["model"])
+    optimizer.set_state_dict(state["optimizer"])
+    if ema and state.get("ema"):
+        ema.set_state_dict(state["ema"])
+    if scaler and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return {k: state[k] for k in PROGRESS_KEYS}
+
+
 class CheckpointDir:
     """The checkpoints of one run: ckpt-eEEEE-sSSSSSS.pdckpt, latest.pdckpt and best.pdckpt.
 

@@ -17,7 +17,6 @@ import importlib.util
 import inspect
 import os
 import shutil
-import sys
 
 import numpy as np
 import yaml

@@ -2,6 +2,7 @@
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import sys
@@ -164,6 +165,50 @@ class Scalars:
         if self.writer is not None:
             self.writer.close()
             self._check()
+
+
+class MetricsFile:
+    """log_dir/metrics.jsonl on rank 0: the numbers of every train and val log line, one JSON object a line
+    (kind: train | val | best, and the time it was written, in seconds since the epoch).
+
+    Tools read these instead of the human log (tools/plot_curve.py, the tests). Lines are appended and flushed
+    as they come; a resumed run appends too, so an (epoch, step) logged twice counts with its later line.
+    A write error stops the run (StorageError) like one of train.log's.
+    """
+
+    NAME = "metrics.jsonl"
+
+    def __init__(self, log_dir, enabled):
+        self.path = os.path.join(log_dir, self.NAME)
+        self.file = None
+        if enabled:
+            try:
+                os.makedirs(log_dir, exist_ok=True)
+                self.file = open(self.path, "a")
+            except OSError as e:
+                raise StorageError(self.path, e) from None
+
+    def write(self, **numbers):
+        if self.file is None:
+            return
+        record = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in numbers.items()}
+        record["time"] = round(time.time(), 3)
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise StorageError(self.path, e) from None
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+
+
+def read_metrics(path, kind=None):
+    """The records of a metrics.jsonl (of one kind: train, val, best), in order."""
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
 
 
 def format_eta(seconds):
