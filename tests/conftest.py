@@ -1,6 +1,24 @@
+"""Test set-up: tools/ on the path, the `slow` marker, the lit_data fixture.
+
+tools/ goes on the path first, as `python tools/x.py` sees it: the commands and the t2tvit package. The helpers
+that run tools (run_tool with a timeout, error_lines, losses, ...) live in tests/runner.py, once. Tests that run
+tools in subprocesses are marked `slow` (`python -m pytest -m "not slow" tests` skips them for a quick check);
+tests that need the reference fixtures (../shared/fixtures) are marked runner.needs_reference and skip without them.
+"""
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# tools/ is a folder of scripts that import each other by module name, as `python tools/x.py` sees them.
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+
+import runner  # noqa: E402  (needs tools/ on the path)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs tools in subprocesses (seconds to a minute each)")
+
+
+@pytest.fixture(scope="session")
+def lit_data():
+    return runner.LIT_DATA

@@ -1,4 +1,8 @@
-"""Run the repo's tools as a user would: subprocesses on lit_data with small, fast settings."""
+"""Run the repo's tools as a user would: subprocesses on lit_data with small, fast settings, each with a timeout.
+
+The helpers every test module shares (tests/conftest.py turns the main ones into fixtures): ROOT, the reference
+fixtures' folder, run_tool / start / tool_with_fault, error_lines, losses, fast_overrides.
+"""
 import os
 import socket
 import subprocess
@@ -6,10 +10,17 @@ import sys
 import tempfile
 import time
 
+import pytest
+
 from t2tvit.runtime import MetricsFile, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIT_DATA = os.path.join(ROOT, "lit_data")
 DEMO = os.path.join(ROOT, "config", "t2t_vit_7_demo.yaml")
+# The official code's outputs (read-only, maintained beside the repo; see its README).
+REFERENCE = os.path.join(ROOT, "..", "shared", "fixtures", "t2t_vit_7")
+needs_reference = pytest.mark.skipif(not os.path.isdir(REFERENCE), reason=f"the reference fixtures are not at "
+                                     f"{REFERENCE} (they are maintained beside the repo, see its README)")
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", MKL_DEBUG_CPU_TYPE="5")
 
 
@@ -23,6 +34,7 @@ def fast_overrides(tmp_path, **extra):
 
 
 def command(name, *args, config=DEMO, nproc=1, extra_launch=()):
+    """The command line of tools/NAME (with `-c config` unless config is None), launched on nproc processes."""
     cmd = [sys.executable]
     if nproc > 1 or extra_launch:
         if "--log_dir" not in extra_launch:  # the launcher's own logs, which default to ./log of the repo
@@ -30,11 +42,12 @@ def command(name, *args, config=DEMO, nproc=1, extra_launch=()):
             logs = os.path.join(tempfile.gettempdir(), f"t2t_launch_logs_{os.getpid()}")
             extra_launch = (*extra_launch, "--log_dir", logs)
         cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), *extra_launch]
-    return cmd + [os.path.join(ROOT, "tools", name), "-c", config, *args]
+    return cmd + [os.path.join(ROOT, "tools", name), *(["-c", config] if config else []), *map(str, args)]
 
 
-def tool(name, *args, timeout=300, **kwargs):
-    """Run a tool to completion; kwargs: config, nproc, extra_launch (paddle.distributed.launch flags)."""
+def run_tool(name, *args, timeout=300, **kwargs):
+    """Run tools/NAME to completion (killed after `timeout` s); kwargs: config (None: no -c), nproc, extra_launch
+    (paddle.distributed.launch flags)."""
     return subprocess.run(command(name, *args, **kwargs), capture_output=True, text=True, cwd=ROOT, env=ENV,
                           timeout=timeout)
 

@@ -3,10 +3,10 @@ import os
 
 import pytest
 
+from runner import ROOT
 from t2tvit import config
 from t2tvit import errors
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T2T_7 = os.path.join(ROOT, "config", "t2t_vit_7.yaml")
 
 

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from runner import LIT_DATA as LIT, ROOT
 from t2tvit import augment, config, dataset, decode, errors, samplers, transforms
 from t2tvit.augment import AugmentOp, RandAugment, RandomErasing
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIT = os.path.join(ROOT, "lit_data")
 # Class ids of some lit_data photos, from the foolbox file names imagenet_<k>_<class id>.jpg.
 LIT_LABELS = {"imagenet_00": 243, "imagenet_01": 559, "imagenet_03": 990, "imagenet_06": 609,
               "imagenet_07": 609, "imagenet_15": 99, "imagenet_17": 22}

@@ -6,6 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
+from runner import ROOT
 from t2tvit.batch_augment import BatchAugment
 from t2tvit.checkpoint import CheckpointDir
 from t2tvit.config import SCHEMA_PATH, load_config
@@ -16,7 +17,6 @@ from t2tvit.optim import build_optimizer
 from t2tvit.runtime import MetricsFile, Runtime, Scalars, read_metrics
 from t2tvit.scheduler import WarmupCosineLR
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
 # lit_data at 16 px, 5 optimizer steps of 4 images an epoch; no mixup, cutmix or erasing, so that one
 # micro-batch of 4 and two of 2 compute the same update.

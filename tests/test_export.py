@@ -8,7 +8,7 @@ import paddle
 import pytest
 
 import export_model
-from runner import ROOT, error_lines, tool
+from runner import ROOT, error_lines, run_tool
 from t2tvit import deploy
 from t2tvit.config import load_config
 from t2tvit.deploy import BACKENDS, BF16_BACKENDS, ONNX_FILE, Predictor, create_predictor, model_files
@@ -68,7 +68,7 @@ def exported(tmp_path_factory):
     model = decisive_model()
     paddle.save(model.state_dict(), str(tmp / "weights.pdparams"))
     out = tmp / "inference"
-    r = tool("export_model.py", "--weights", tmp / "weights.pdparams", "--out", out, *SMALL, config=CONFIG)
+    r = run_tool("export_model.py", "--weights", tmp / "weights.pdparams", "--out", out, *SMALL, config=CONFIG)
     assert r.returncode == 0, r.stderr
     x = photos()
     return model, str(out), x, logits_of(model, x)
@@ -78,6 +78,7 @@ def test_every_deployment_backend_is_installed_where_the_tests_run():
     assert deploy.available_backends() == list(BACKENDS)  # requirements-test.txt includes requirements-deploy.txt
 
 
+@pytest.mark.slow
 def test_export_writes_both_formats_and_what_the_graph_takes(exported):
     out = exported[1]
     model_file, _, meta = model_files(out)
@@ -87,6 +88,7 @@ def test_export_writes_both_formats_and_what_the_graph_takes(exported):
     assert meta == {"model": "t2t_vit_7", "input": "x", "img_size": SIZE, "num_classes": CLASSES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_each_backend_computes_the_dynamic_logits_at_two_batch_sizes(exported, backend):
     model, out, _, _ = exported
@@ -99,6 +101,7 @@ def test_each_backend_computes_the_dynamic_logits_at_two_batch_sizes(exported, b
         assert np.abs(got - logits_of(model, x)).max() < FP32_TOL
 
 
+@pytest.mark.slow
 def test_paddle_backend_without_avx512_computes_the_dynamic_logits(exported, monkeypatch):
     # the predictor an AVX2-only CPU gets, without the oneDNN pass that dies there
     monkeypatch.setattr(deploy, "cpu_flags", lambda: {"avx2"})
@@ -106,6 +109,7 @@ def test_paddle_backend_without_avx512_computes_the_dynamic_logits(exported, mon
     assert np.abs(Predictor(out, threads=2)(x[:2]) - expected[:2]).max() < FP32_TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BF16_BACKENDS)
 def test_bf16_stays_close_to_fp32_and_agrees_on_every_top1(exported, backend):
     if deploy.precision_problem(backend, "bf16"):  # e.g. a CPU without AVX512_BF16 / AMX
@@ -119,6 +123,7 @@ def test_bf16_stays_close_to_fp32_and_agrees_on_every_top1(exported, backend):
     assert (got.argmax(1) == expected.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_bf16_where_unsupported_is_one_clear_reason(exported, monkeypatch):
     monkeypatch.setattr(deploy, "cpu_flags", lambda: {"avx2", "avx512f"})
     assert [deploy.supported_precisions(b) for b in BACKENDS] == [["fp32"]] * 3
@@ -132,6 +137,7 @@ def test_bf16_where_unsupported_is_one_clear_reason(exported, monkeypatch):
         create_predictor(exported[1], "tensorflow")
 
 
+@pytest.mark.slow
 def test_auto_backend_is_the_fastest_installed_whose_model_file_is_there(exported, tmp_path):
     out = exported[1]
     assert deploy.auto_backend(out) == deploy.AUTO_ORDER[0]
@@ -145,6 +151,7 @@ def test_auto_backend_is_the_fastest_installed_whose_model_file_is_there(exporte
         create_predictor(str(paddle_only), "openvino")
 
 
+@pytest.mark.slow
 def test_export_refuses_and_leaves_nothing_when_onnx_runtime_disagrees(exported, tmp_path, monkeypatch, capsys):
     class Off(deploy.OnnxRuntimePredictor):
         def run(self, images):
@@ -158,13 +165,14 @@ def test_export_refuses_and_leaves_nothing_when_onnx_runtime_disagrees(exported,
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_export_onnx_only_replaces_a_previous_export(exported, tmp_path):
     out = tmp_path / "inference"
     out.mkdir()
     for name in os.listdir(exported[1]):  # a previous export of other weights
         (out / name).write_text("stale")
     weights = os.path.join(os.path.dirname(exported[1]), "weights.pdparams")
-    r = tool("export_model.py", "--weights", weights, "--out", out, "--format", "onnx", *SMALL, config=CONFIG)
+    r = run_tool("export_model.py", "--weights", weights, "--out", out, "--format", "onnx", *SMALL, config=CONFIG)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == ["inference.yml", ONNX_FILE]
     assert "ONNX Runtime on model.onnx" in r.stdout and "Paddle Inference" not in r.stdout
@@ -174,46 +182,51 @@ def test_export_onnx_only_replaces_a_previous_export(exported, tmp_path):
     assert np.abs(create_predictor(str(out), "onnxruntime")(x) - expected).max() < FP32_TOL
 
 
+@pytest.mark.slow
 def test_predictor_rejects_images_of_another_size(exported):
     with pytest.raises(UserError, match=rf"\[N, 3, {SIZE}, {SIZE}\]"):
         create_predictor(exported[1], "onnxruntime", threads=1)(np.zeros((1, 3, 32, 32), np.float32))
 
 
+@pytest.mark.slow
 def test_infer_cli_is_predict_with_an_exported_model(exported):
-    r = tool("infer.py", IMAGE, "--inference-dir", exported[1], *SMALL, "--threads", "1", "--topk", "3",
+    r = run_tool("infer.py", IMAGE, "--inference-dir", exported[1], *SMALL, "--threads", "1", "--topk", "3",
              config=CONFIG)
     assert r.returncode == 0, r.stderr
     assert "class_id is: 0" in r.stdout and "top-3: " in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_predict_through_each_backend_agrees_with_the_dynamic_model(exported, backend):
     weights = os.path.join(os.path.dirname(exported[1]), "weights.pdparams")
     images = PHOTOS[:3]
-    engine = tool("predict.py", *images, "--inference-dir", exported[1], "--backend", backend, *SMALL,
+    engine = run_tool("predict.py", *images, "--inference-dir", exported[1], "--backend", backend, *SMALL,
                   config=CONFIG)
     assert engine.returncode == 0, engine.stderr
     assert f"backend: {backend} fp32 on cpu" in engine.stderr
     ids = [line for line in engine.stdout.splitlines() if line.startswith("class_id is: ")]
     assert ids == [f"class_id is: {i}" for i in range(3)]  # photo i is class i for the decisive model
     if backend == "paddle":
-        dynamic = tool("predict.py", *images, "--weights", weights, *SMALL, config=CONFIG)
+        dynamic = run_tool("predict.py", *images, "--weights", weights, *SMALL, config=CONFIG)
         assert dynamic.returncode == 0, dynamic.stderr
         assert [line for line in dynamic.stdout.splitlines() if line.startswith("class_id is: ")] == ids
 
 
+@pytest.mark.slow
 def test_infer_cli_config_of_another_img_size_is_one_line(exported):
-    r = tool("infer.py", IMAGE, "--inference-dir", exported[1], config=CONFIG)
+    r = run_tool("infer.py", IMAGE, "--inference-dir", exported[1], config=CONFIG)
     assert f"takes {SIZE} px images but the config says Global.img_size=224" in one_error_line(r)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing_weights", "weights_of_another_model"])
 def test_export_bad_weights_one_line_and_nothing_written(tmp_path, case):
     weights = tmp_path / "weights.pdparams"
     if case == "weights_of_another_model":
         paddle.save(create_model("t2t_vit_10", img_size=SIZE, num_classes=CLASSES).state_dict(), str(weights))
     out = tmp_path / "inference"
-    r = tool("export_model.py", "--weights", weights, "--out", out, *SMALL, config=CONFIG)
+    r = run_tool("export_model.py", "--weights", weights, "--out", out, *SMALL, config=CONFIG)
     line = one_error_line(r)
     assert ("not found" if case == "missing_weights" else "unexpected: blocks.7") in line
     assert sorted(p.name for p in tmp_path.iterdir()) == (["weights.pdparams"] if weights.exists() else [])

@@ -13,6 +13,7 @@ from t2tvit.checkpoint import CheckpointDir
 from t2tvit.errors import UserError
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern, errno_name, after_bytes, culprit, newest", [
     ("ckpt-e0002-*.tmp*", "ENOSPC", 1 << 20, "out/ckpt-e0002-s000000.pdckpt: No space left on device",
      "out/latest.pdckpt (= ckpt-e0001-s000000.pdckpt)"),

@@ -1,20 +1,16 @@
 """The model computes exactly what the official T2T-ViT computes, with the official names and sizes."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import paddle
 import pytest
 
+from runner import REFERENCE, error_lines, needs_reference, run_tool
 from t2tvit.checkpoint import match_state_dict
 from t2tvit.errors import UserError
 from t2tvit.t2t import VARIANTS, create_model, frozen_parameter_names, linear_weight_names, sinusoid_table
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIX = os.path.join(ROOT, "..", "shared", "fixtures", "t2t_vit_7")
-CONVERT = os.path.join(ROOT, "tools", "convert_weights.py")
 
 PARAMS = {
     "t2t_vit_7": 4310222, "t2t_vit_10": 5889230, "t2t_vit_12": 6941902, "t2t_vit_14": 21545550,
@@ -48,8 +44,9 @@ def test_unknown_model_lists_known_ones():
         create_model("t2t_vit_8")
 
 
+@needs_reference
 def test_frozen_parameters_are_the_official_ones():
-    meta = json.load(open(os.path.join(FIX, "meta.json")))
+    meta = json.load(open(os.path.join(REFERENCE, "meta.json")))
     model = create_model("t2t_vit_7")
     assert sorted(frozen_parameter_names(model)) == sorted(meta["frozen_params"])
     assert n_params(model, trainable_only=True) == meta["params_trainable"] == 4255694
@@ -92,7 +89,7 @@ def test_drop_path_rates_are_linear_over_blocks():
 
 def reference_model():
     model = create_model("t2t_vit_7")
-    state = dict(np.load(os.path.join(FIX, "state_dict_torch_layout.npz")))
+    state = dict(np.load(os.path.join(REFERENCE, "state_dict_torch_layout.npz")))
     state, notes = match_state_dict(model, torch_layout_to_paddle(model, state), "fixture")
     assert notes == []
     model.set_state_dict(state)
@@ -115,31 +112,34 @@ def run_with_intermediates(model, x):
     return logits, seen
 
 
+@needs_reference
 def test_logits_and_intermediates_match_reference():
-    x = np.load(os.path.join(FIX, "input.npy"))
+    x = np.load(os.path.join(REFERENCE, "input.npy"))
     logits, seen = run_with_intermediates(reference_model(), x)
-    ref = np.load(os.path.join(FIX, "intermediates.npz"))
+    ref = np.load(os.path.join(REFERENCE, "intermediates.npz"))
     for name in ref.files:
         assert seen[name].shape == ref[name].shape, name
         assert np.abs(seen[name] - ref[name]).max() < PARITY_TOL, name
-    assert np.abs(logits - np.load(os.path.join(FIX, "logits.npy"))).max() < PARITY_TOL
+    assert np.abs(logits - np.load(os.path.join(REFERENCE, "logits.npy"))).max() < PARITY_TOL
 
 
 def convert(tmp_path, *args):
-    return subprocess.run([sys.executable, CONVERT, *args], capture_output=True, text=True, cwd=ROOT)
+    return run_tool("convert_weights.py", *args, config=None)
 
 
+@pytest.mark.slow
+@needs_reference
 def test_converter_cli_gives_reference_logits(tmp_path):
     pytest.importorskip("torch")
     dst = tmp_path / "t2t_vit_7.pdparams"
-    r = convert(tmp_path, "--src", os.path.join(FIX, "t2t_vit_7.pth.tar"), "--dst", str(dst), "--model", "t2t_vit_7")
+    r = convert(tmp_path, "--src", os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), "--dst", str(dst), "--model", "t2t_vit_7")
     assert r.returncode == 0, r.stderr
     model = create_model("t2t_vit_7")
     model.set_state_dict(paddle.load(str(dst)))
     model.eval()
     with paddle.no_grad():
-        logits = model(paddle.to_tensor(np.load(os.path.join(FIX, "input.npy")))).numpy()
-    assert np.abs(logits - np.load(os.path.join(FIX, "logits.npy"))).max() < PARITY_TOL
+        logits = model(paddle.to_tensor(np.load(os.path.join(REFERENCE, "input.npy")))).numpy()
+    assert np.abs(logits - np.load(os.path.join(REFERENCE, "logits.npy"))).max() < PARITY_TOL
 
 
 def save_official_layout(model, path, wrap="state_dict_ema", prefix=""):
@@ -151,6 +151,7 @@ def save_official_layout(model, path, wrap="state_dict_ema", prefix=""):
     torch.save({wrap: state} if wrap else state, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,img,wrap,prefix", [
     ("t2t_vit_t_14", 64, "state_dict", "module."),
     ("t2t_vit_14_resnext", 96, "model", ""),
@@ -173,30 +174,34 @@ def test_converter_round_trip_other_variants(tmp_path, name, img, wrap, prefix):
         np.testing.assert_array_equal(model(x).numpy(), again(x).numpy())
 
 
+@pytest.mark.slow
+@needs_reference
 def test_converter_for_fine_tuning_drops_head_and_remakes_position_table(tmp_path):
     pytest.importorskip("torch")
     dst = tmp_path / "ft.pdparams"
-    r = convert(tmp_path, "--src", os.path.join(FIX, "t2t_vit_7.pth.tar"), "--dst", str(dst),
+    r = convert(tmp_path, "--src", os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), "--dst", str(dst),
                 "--model", "t2t_vit_7", "--num-classes", "10", "--img-size", "64")
     assert r.returncode == 0, r.stderr
     assert "head.weight [256, 1000] dropped" in r.stdout and "pos_embed" in r.stdout
     state = paddle.load(str(dst))
-    ref = np.load(os.path.join(FIX, "state_dict_torch_layout.npz"))
+    ref = np.load(os.path.join(REFERENCE, "state_dict_torch_layout.npz"))
     np.testing.assert_array_equal(state["blocks.3.attn.qkv.weight"].numpy(), ref["blocks.3.attn.qkv.weight"].T)
     model = create_model("t2t_vit_7", img_size=64, num_classes=10)
     match_state_dict(model, state, "ft")  # loads strictly
 
 
+@pytest.mark.slow
+@needs_reference
 @pytest.mark.parametrize("case", ["unknown_model", "wrong_model", "not_a_checkpoint", "missing_src", "pickle"])
 def test_converter_bad_input_one_line_and_nothing_written(tmp_path, case):
     pytest.importorskip("torch")
-    src, model = os.path.join(FIX, "t2t_vit_7.pth.tar"), "t2t_vit_7"
+    src, model = os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), "t2t_vit_7"
     if case == "unknown_model":
         model = "t2t_vit_77"
     elif case == "wrong_model":
         model = "t2t_vit_12"
     elif case == "not_a_checkpoint":
-        src = os.path.join(FIX, "input.npy")
+        src = os.path.join(REFERENCE, "input.npy")
     elif case == "missing_src":
         src = str(tmp_path / "nope.pth")
     else:
@@ -207,7 +212,7 @@ def test_converter_bad_input_one_line_and_nothing_written(tmp_path, case):
     dst = tmp_path / "out.pdparams"
     r = convert(tmp_path, "--src", src, "--dst", str(dst), "--model", model)
     assert r.returncode != 0
-    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    errors = error_lines(r)
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
     assert not dst.exists() and not list(tmp_path.glob("out.pdparams*"))
     key = {"unknown_model": "t2t_vit_77", "wrong_model": "missing: blocks.7", "not_a_checkpoint": "input.npy",

@@ -14,9 +14,11 @@ import paddle
 import pytest
 from PIL import Image
 
+from runner import ROOT
 from t2tvit import dataset, transforms
 from t2tvit.augment import RandomErasing
 from t2tvit.batch_augment import ERASE_STREAM, BatchAugment
+from t2tvit.config import load_config
 from t2tvit.mixup import MixupCutmix
 from t2tvit.runtime import derived_seed
 
@@ -178,9 +180,8 @@ def test_reduced_decode_is_opt_in_and_changes_pixels_of_large_jpegs(images):
     assert max(diffs) > 0
 
 
-def test_lit_data_eval_pixels_equal_the_reference():
-    lit = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lit_data", "val")
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(lit) for f in fs)
+def test_lit_data_eval_pixels_equal_the_reference(lit_data):
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(lit_data, "val")) for f in fs)
     assert len(paths) == 20
     t = transforms.EvalTransform(224, 0.9)
     for path in paths:
@@ -212,12 +213,7 @@ def test_batch_is_mixed_as_uint8_then_normalised_then_erased_per_sample():
 
 
 def test_train_samples_carry_no_erasing_it_happens_on_the_batch():
-    ds = dataset.build_dataset(_lit_cfg(), "train")
+    cfg = load_config(os.path.join(ROOT, "config", "t2t_vit_7.yaml"), ["Global.img_size=32"])
+    ds = dataset.build_dataset(cfg, "train")
     img = ds[(0, 5)]["image"]
     assert img.dtype == np.uint8  # still pixels: erasing noise (normal floats) cannot be in it
-
-
-def _lit_cfg():
-    from t2tvit import config
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return config.load_config(os.path.join(root, "config", "t2t_vit_7.yaml"), ["Global.img_size=32"])

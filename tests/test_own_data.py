@@ -3,15 +3,13 @@ import gzip
 import os
 import re
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import paddle
 import pytest
 from PIL import Image
 
-from runner import ENV, ROOT, tool
+from runner import ROOT, error_lines, run_tool
 from t2tvit.t2t import create_model
 
 MINI = os.path.join(ROOT, "tests", "data", "fashion_mnist_mini")
@@ -22,8 +20,7 @@ NAMES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt
 
 
 def convert(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "idx_to_dataset.py"), *map(str, args)],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    return run_tool("idx_to_dataset.py", *args, config=None, timeout=120)
 
 
 def write_idx(path, array, compress=False):
@@ -52,6 +49,7 @@ def idx_args(files, out):
             "--val-images", files["val"][0], "--val-labels", files["val"][1], "--out", out]
 
 
+@pytest.mark.slow
 def test_idx_to_dataset_writes_rgb_pngs_lists_and_classes(idx, tmp_path):
     out = tmp_path / "ds"
     r = convert(*idx_args(idx, out))
@@ -70,6 +68,7 @@ def test_idx_to_dataset_writes_rgb_pngs_lists_and_classes(idx, tmp_path):
             assert all((a[..., c] == images[i]).all() for c in range(3))
 
 
+@pytest.mark.slow
 def test_idx_to_dataset_subsets_and_names(idx, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("cat\ndog/wolf\nbird\n")
@@ -84,6 +83,7 @@ def test_idx_to_dataset_subsets_and_names(idx, tmp_path):
     assert (tmp_path / "f" / "val.txt").read_text().split() == ["val/2/0.png", "2", "val/0/1.png", "0"]
 
 
+@pytest.mark.slow
 def test_idx_to_dataset_errors_are_one_line(idx, tmp_path):
     junk = tmp_path / "junk"
     junk.write_bytes(b"\x89PNG not an idx file")
@@ -97,7 +97,7 @@ def test_idx_to_dataset_errors_are_one_line(idx, tmp_path):
              (["--class-names", short_names], "2 names for labels up to 2")]
     for extra, message in cases:
         r = convert(*idx_args(idx, tmp_path / "e"), *extra)
-        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        errors = error_lines(r)
         assert r.returncode == 2 and len(errors) == 1 and message in errors[0], (extra, r.stderr)
     assert convert(*idx_args(idx, tmp_path / "twice")).returncode == 0
     r = convert(*idx_args(idx, tmp_path / "twice"))
@@ -113,10 +113,11 @@ def fashion(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_training_from_scratch_learns_real_images(fashion, tmp_path):
     # ~6 passes over 3,000 images (about a minute on 2 cores); a broken loss, optimizer, schedule or data
     # path stays near the 10% of chance, a working one reaches ~75% on the 1,000 held-out test images.
-    r = tool("train.py", "-o", f"Data.root={fashion}", f"Global.output_dir={tmp_path / 'out'}",
+    r = run_tool("train.py", "-o", f"Data.root={fashion}", f"Global.output_dir={tmp_path / 'out'}",
              f"Global.log_dir={tmp_path / 'log'}", "Global.epochs=6", "Global.eval_every=6",
              "Data.batch_size=100", "Data.global_batch_size=100", "EMA.enable=false", "Global.device=cpu",
              config=FASHION, timeout=600)
@@ -124,13 +125,13 @@ def test_training_from_scratch_learns_real_images(fashion, tmp_path):
     [(epoch, top1, n)] = VAL_LINE.findall(r.stdout)
     assert (epoch, n) == ("6", "1000")
     assert float(top1) >= 0.60, r.stdout[-3000:]
-    curve = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plot_curve.py"),
-                            str(tmp_path / "log")], capture_output=True, text=True, env=ENV)
+    curve = run_tool("plot_curve.py", tmp_path / "log", config=None)
     assert curve.returncode == 0, curve.stderr
     assert (tmp_path / "log" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"val top-1 (model) {float(top1):.4f} at epoch 6" in curve.stdout
 
 
+@pytest.mark.slow
 def test_finetune_from_1000_class_weights_on_class_folders(fashion, tmp_path):
     # "Official" weights: a 1000-class model at 224 px; the fine-tune is 10 classes at 32 px.
     paddle.seed(7)
@@ -146,7 +147,7 @@ def test_finetune_from_1000_class_weights_on_class_folders(fashion, tmp_path):
     overrides = ["-o", f"Data.root={folders}", "Global.num_classes=10", "Global.img_size=32",
                  f"Global.output_dir={tmp_path / 'out'}", f"Global.log_dir={tmp_path / 'log'}", "Global.device=cpu",
                  "Data.batch_size=10", "Data.global_batch_size=10", "Data.num_workers=0"]
-    r = tool("train.py", *overrides, "Global.epochs=2", "Scheduler.warmup_epochs=1", f"Global.pretrained={weights}",
+    r = run_tool("train.py", *overrides, "Global.epochs=2", "Scheduler.warmup_epochs=1", f"Global.pretrained={weights}",
              config=FINETUNE)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"fine-tuning from {weights}" in r.stdout
@@ -161,7 +162,7 @@ def test_finetune_from_1000_class_weights_on_class_folders(fashion, tmp_path):
         assert np.abs(tuned[key].numpy() - official[key].numpy()).max() < 2e-3, key
 
     image = folders / "val" / "Trouser" / sorted(os.listdir(folders / "val" / "Trouser"))[0]
-    r = tool("predict.py", str(image), *overrides, config=FINETUNE)
+    r = run_tool("predict.py", str(image), *overrides, config=FINETUNE)
     assert r.returncode == 0, r.stderr
     name = re.search(r"class name: (.+)", r.stdout).group(1)
     assert name in NAMES, r.stdout

@@ -7,7 +7,7 @@ import shutil
 import paddle
 import pytest
 
-from runner import ROOT, error_lines, fast_overrides, losses, tool
+from runner import ROOT, error_lines, fast_overrides, losses, run_tool
 from t2tvit.runtime import MetricsFile, read_metrics
 
 LOG_LINE = re.compile(r"Epoch \[\d+/3\], Step \[\d+/5\], Loss: \d+\.\d{4}, acc: \d\.\d{4}, read_time: \d+\.\d{4}, "
@@ -18,7 +18,7 @@ FINAL = re.compile(r"ImageNet final val acc is:(\d\.\d{4}), top5: (\d\.\d{4}), i
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trained")
-    r = tool("train.py", *fast_overrides(tmp))
+    r = run_tool("train.py", *fast_overrides(tmp))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return tmp, r.stdout
 
@@ -30,6 +30,7 @@ def odd_val_list(tmp_path, n=19):
     return str(path)
 
 
+@pytest.mark.slow
 def test_training_writes_logs_and_checkpoints(trained):
     tmp, out = trained
     steps = [line for line in out.splitlines() if "Step [" in line]
@@ -45,6 +46,7 @@ def test_training_writes_logs_and_checkpoints(trained):
     assert len(state["class_names"]) == 1000 and state["class_names"][0].startswith("tench")
 
 
+@pytest.mark.slow
 def test_metrics_file_holds_the_numbers_of_every_log_line(trained):
     tmp, out = trained
     records = read_metrics(tmp / "log" / MetricsFile.NAME)
@@ -60,6 +62,7 @@ def test_metrics_file_holds_the_numbers_of_every_log_line(trained):
     assert all(r["images"] == 20 and 0 <= r["top5"] <= 1 for r in val)
 
 
+@pytest.mark.slow
 def test_best_checkpoint_follows_the_ema_model_as_the_official_protocol_does(trained):
     tmp, out = trained
     records = read_metrics(tmp / "log" / MetricsFile.NAME)
@@ -74,42 +77,47 @@ def test_best_checkpoint_follows_the_ema_model_as_the_official_protocol_does(tra
     assert re.search(rf"best val top1 {max(ema):.4f} \(ema, epoch {first_max}\)", out)
 
 
+@pytest.mark.slow
 def test_val_reproduces_best_checkpoint_accuracy(trained):
     tmp, _ = trained
     best = paddle.load(str(tmp / "out" / "best.pdckpt"))["best"]
-    r = tool("val.py", *fast_overrides(tmp))
+    r = run_tool("val.py", *fast_overrides(tmp))
     assert r.returncode == 0, r.stderr
     top1, top5, n = FINAL.search(r.stdout).groups()
     assert float(top1) == pytest.approx(best["acc"], abs=1e-4) and int(n) == 20
 
 
+@pytest.mark.slow
 def test_val_is_exact_on_several_processes(trained, tmp_path):
     tmp, _ = trained
     args = fast_overrides(tmp, **{"Data.val_list": odd_val_list(tmp_path), "Data.batch_size": 3})
-    one = FINAL.search(tool("val.py", *args).stdout).groups()
-    r = tool("val.py", *args, nproc=2)
+    one = FINAL.search(run_tool("val.py", *args).stdout).groups()
+    r = run_tool("val.py", *args, nproc=2)
     two = FINAL.search(r.stdout).groups()
     assert one == two and one[2] == "19"
 
 
+@pytest.mark.slow
 def test_predict_prints_class_id_and_name(trained):
     tmp, _ = trained
     image = sorted(glob.glob(os.path.join(ROOT, "lit_data", "val", "*", "*.JPEG")))[0]
-    r = tool("predict.py", image, "--topk", "3", *fast_overrides(tmp))
+    r = run_tool("predict.py", image, "--topk", "3", *fast_overrides(tmp))
     assert r.returncode == 0, r.stderr
     class_id = int(re.search(r"class_id is: (\d+)", r.stdout).group(1))
     assert 0 <= class_id < 1000 and "class name: " in r.stdout and "top-3: " in r.stdout
 
 
+@pytest.mark.slow
 def test_predict_without_weights_says_how_to_get_them(tmp_path):
     image = sorted(glob.glob(os.path.join(ROOT, "lit_data", "val", "*", "*.JPEG")))[0]
-    r = tool("predict.py", image, *fast_overrides(tmp_path))
+    r = run_tool("predict.py", image, *fast_overrides(tmp_path))
     assert r.returncode == 2 and len(error_lines(r)) == 1
     assert "scripts/train.sh" in r.stderr and "convert_weights.py" in r.stderr
 
 
+@pytest.mark.slow
 def test_two_process_training(tmp_path):
-    r = tool("train.py", *fast_overrides(tmp_path, **{"Global.epochs": 3}), nproc=2)
+    r = run_tool("train.py", *fast_overrides(tmp_path, **{"Global.epochs": 3}), nproc=2)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "global batch 4 = 2 per device x 2 device(s) x 1 accumulation step(s)" in r.stdout
     assert os.path.isfile(tmp_path / "out" / "best.pdckpt")
@@ -130,6 +138,7 @@ def corrupt_copy(tmp_path, split):
     return root, first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing_root", "missing_list", "missing_image", "unknown_key", "bad_label",
                                   "corrupt_val_image"])
 def test_bad_input_is_one_line_and_leaves_no_checkpoint(tmp_path, case):
@@ -155,48 +164,52 @@ def test_bad_input_is_one_line_and_leaves_no_checkpoint(tmp_path, case):
     args = fast_overrides(tmp_path, **extra)
     if tool_name == "val.py":
         args += ["--weights", str(tmp_path / "w.pdparams")]
-    r = tool(tool_name, *args)
+    r = run_tool(tool_name, *args)
     assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-1000:]
     errors = error_lines(r)
     assert len(errors) == 1 and "Traceback" not in r.stderr and culprit in errors[0], r.stderr[-2000:]
     assert not glob.glob(str(tmp_path / "out" / "*.pdckpt*"))
 
 
+@pytest.mark.slow
 def test_corrupt_training_image_is_replaced_and_counted(tmp_path):
     root, first = corrupt_copy(tmp_path, "train")
-    r = tool("train.py", *fast_overrides(tmp_path, **{"Data.root": str(root)}))
+    r = run_tool("train.py", *fast_overrides(tmp_path, **{"Data.root": str(root)}))
     assert r.returncode == 0, r.stderr[-2000:]
     assert first in r.stderr
     assert len(re.findall(r"Epoch \[\d/3\]: 1 unreadable training image\(s\) replaced", r.stdout + r.stderr)) == 3
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused(trained, tmp_path):
     tmp, _ = trained
-    r = tool("val.py", "--weights", str(tmp / "out" / "best.pdckpt"),
+    r = run_tool("val.py", "--weights", str(tmp / "out" / "best.pdckpt"),
              *fast_overrides(tmp_path, **{"Global.model": "t2t_vit_10"}))
     assert r.returncode == 2 and len(error_lines(r)) == 1
     assert "best.pdckpt does not fit" in r.stderr and "blocks.7" in r.stderr
-    r = tool("train.py", "--resume", str(tmp / "out" / "latest.pdckpt"),
+    r = run_tool("train.py", "--resume", str(tmp / "out" / "latest.pdckpt"),
              *fast_overrides(tmp_path, **{"Global.model": "t2t_vit_10"}))
     assert r.returncode == 2 and "latest.pdckpt" in error_lines(r)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fp16", "bf16"])
 def test_amp_on_cpu_falls_back_to_float32_and_says_so(tmp_path, mode):
-    r = tool("train.py", *fast_overrides(tmp_path, **{"Global.amp": mode, "Global.amp_level": "O2",
+    r = run_tool("train.py", *fast_overrides(tmp_path, **{"Global.amp": mode, "Global.amp_level": "O2",
                                                      "Global.epochs": 3}))
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"Global.amp={mode} needs a GPU: Paddle's dynamic-graph AMP does nothing on cpu; training in float32" \
         in r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_position_and_last_checkpoint(tmp_path):
     diverge = {"Optimizer.lr": 1e30, "Scheduler.warmup_lr": 1e30, "Global.save_every_steps": 1}
-    r = tool("train.py", *fast_overrides(tmp_path, **diverge))
+    r = run_tool("train.py", *fast_overrides(tmp_path, **diverge))
     assert r.returncode == 2 and len(error_lines(r)) == 1, r.stderr[-2000:]
     assert re.search(r"error: non-finite loss at epoch 1, step \d+ \(skipped so far: 0\); last good checkpoint: "
                      r"\S+latest\.pdckpt", r.stderr), r.stderr[-2000:]
-    r = tool("train.py", *fast_overrides(tmp_path / "skip", **diverge, **{"Global.nonfinite": "skip",
+    r = run_tool("train.py", *fast_overrides(tmp_path / "skip", **diverge, **{"Global.nonfinite": "skip",
                                                                          "Global.max_skips": 2}))
     assert r.returncode == 2 and "(skipped so far: 2)" in error_lines(r)[0]
     assert len(re.findall(r"step skipped \(\d/2\)", r.stdout + r.stderr)) == 2

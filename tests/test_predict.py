@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-from runner import ROOT, error_lines, tool
+from runner import ROOT, error_lines, run_tool
 from t2tvit import classify
 from t2tvit.config import load_config
 from t2tvit.t2t import create_model
@@ -42,11 +42,12 @@ def photo_tree(root):
     return [str(root / p) for p in ("a/0.JPEG", "a/1.JPEG", "a/2.JPEG", "b/broken.jpg", "b/c/3.JPEG", "b/c/4.JPEG")]
 
 
+@pytest.mark.slow
 def test_predict_on_a_folder_writes_one_json_line_per_image_and_goes_on_past_a_broken_one(weights, tmp_path):
     path, model = weights
     expected_paths = photo_tree(tmp_path / "photos") + [PHOTOS[5]]
     out = tmp_path / "predictions.jsonl"
-    r = tool("predict.py", tmp_path / "photos", PHOTOS[5], "--weights", path, "--batch-size", "2", "--topk", "3",
+    r = run_tool("predict.py", tmp_path / "photos", PHOTOS[5], "--weights", path, "--batch-size", "2", "--topk", "3",
              "--output", out, "--logits", *SMALL, config=CONFIG)
     assert r.returncode == 1, r.stderr  # non-zero: one image could not be read
     assert f"cannot read image {expected_paths[3]}" in r.stderr and "1 of 7 images could not be read" in r.stderr
@@ -116,12 +117,13 @@ def test_predict_interrupted_keeps_every_finished_line_and_no_whole_looking_file
     assert [json.loads(line)["path"] for line in lines] == ["img0.png", "img1.png"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["bf16_without_inference_dir", "folder_without_images", "logits_without_output"])
 def test_predict_misuse_is_one_error_line(weights, tmp_path, case):
     args = {"bf16_without_inference_dir": [PHOTOS[0], "--precision", "bf16"],
             "folder_without_images": [tmp_path],
             "logits_without_output": [PHOTOS[0], "--logits"]}[case]
-    r = tool("predict.py", *args, "--weights", weights[0], *SMALL, config=CONFIG)
+    r = run_tool("predict.py", *args, "--weights", weights[0], *SMALL, config=CONFIG)
     errors = error_lines(r)
     assert r.returncode != 0 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
     assert {"bf16_without_inference_dir": "--precision applies to an exported model",

@@ -4,7 +4,8 @@ import re
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from runner import ROOT
+
 README = open(os.path.join(ROOT, "README.md")).read()
 
 

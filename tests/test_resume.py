@@ -13,7 +13,7 @@ import paddle
 import pytest
 
 from runner import (ENV, ROOT, children, error_lines, fast_overrides, free_port, losses, processes_mentioning, start,
-                    tool, tool_with_fault, wait_for_steps)
+                    run_tool, tool_with_fault, wait_for_steps)
 from t2tvit.runtime import MetricsFile, read_metrics
 
 ONE = {"Global.seed": 7, "Data.num_workers": 1}  # the same run with or without periodic checkpoints
@@ -37,7 +37,7 @@ def assert_same_weights(a, b, tol=1e-5):
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("one")
-    r = tool("train.py", *fast_overrides(tmp, **ONE))
+    r = run_tool("train.py", *fast_overrides(tmp, **ONE))
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(losses(tmp / "log")) == 15
     return tmp, losses(tmp / "log")
@@ -46,7 +46,7 @@ def one_process_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two")
-    r = tool("train.py", *fast_overrides(tmp), nproc=2)
+    r = run_tool("train.py", *fast_overrides(tmp), nproc=2)
     assert r.returncode == 0, r.stdout[-3000:]
     return tmp, r.stdout
 
@@ -80,6 +80,7 @@ def assert_resumed_exactly(logged, expected, out_dir, reference_dir):
     assert_same_weights(final_weights(out_dir), final_weights(reference_dir), tol=0)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_exactly(tmp_path, one_process_run):
     args = fast_overrides(tmp_path, **ONE, **{"Global.save_every_steps": 1})
     proc, text = interrupt(tmp_path, args, signal.SIGKILL)
@@ -88,7 +89,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, one_process_run):
 
     latest = tmp_path / "out" / "latest.pdckpt"
     state = paddle.load(str(latest))  # always a complete checkpoint
-    resumed = tool("train.py", *args)
+    resumed = run_tool("train.py", *args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {latest}: epoch {state['epoch'] + 1}, step {state['step']}" in resumed.stdout
     assert_resumed_exactly(losses(tmp_path / "log"), one_process_run[1], tmp_path / "out",
@@ -107,6 +108,7 @@ def resume_after_stop(tmp_path, sig, log_text):
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, to", [(signal.SIGTERM, "process"), (signal.SIGINT, "group")],
                          ids=["SIGTERM to the trainer", "SIGINT to its process group, as Ctrl-C"])
 def test_signal_on_one_process_stops_at_a_step_with_a_checkpoint_and_resumes_exactly(tmp_path, one_process_run,
@@ -118,6 +120,7 @@ def test_signal_on_one_process_stops_at_a_step_with_a_checkpoint_and_resumes_exa
     assert_resumed_exactly(logged, one_process_run[1], tmp_path / "out", one_process_run[0] / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, to", [(signal.SIGTERM, "launcher"), (signal.SIGINT, "workers")],
                          ids=["SIGTERM to the launcher", "SIGINT to every worker"])
 def test_signal_on_two_processes_stops_both_at_one_step_and_resumes_exactly(tmp_path, two_process_run, sig, to):
@@ -130,6 +133,7 @@ def test_signal_on_two_processes_stops_both_at_one_step_and_resumes_exactly(tmp_
     assert_resumed_exactly(losses(tmp_path / "log"), expected, tmp_path / "out", two_process_run[0] / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault, stop", [
     (("t2tvit.engine.evaluate", 1, 1), "stopped by SIGTERM at epoch 1/3, step 5/5, checkpoint "),
     (("paddle.save", 1, 1), "stopped by SIGTERM at epoch 2/3, step 1/5, checkpoint "),
@@ -145,12 +149,13 @@ def test_signals_during_validation_or_a_save_stop_cleanly_and_resume_exactly(tmp
     checkpoint = line[0].split(stop)[1].split(";")[0]
     assert os.path.samefile(checkpoint, tmp_path / "out" / "latest.pdckpt")  # complete, and the newest
     assert not list((tmp_path / "out").glob("*.tmp*"))
-    resumed = tool("train.py", *args, "--resume", checkpoint)
+    resumed = run_tool("train.py", *args, "--resume", checkpoint)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_resumed_exactly(losses(tmp_path / "log"), one_process_run[1],
                            tmp_path / "out", one_process_run[0] / "out")
 
 
+@pytest.mark.slow
 def test_unreadable_latest_falls_back_to_the_newest_readable_checkpoint(tmp_path, one_process_run):
     out = tmp_path / "out"
     os.makedirs(out)
@@ -159,7 +164,7 @@ def test_unreadable_latest_falls_back_to_the_newest_readable_checkpoint(tmp_path
     with open(out / "latest.pdckpt", "wb") as f:  # what a storage fault leaves: a truncated file
         f.write((one_process_run[0] / "out" / "latest.pdckpt").read_bytes()[:5000])
     args = fast_overrides(tmp_path, **ONE)
-    r = tool("train.py", *args)
+    r = run_tool("train.py", *args)
     assert r.returncode == 0, r.stderr[-2000:]
     warning = [line for line in r.stdout.splitlines() if "warning: cannot read" in line]
     assert len(warning) == 1 and str(out / "latest.pdckpt") in warning[0]
@@ -170,23 +175,25 @@ def test_unreadable_latest_falls_back_to_the_newest_readable_checkpoint(tmp_path
     assert_same_weights(final_weights(out), final_weights(one_process_run[0] / "out"), tol=0)
 
     (tmp_path / "damaged.pdckpt").write_bytes(b"\0" * 100)
-    r = tool("train.py", *args, "--resume", str(tmp_path / "damaged.pdckpt"))
+    r = run_tool("train.py", *args, "--resume", str(tmp_path / "damaged.pdckpt"))
     assert r.returncode == 2 and len(error_lines(r)) == 1 and "damaged.pdckpt" in error_lines(r)[0]
 
 
+@pytest.mark.slow
 def test_accumulation_on_one_process_equals_two_processes(tmp_path, two_process_run):
     # Recipe on: augmentation, mixup/cutmix, drop path all draw from (seed, epoch, step, batch position).
-    r = tool("train.py", *fast_overrides(tmp_path, **{"Data.batch_size": 2}))
+    r = run_tool("train.py", *fast_overrides(tmp_path, **{"Data.batch_size": 2}))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "global batch 4 = 2 per device x 1 device(s) x 2 accumulation step(s)" in r.stdout
     assert_same_weights(final_weights(tmp_path / "out"), final_weights(two_process_run[0] / "out"))
 
 
+@pytest.mark.slow
 def test_two_machines_train_like_two_processes(tmp_path, two_process_run):
     launch = ("--nnodes", "2", "--master", f"127.0.0.1:{free_port()}")
     args = fast_overrides(tmp_path)
     second = start("train.py", *args, extra_launch=(*launch, "--log_dir", str(tmp_path / "node1")))
-    first = tool("train.py", *args, extra_launch=(*launch, "--log_dir", str(tmp_path / "node0")))
+    first = run_tool("train.py", *args, extra_launch=(*launch, "--log_dir", str(tmp_path / "node0")))
     assert second.wait(timeout=300) == 0 and first.returncode == 0, first.stdout[-3000:]
     log = (tmp_path / "log" / "train.log").read_text()  # written by rank 0, on whichever node it landed
     assert "x 2 device(s)" in log

@@ -3,10 +3,10 @@ import os
 
 import pytest
 
+from runner import ROOT
 from t2tvit import config
 from t2tvit.scheduler import WarmupCosineLR
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 2502  # ImageNet-1k at a global batch of 512
 
 
