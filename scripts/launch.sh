@@ -3,10 +3,8 @@
 #   NPROC=2                 several CPU processes (gloo), e.g. to try multi-process runs without a GPU
 #   NNODES=2 MASTER=IP:PORT several machines: run the same command on each (same GPUS), MASTER = first machine
 PYTHON=${PYTHON:-python3}
-# Paddle's MKL takes a slow path on AMD CPUs unless told otherwise (on Intel the same setting slows it down).
-if grep -q AuthenticAMD /proc/cpuinfo 2>/dev/null; then export MKL_DEBUG_CPU_TYPE=${MKL_DEBUG_CPU_TYPE:-5}; fi
-# Paddle's dynamic graph uses one math thread unless told: give each CPU process its share of the cores.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / ${NPROC:-1} > 0 ? $(nproc) / ${NPROC:-1} : 1 ))}
+# CPU threads per process (and MKL's fast path on AMD) are set by tools/cpu_env.py, which every tool imports
+# first, so `python tools/X.py` and these scripts run with the same settings.
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning}
 launch=()
 if [ -n "${GPUS:-}" ]; then

@@ -15,6 +15,7 @@ Each: warm-up runs, then the median of --repeat timed runs. On CPU, eval_dynamic
 MKL_DEBUG_CPU_TYPE=5 (MKL's fast path on AMD CPUs; scripts/launch.sh sets it), which must be set before
 Paddle loads. Prints a table and one JSON line (prefix `BENCHMARK_JSON `).
 """
+import cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import glob
 import importlib.metadata

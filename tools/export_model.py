@@ -8,6 +8,7 @@ for tools/infer.py, `tools/predict.py --inference-dir DIR` or any Paddle Inferen
 logits. Before anything is written to DIR, the exported graph is run and must give the dynamic model's
 logits within 1e-4.
 """
+import cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import os
 import shutil

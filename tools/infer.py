@@ -7,6 +7,7 @@ The config gives the preprocessing (Data.*) and class names, as for tools/predic
 the exported one. CPU runs use oneDNN with --threads math threads (default: all cores of this process);
 GPU runs use CUDA, through TensorRT with --trt. Predictor(DIR) is the API for other tools.
 """
+import cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import os
 import sys

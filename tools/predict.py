@@ -6,6 +6,7 @@ Prints `class_id is: N` for each image (as the original repo did), then its clas
 probabilities. --weights: a .pdckpt checkpoint of this repo (its saved class names are used) or .pdparams
 weights (names from Data.classes); default Global.output_dir/best.pdckpt.
 """
+import cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import os
 import sys

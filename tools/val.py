@@ -7,6 +7,7 @@
 model and EMA, as recorded when it was saved). Without it: Global.output_dir/best.pdckpt.
 Each process evaluates a disjoint share of the images (no padding), so every image counts exactly once.
 """
+import cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import os
 import sys
