@@ -472,11 +472,11 @@ def main(argv=None):
     unknown = sorted(set(args.only) - set(MEASURES))
     if unknown:
         raise UserError(f"--only: unknown measurement(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    if args.worker:
+        return worker(args)  # PyTorch's workers never load Paddle: two OpenMP runtimes in one process slow both
     from t2t import VARIANTS
     if args.model not in VARIANTS:
         raise UserError(f"unknown model {args.model!r}; known models: {', '.join(VARIANTS)}")
-    if args.worker:
-        return worker(args)
     return drive(args)
 
 
