@@ -82,19 +82,6 @@ def _paddle_model(args, paddle, **kwargs):
     return model
 
 
-def deployment_api():
-    """(available_backends, supported_precisions, create_predictor) of tools/infer.py; before it had several
-    backends, Paddle Inference (oneDNN) in float32 only."""
-    import infer
-    if hasattr(infer, "create_predictor"):
-        return infer.available_backends, infer.supported_precisions, infer.create_predictor
-
-    def create_predictor(model_dir, backend="auto", precision="fp32", threads=None, device="cpu"):
-        return infer.Predictor(model_dir, device, threads)
-
-    return (lambda: ["paddle"]), (lambda backend: ["fp32"]), create_predictor
-
-
 def prepare(args):
     """Fix the weights, the photos, the reference logits (fp32 dynamic graph) and the exported model that
     every other worker uses; report the deployment backends and precisions installed."""
@@ -124,8 +111,8 @@ def prepare(args):
         np.save(os.path.join(args.work_dir, "logits_reference.npy"), model(paddle.to_tensor(photos)).numpy())
     if "engine" in args.only:
         export(model, args.img_size, os.path.join(args.work_dir, "inference"))
-    available, precisions, _ = deployment_api()
-    backends = {b: list(precisions(b)) for b in available()} if "engine" in args.only else {}
+    from infer import available_backends, supported_precisions
+    backends = {b: supported_precisions(b) for b in available_backends()} if "engine" in args.only else {}
     return {"weights": weights, "photos": len(paths), "backends": backends}
 
 
@@ -154,7 +141,7 @@ def measure_eval_dynamic(args):
 
 
 def measure_engine(args):
-    _, _, create_predictor = deployment_api()
+    from infer import create_predictor
     predictor = create_predictor(os.path.join(args.work_dir, "inference"), backend=args.engine_backend,
                                  precision=args.precision, threads=args.threads, device=args.device)
     x = random_batch(args)
