@@ -51,6 +51,15 @@ def test_one_run_measures_everything_side_by_side():
     assert "reference" not in report  # no figures from another machine
 
 
+def test_rounds_interleave_and_pool_the_timed_runs():
+    r = run(*TINY, "--rounds", "2", "--only", "eval_dynamic", "train")
+    assert r.returncode == 0, r.stderr
+    report = report_of(r)
+    assert report["settings"]["rounds"] == 2
+    for row in report["results"]:
+        assert len(row["rounds_images_per_s"]) == 2 and len(row["seconds_per_item"]) == 4
+
+
 def test_unknown_measurement_is_one_line():
     r = run("--only", "eval_dynamic", "warp_speed")
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]

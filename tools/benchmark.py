@@ -1,6 +1,7 @@
 """Measure T2T-ViT's speed on this machine, side by side with PyTorch running the official model.
 
-    python tools/benchmark.py [--model t2t_vit_7] [--batch 32] [--img-size 224] [--threads N] [--weights FILE]
+    python tools/benchmark.py [--model t2t_vit_7] [--batch 32] [--img-size 224] [--threads N] [--rounds R]
+                              [--weights FILE] [--only MEASURE ...]
 
 In one run, each measure in a fresh process (so that its environment applies and its peak memory is its own):
   torch_eval     PyTorch (if installed) running the official T2T-ViT (tools/torch_reference_t2t.py, proven
@@ -12,7 +13,8 @@ In one run, each measure in a fresh process (so that its environment applies and
   data_train     one data worker running the full recipe's train transform (RandomResizedCrop, flip,
                  RandAugment m9, random erasing) on ImageNet-sized JPEGs (500x375, made from lit_data)
   data_val       the same for the validation transform (resize, center crop)
-Each model measure is timed on a random batch (warm-up runs, then the median of --repeat runs) and also run
+Each model measure is timed on a random batch (warm-up runs, then --repeat timed runs; with --rounds R every
+measure runs R times, interleaved, and images/s is the median of all its timed runs) and also run
 once on the real photos of lit_data/val (val transform): its max |logit difference| and top-1 agreement
 are against Paddle's float32 dynamic-graph model with the same weights (--weights, else random init, seed 0;
 random-init logits have tiny top-2 gaps, so top-1 agreement means more with trained weights). Threads default
@@ -338,7 +340,7 @@ def finish(rows):
     """images/s of each row, and its ratio to the PyTorch measure it is compared with."""
     for r in rows:
         if "error" not in r:
-            r["images_per_s"] = round(1.0 / float(np.median(r["seconds_per_item"])), 2)
+            r["images_per_s"] = round(1.0 / float(np.median(r["seconds_per_item"])), 2)  # over all rounds
     ips = {r["measure"]: r.get("images_per_s") for r in rows}
     for r in rows:
         base = ips.get(YARDSTICK.get(r["measure"]))
@@ -404,24 +406,35 @@ def drive(args):
     for note in report_notes:
         print(f"note: {note}", file=sys.stderr)
     load_before = load_average()
-    rows = []
     with tempfile.TemporaryDirectory() as work_dir:
         if any(m.startswith("data_") for m in args.only):
             make_jpegs(os.path.join(work_dir, "jpeg"), args.data_images)
         prepared = run_worker(args, "prepare", work_dir)
         if "error" in prepared:
             raise UserError(f"benchmark preparation failed: {prepared['error']}")
-        for name, tag, setting, extra in plan(args, prepared):
-            row = {"measure": name, "setting": setting, **run_worker(args, name, work_dir, tag, extra)}
-            row["max_abs_diff"], row["top1_agreement"] = agreement(work_dir, tag)
-            rows.append(row)
-            done = "failed: " + row["error"] if "error" in row else \
-                f"{1.0 / float(np.median(row['seconds_per_item'])):.1f} images/s"
-            print(f"  {name} ({setting}): {done}", file=sys.stderr, flush=True)
+        runs = plan(args, prepared)
+        rows = [{"measure": name, "setting": setting, "seconds_per_item": [], "rounds_images_per_s": []}
+                for name, _, setting, _ in runs]
+        # Rounds interleave the measures, so that a passing load on a shared machine hits them alike.
+        for _ in range(args.rounds):
+            for row, (name, tag, setting, extra) in zip(rows, runs):
+                if "error" in row:
+                    continue
+                result = run_worker(args, name, work_dir, tag, extra)
+                if "error" in result:
+                    row["error"] = result["error"]
+                    print(f"  {name} ({setting}): failed: {result['error']}", file=sys.stderr, flush=True)
+                    continue
+                row["seconds_per_item"] += result["seconds_per_item"]
+                row["peak_mem_mb"] = max(row.get("peak_mem_mb", 0), result["peak_mem_mb"])
+                row["rounds_images_per_s"].append(round(1.0 / float(np.median(result["seconds_per_item"])), 2))
+                row["max_abs_diff"], row["top1_agreement"] = agreement(work_dir, tag)
+                print(f"  {name} ({setting}): {row['rounds_images_per_s'][-1]:.1f} images/s", file=sys.stderr,
+                      flush=True)
     finish(rows)
     machine = machine_info()
     settings = {k: getattr(args, k) for k in ("model", "batch", "img_size", "threads", "device", "warmup",
-                                              "repeat")}
+                                              "repeat", "rounds")}
     settings["weights"] = prepared["weights"]
     report = {"machine": machine, "load_average_before": load_before, "load_average_after": load_average(),
               "settings": settings, "notes": report_notes, "photos": prepared["photos"], "results": rows}
@@ -442,6 +455,8 @@ def main(argv=None):
     ap.add_argument("--weights", help="weights or checkpoint to load (default: random init, seed 0)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every measure this many times, interleaved; images/s is the median of all runs")
     ap.add_argument("--only", nargs="+", metavar="MEASURE", default=list(MEASURES),
                     help=f"a subset of {' '.join(MEASURES)}")
     ap.add_argument("--data-images", type=int, default=40, help="JPEGs per data-pipeline run")
@@ -451,7 +466,7 @@ def main(argv=None):
     ap.add_argument("--engine-backend", help=argparse.SUPPRESS)
     ap.add_argument("--precision", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for key in ("batch", "threads", "repeat", "data_images"):
+    for key in ("batch", "threads", "repeat", "rounds", "data_images"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")
     if args.img_size % 16:
