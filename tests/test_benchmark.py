@@ -60,6 +60,20 @@ def test_rounds_interleave_and_pool_the_timed_runs():
         assert len(row["rounds_images_per_s"]) == 2 and len(row["seconds_per_item"]) == 4
 
 
+def test_stages_time_each_stage_in_both_frameworks():
+    r = run(*TINY, "--repeat", "1", "--only", "eval_dynamic", "--stages")
+    assert r.returncode == 0, r.stderr
+    stages = report_of(r)["stages_seconds"]
+    frameworks = ["paddle"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    assert sorted(stages) == frameworks
+    names = list(stages["paddle"])
+    assert names[1] == "T2T Performer 1" and names[-1] == "whole model" and "7 backbone blocks" in names
+    for framework in frameworks:
+        assert list(stages[framework]) == names
+        assert all(len(v) == 2 and min(v) > 0 for v in stages[framework].values())
+    assert "per stage" in r.stdout
+
+
 def test_unknown_measurement_is_one_line():
     r = run("--only", "eval_dynamic", "warp_speed")
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]

@@ -248,11 +248,110 @@ def measure_data(args, split):
     return [t / len(paths) for t in timed(run, args.warmup, args.repeat)]
 
 
+# ---- per-stage profile (--stages): where the time goes, Paddle and PyTorch side by side --------------------
+
+def stage_inputs(args):
+    """(stage name, input shape, whether the real model needs the input's gradient) in forward order."""
+    from t2t import VARIANTS
+    _, dim, depth, _, _ = VARIANTS[args.model]
+    b, s = args.batch, args.img_size
+    return [("soft split 1 (unfold 7x7 /4)", [b, 3, s, s], False),
+            ("T2T Performer 1", [b, (s // 4) ** 2, 3 * 49], False),
+            ("soft split 2 (unfold 3x3 /2)", [b, (s // 4) ** 2, 64], True),
+            ("T2T Performer 2", [b, (s // 8) ** 2, 64 * 9], True),
+            ("soft split 3 + project", [b, (s // 8) ** 2, 64], True),
+            (f"{depth} backbone blocks", [b, (s // 16) ** 2 + 1, dim], True),
+            ("norm + head", [b, (s // 16) ** 2 + 1, dim], True),
+            ("whole model", [b, 3, s, s], False)]
+
+
+def time_stages(args, stages, to_input, run_eval, run_train, set_mode):
+    """{stage: [seconds of the eval forward, seconds of forward + backward in training mode]}."""
+    rng = np.random.RandomState(0)
+    result = {}
+    for (name, shape, needs_grad), fn in zip(stage_inputs(args), stages):
+        x = to_input(rng.standard_normal(shape).astype("float32"), needs_grad)
+        set_mode(False)
+        forward = float(np.median(timed(lambda: run_eval(fn, x), args.warmup, args.repeat)))
+        set_mode(True)
+        both = float(np.median(timed(lambda: run_train(fn, x), args.warmup, args.repeat)))
+        result[name] = [forward, both]
+    return result
+
+
+def measure_stages_paddle(args):
+    paddle = _paddle(args)
+    import paddle.nn.functional as F
+    model = _paddle_model(args, paddle, drop_path_rate=0.1)
+    t2t = model.tokens_to_token
+    image = t2t._reshape_to_image
+
+    def blocks(x):
+        for blk in model.blocks:
+            x = blk(x)
+        return x
+
+    stages = [lambda x: F.unfold(x, [7, 7], strides=4, paddings=2).transpose([0, 2, 1]), t2t.attention1,
+              lambda x: F.unfold(image(x), [3, 3], strides=2, paddings=1).transpose([0, 2, 1]), t2t.attention2,
+              lambda x: t2t.project(F.unfold(image(x), [3, 3], strides=2, paddings=1).transpose([0, 2, 1])),
+              blocks, lambda x: model.head(model.norm(x)[:, 0]), model]
+
+    def run_eval(fn, x):
+        with paddle.no_grad():
+            fn(x).numpy()
+
+    def run_train(fn, x):
+        y = fn(x)
+        if not y.stop_gradient:  # the first soft split has nothing to differentiate
+            y.sum().backward()
+
+    return time_stages(args, stages, lambda a, g: paddle.to_tensor(a, stop_gradient=not g), run_eval, run_train,
+                       model.train)
+
+
+def measure_stages_torch(args):
+    torch, model = _torch_model(args, drop_path_rate=0.1)
+    t2t = model.tokens_to_token
+
+    def blocks(x):
+        for blk in model.blocks:
+            x = blk(x)
+        return x
+
+    stages = [lambda x: t2t.soft_split0(x).transpose(1, 2), t2t.attention1,
+              lambda x: t2t.soft_split1(t2t.to_image(x)).transpose(1, 2), t2t.attention2,
+              lambda x: t2t.project(t2t.soft_split2(t2t.to_image(x)).transpose(1, 2)),
+              blocks, lambda x: model.head(model.norm(x)[:, 0]), model]
+
+    def run_eval(fn, x):
+        with torch.no_grad():
+            fn(x).numpy()
+
+    def run_train(fn, x):
+        y = fn(x)
+        if y.requires_grad:
+            y.sum().backward()
+
+    return time_stages(args, stages, lambda a, g: torch.from_numpy(a).requires_grad_(g), run_eval, run_train,
+                       model.train)
+
+
+def print_stages(stages):
+    frameworks = [f for f in ("paddle", "torch") if f in stages]
+    print("per stage, ms per batch: eval forward | training forward + backward")
+    print(f"{'stage':<30}" + "".join(f"{f + ' eval':>13}" for f in frameworks) +
+          "".join(f"{f + ' train':>13}" for f in frameworks))
+    for name in stages[frameworks[0]]:
+        cells = [stages[f][name][i] * 1e3 for i in (0, 1) for f in frameworks]
+        print(f"{name:<30}" + "".join(f"{c:>13.1f}" for c in cells))
+
+
 def worker(args):
     """Run one measurement; print the seconds per image of each timed run and the peak memory (or, for
     `prepare`, what it prepared)."""
-    if args.worker == "prepare":
-        print(JSON_PREFIX + json.dumps(prepare(args)))
+    if args.worker in ("prepare", "stages_paddle", "stages_torch"):
+        print(JSON_PREFIX + json.dumps({"prepare": prepare, "stages_paddle": measure_stages_paddle,
+                                        "stages_torch": measure_stages_torch}[args.worker](args)))
         return 0
     if args.worker in ("data_train", "data_val"):
         per_image = measure_data(args, args.worker[len("data_"):])
@@ -293,6 +392,7 @@ def machine_info():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
         info.update(cpu_model=fields.get("model name", info["cpu_model"]), vendor=fields.get("vendor_id"),
+                    cpu_family=fields.get("cpu family"), cpu_model_number=fields.get("model"),
                     cpu_flags=fields.get("flags", ""))
     except OSError:
         pass
@@ -350,7 +450,8 @@ def finish(rows):
 
 def print_table(rows, machine, args):
     print(f"T2T-ViT benchmark: {args.model}, batch {args.batch}, {args.img_size} px, {args.threads} threads, "
-          f"{args.device}; CPU: {machine['cpu_model']}")
+          f"{args.device}; CPU: {machine['cpu_model']} (family {machine.get('cpu_family')}, model "
+          f"{machine.get('cpu_model_number')}), {machine['usable_cores']} usable cores")
     print(f"CPU flags: {machine['cpu_flags']}")
     print(f"{'measure':<14}{'setting':<26}{'images/s':>10}{'ratio':>8}{'max|dlogit|':>13}{'top-1 agree':>13}"
           f"{'peak MB':>9}")
@@ -431,14 +532,26 @@ def drive(args):
                 row["max_abs_diff"], row["top1_agreement"] = agreement(work_dir, tag)
                 print(f"  {name} ({setting}): {row['rounds_images_per_s'][-1]:.1f} images/s", file=sys.stderr,
                       flush=True)
+        stages = {}
+        if args.stages:
+            for framework in ("paddle", "torch"):
+                if framework == "torch" and importlib.util.find_spec("torch") is None:
+                    continue
+                result = run_worker(args, f"stages_{framework}", work_dir)
+                if "error" in result:
+                    raise UserError(f"--stages ({framework}) failed: {result['error']}")
+                stages[framework] = result
     finish(rows)
     machine = machine_info()
     settings = {k: getattr(args, k) for k in ("model", "batch", "img_size", "threads", "device", "warmup",
                                               "repeat", "rounds")}
     settings["weights"] = prepared["weights"]
     report = {"machine": machine, "load_average_before": load_before, "load_average_after": load_average(),
-              "settings": settings, "notes": report_notes, "photos": prepared["photos"], "results": rows}
+              "settings": settings, "notes": report_notes, "photos": prepared["photos"], "results": rows,
+              "stages_seconds": stages}
     print_table(rows, machine, args)
+    if stages:
+        print_stages(stages)
     print(JSON_PREFIX + json.dumps(report))
     return 1 if any("error" in r for r in rows) else 0
 
@@ -460,7 +573,11 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", metavar="MEASURE", default=list(MEASURES),
                     help=f"a subset of {' '.join(MEASURES)}")
     ap.add_argument("--data-images", type=int, default=40, help="JPEGs per data-pipeline run")
-    ap.add_argument("--worker", choices=("prepare",) + MEASURES, help=argparse.SUPPRESS)
+    ap.add_argument("--stages", action="store_true",
+                    help="also time each stage of the model (eval forward; training forward + backward), in "
+                         "Paddle and PyTorch")
+    ap.add_argument("--worker", choices=("prepare", "stages_paddle", "stages_torch") + MEASURES,
+                    help=argparse.SUPPRESS)
     ap.add_argument("--work-dir", help=argparse.SUPPRESS)
     ap.add_argument("--tag", help=argparse.SUPPRESS)
     ap.add_argument("--engine-backend", help=argparse.SUPPRESS)
