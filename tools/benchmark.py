@@ -126,30 +126,31 @@ def _photos(args):
     return np.load(os.path.join(args.work_dir, "photos.npy"))
 
 
+def _time_eval(args, to_input, predict):
+    """Time predict (input -> numpy logits) on the random batch; save its logits on the photos."""
+    x = to_input(random_batch(args))
+    times = timed(lambda: predict(x), args.warmup, args.repeat)
+    _save_logits(args, predict(to_input(_photos(args))))
+    return times
+
+
 def measure_eval_dynamic(args):
     paddle = _paddle(args)
     model = _paddle_model(args, paddle)
     model.eval()
-    x = paddle.to_tensor(random_batch(args))
 
-    def run():
+    def predict(x):
         with paddle.no_grad():
-            model(x).numpy()
+            return model(x).numpy()
 
-    times = timed(run, args.warmup, args.repeat)
-    with paddle.no_grad():
-        _save_logits(args, model(paddle.to_tensor(_photos(args))).numpy())
-    return times
+    return _time_eval(args, paddle.to_tensor, predict)
 
 
 def measure_engine(args):
     from infer import create_predictor
     predictor = create_predictor(os.path.join(args.work_dir, "inference"), backend=args.engine_backend,
                                  precision=args.precision, threads=args.threads, device=args.device)
-    x = random_batch(args)
-    times = timed(lambda: predictor(x), args.warmup, args.repeat)
-    _save_logits(args, predictor(_photos(args)))
-    return times
+    return _time_eval(args, lambda images: images, predictor)
 
 
 def _soft_targets(rng, batch, classes=1000, smoothing=0.1):
@@ -193,16 +194,12 @@ def _torch_model(args, **kwargs):
 def measure_torch_eval(args):
     torch, model = _torch_model(args)
     model.eval()
-    x = torch.from_numpy(random_batch(args))
 
-    def run():
+    def predict(x):
         with torch.no_grad():
-            model(x).numpy()
+            return model(x).numpy()
 
-    times = timed(run, args.warmup, args.repeat)
-    with torch.no_grad():
-        _save_logits(args, model(torch.from_numpy(_photos(args))).numpy())
-    return times
+    return _time_eval(args, torch.from_numpy, predict)
 
 
 def measure_torch_train(args):
