@@ -1,12 +1,20 @@
-# Sourced by train.sh and val.sh: runs tools/$TOOL on one device, or several through paddle.distributed.launch.
-#   GPUS=0,1,2,3            several GPUs on this machine
-#   NPROC=2                 several CPU processes (gloo), e.g. to try multi-process runs without a GPU
-#   NNODES=2 MASTER=IP:PORT several machines: run the same command on each (same GPUS), MASTER = first machine
-PYTHON=${PYTHON:-python3}
-# Paddle's MKL takes a slow path on AMD CPUs unless told otherwise (on Intel the same setting slows it down).
-if grep -q AuthenticAMD /proc/cpuinfo 2>/dev/null; then export MKL_DEBUG_CPU_TYPE=${MKL_DEBUG_CPU_TYPE:-5}; fi
-# Paddle's dynamic graph uses one math thread unless told: give each CPU process its share of the cores.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / ${NPROC:-1} > 0 ? $(nproc) / ${NPROC:-1} : 1 ))}
+#!/usr/bin/env bash
+# Run tools/TOOL on one device, or on several through paddle.distributed.launch (what train.sh and val.sh call).
+#   scripts/launch.sh train.py [ARGS...]     ARGS: -o Section.key=value overrides, --resume, --weights, ...
+# Environment:
+#   CONFIG=config/t2t_vit_7.yaml  the config (default: the lit_data demo, config/t2t_vit_7_demo.yaml)
+#   GPUS=0,1,2,3                  several GPUs on this machine
+#   NPROC=2                       several CPU processes (gloo), e.g. to try multi-process runs without a GPU
+#   NNODES=2 MASTER=IP:PORT       several machines: run the same command on each (same GPUS), MASTER = first machine
+#   LAUNCH_LOG_DIR=DIR            where the launcher keeps each process's log (default log/launch_<tool>)
+#   PYTHON=python3                the interpreter
+# CPU threads per process (and MKL's fast path on AMD) are set by tools/t2tvit/cpu_env.py, which every tool imports
+# first, so `python tools/X.py` and this script run with the same settings.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tool=${1:?usage: scripts/launch.sh TOOL.py [ARGS...] (e.g. train.py, val.py)}
+shift
+[ -f "tools/$tool" ] || { echo "error: scripts/launch.sh: no tool tools/$tool" >&2; exit 2; }
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning}
 launch=()
 if [ -n "${GPUS:-}" ]; then
@@ -18,5 +26,5 @@ if [ -n "${NNODES:-}" ]; then
   [ ${#launch[@]} -gt 0 ] || launch=(-m paddle.distributed.launch)
   launch+=(--nnodes "$NNODES" --master "${MASTER:?set MASTER=IP:PORT of the first machine}")
 fi
-[ ${#launch[@]} -eq 0 ] || launch+=(--log_dir "log/launch_${TOOL%.py}")
-exec "$PYTHON" "${launch[@]}" "tools/$TOOL" -c "${CONFIG:-config/t2t_vit_7_demo.yaml}" "$@"
+[ ${#launch[@]} -eq 0 ] || launch+=(--log_dir "${LAUNCH_LOG_DIR:-log/launch_${tool%.py}}")
+exec "${PYTHON:-python3}" "${launch[@]}" "tools/$tool" -c "${CONFIG:-config/t2t_vit_7_demo.yaml}" "$@"

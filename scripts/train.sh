@@ -3,7 +3,4 @@
 #   CONFIG=config/t2t_vit_7.yaml bash scripts/train.sh -o Data.root=/data/ILSVRC2012   the paper recipe
 #   GPUS=0,1,2,3 bash scripts/train.sh ...                                              four GPUs
 # Extra arguments are config overrides (-o Section.key=value) or --resume PATH. See scripts/launch.sh.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-TOOL=train.py
-source scripts/launch.sh
+exec "$(dirname "$0")/launch.sh" train.py "$@"

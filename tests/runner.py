@@ -21,7 +21,7 @@ DEMO = os.path.join(ROOT, "config", "t2t_vit_7_demo.yaml")
 REFERENCE = os.path.join(ROOT, "..", "shared", "fixtures", "t2t_vit_7")
 needs_reference = pytest.mark.skipif(not os.path.isdir(REFERENCE), reason=f"the reference fixtures are not at "
                                      f"{REFERENCE} (they are maintained beside the repo, see its README)")
-ENV = dict(os.environ, PYTHONWARNINGS="ignore", MKL_DEBUG_CPU_TYPE="5")
+ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 
 
 def fast_overrides(tmp_path, **extra):
@@ -33,23 +33,24 @@ def fast_overrides(tmp_path, **extra):
     return ["-o"] + [f"{k}={v}" for k, v in o.items()]
 
 
-def command(name, *args, config=DEMO, nproc=1, extra_launch=()):
-    """The command line of tools/NAME (with `-c config` unless config is None), launched on nproc processes."""
-    cmd = [sys.executable]
-    if nproc > 1 or extra_launch:
-        if "--log_dir" not in extra_launch:  # the launcher's own logs, which default to ./log of the repo
-            # one folder per test session: the launcher echoes workerlog.0, which concurrent sessions would share
-            logs = os.path.join(tempfile.gettempdir(), f"t2t_launch_logs_{os.getpid()}")
-            extra_launch = (*extra_launch, "--log_dir", logs)
-        cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), *extra_launch]
-    return cmd + [os.path.join(ROOT, "tools", name), *(["-c", config] if config else []), *map(str, args)]
+def command(name, *args, config=DEMO, nproc=1, nnodes=None, master=None, launch_log_dir=None):
+    """(command line, environment) of tools/NAME with `-c config` (none if config is None): run directly on one
+    process, or on several through scripts/launch.sh, as users launch them (NPROC; NNODES and MASTER)."""
+    args = [str(a) for a in args]
+    if nproc == 1 and nnodes is None:
+        return [sys.executable, os.path.join(ROOT, "tools", name), *(["-c", config] if config else []), *args], ENV
+    # The launcher's own logs: one folder per test session (it echoes workerlog.0, which sessions would share).
+    logs = launch_log_dir or os.path.join(tempfile.gettempdir(), f"t2t_launch_logs_{os.getpid()}")
+    env = dict(ENV, PYTHON=sys.executable, NPROC=str(nproc), CONFIG=config or DEMO, LAUNCH_LOG_DIR=str(logs))
+    if nnodes:
+        env.update(NNODES=str(nnodes), MASTER=master)
+    return ["bash", os.path.join(ROOT, "scripts", "launch.sh"), name, *args], env
 
 
 def run_tool(name, *args, timeout=300, **kwargs):
-    """Run tools/NAME to completion (killed after `timeout` s); kwargs: config (None: no -c), nproc, extra_launch
-    (paddle.distributed.launch flags)."""
-    return subprocess.run(command(name, *args, **kwargs), capture_output=True, text=True, cwd=ROOT, env=ENV,
-                          timeout=timeout)
+    """Run tools/NAME to completion (killed after `timeout` s); kwargs: those of command()."""
+    cmd, env = command(name, *args, **kwargs)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
 
 
 def tool_with_fault(fault, name, *args, timeout=300):
@@ -63,8 +64,8 @@ def start(name, *args, log_file=None, **kwargs):
     """Start a tool in the background, its output going to log_file, in a session of its own (so that
     os.killpg(proc.pid, sig) is what Ctrl-C on a terminal does: the signal reaches it and its data workers)."""
     out = open(log_file, "w") if log_file else subprocess.DEVNULL
-    return subprocess.Popen(command(name, *args, **kwargs), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env=ENV, start_new_session=True)
+    cmd, env = command(name, *args, **kwargs)
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
 
 
 def wait_for_steps(proc, log_dir, steps, timeout=240):

@@ -1,4 +1,5 @@
 """tools/benchmark.py runs every measurement end to end (at toy sizes: this checks plumbing, not speed)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -8,35 +9,69 @@ from benchmark import JSON_PREFIX, MEASURES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")
+TINY = ("--batch", "2", "--img-size", "32", "--warmup", "0", "--repeat", "2", "--threads", "1")
 
 
 def run(*args):
     return subprocess.run([sys.executable, BENCHMARK, *args], capture_output=True, text=True, cwd=ROOT)
 
 
-def test_every_measurement_reports_images_per_second_and_memory():
-    r = run("--batch", "2", "--img-size", "32", "--warmup", "0", "--repeat", "2", "--data-images", "3",
-            "--mkl-debug", "off")
-    assert r.returncode == 0, r.stderr
+def report_of(r):
     lines = [line for line in r.stdout.splitlines() if line.startswith(JSON_PREFIX)]
     assert len(lines) == 1
-    report = json.loads(lines[0][len(JSON_PREFIX):])
-    assert [row["measure"] for row in report["results"]] == list(MEASURES)
-    gemm, *models = report["results"]
-    assert gemm["gflops_dynamic"] > 0 and gemm["gflops_engine"] > 0
-    assert report["gemm_peak_gflops"] == max(gemm["gflops_dynamic"], gemm["gflops_engine"])
-    for row in models:
-        assert row["images_per_s"] > 0 and row["peak_mem_mb"] > 0 and len(row["seconds_per_item"]) == 2
-        assert row["vs_reference"] is None  # not the reference's setting
-    assert report["settings"]["img_size"] == 32 and report["machine"]["logical_cpus_usable"] >= 1
-    assert "images/s" in r.stdout.splitlines()[0]
+    return json.loads(lines[0][len(JSON_PREFIX):])
 
 
-def test_both_mkl_settings_for_the_mkl_bound_measurements():
-    r = run("--batch", "1", "--img-size", "32", "--warmup", "0", "--repeat", "1", "--only", "eval_dynamic")
+def test_one_run_measures_everything_side_by_side():
+    r = run(*TINY, "--data-images", "3")
     assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout.splitlines()[-1][len(JSON_PREFIX):])
-    assert [row["mkl_debug_cpu_type_5"] for row in report["results"]] == [False, True]
+    report = report_of(r)
+    rows = {row["measure"]: row for row in report["results"]}
+    has_torch = importlib.util.find_spec("torch") is not None
+    expected = [m for m in MEASURES if has_torch or not m.startswith("torch_")]
+    assert sorted(set(rows)) == sorted(expected)
+    for row in report["results"]:
+        assert row["images_per_s"] > 0 and row["peak_mem_mb"] > 0 and len(row["seconds_per_item"]) == 2
+    # Every model that evaluates is compared with the fp32 dynamic graph on the 20 lit_data photos.
+    assert report["photos"] == 20
+    engines = [row for row in report["results"] if row["measure"] == "engine"]
+    assert engines and all(row["setting"].endswith(("fp32", "bf16", "int8", "fp16")) for row in engines)
+    for row in [rows["eval_dynamic"], *engines] + ([rows["torch_eval"]] if has_torch else []):
+        assert row["top1_agreement"] is not None and row["max_abs_diff"] is not None
+    assert rows["eval_dynamic"]["max_abs_diff"] == 0.0
+    fp32 = [row for row in engines if row["setting"].endswith("fp32")] + ([rows["torch_eval"]] if has_torch else [])
+    assert all(row["max_abs_diff"] < 1e-4 and row["top1_agreement"] == 1.0 for row in fp32)
+    if has_torch:
+        assert rows["torch_eval"]["ratio"] == 1.0 and rows["torch_train"]["ratio"] == 1.0
+        assert rows["train"]["ratio"] == round(rows["train"]["images_per_s"] / rows["torch_train"]["images_per_s"], 2)
+        assert rows["eval_dynamic"]["ratio"] > 0
+    machine = report["machine"]
+    assert machine["cpu_model"] and machine["usable_cores"] >= 1 and "CPU flags:" in r.stdout
+    assert report["settings"]["img_size"] == 32 and report["settings"]["threads"] == 1
+    assert "reference" not in report  # no figures from another machine
+
+
+def test_rounds_interleave_and_pool_the_timed_runs():
+    r = run(*TINY, "--rounds", "2", "--only", "eval_dynamic", "train")
+    assert r.returncode == 0, r.stderr
+    report = report_of(r)
+    assert report["settings"]["rounds"] == 2
+    for row in report["results"]:
+        assert len(row["rounds_images_per_s"]) == 2 and len(row["seconds_per_item"]) == 4
+
+
+def test_stages_time_each_stage_in_both_frameworks():
+    r = run(*TINY, "--repeat", "1", "--only", "eval_dynamic", "--stages")
+    assert r.returncode == 0, r.stderr
+    stages = report_of(r)["stages_seconds"]
+    frameworks = ["paddle"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    assert sorted(stages) == frameworks
+    names = list(stages["paddle"])
+    assert names[1] == "T2T Performer 1" and names[-1] == "whole model" and "7 backbone blocks" in names
+    for framework in frameworks:
+        assert list(stages[framework]) == names
+        assert all(len(v) == 2 and min(v) > 0 for v in stages[framework].values())
+    assert "per stage" in r.stdout
 
 
 def test_unknown_measurement_is_one_line():

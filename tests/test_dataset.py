@@ -1,6 +1,8 @@
 import os
 import random
 import json
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -607,3 +609,13 @@ def test_random_erasing_probability_and_modes():
     with pytest.raises(errors.UserError, match="sparkle"):
         RandomErasing(mode="sparkle")
 
+
+
+def test_png_still_decodes_when_a_command_imports_paddle_right_after_the_package(tmp_path):
+    # Paddle 2.6 exports a zlib of its own; the package loads the system one first (t2tvit/__init__.py).
+    path = write_image(tmp_path / "x.png", fmt="PNG")
+    code = ("import t2tvit.cpu_env, paddle\nfrom t2tvit.decode import read_image\n"
+            f"print(read_image({str(path)!r}).size)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.join(ROOT, "tools"))
+    assert r.returncode == 0 and r.stdout.strip().endswith("(80, 60)"), r.stderr[-2000:]

@@ -218,3 +218,24 @@ def test_converter_bad_input_one_line_and_nothing_written(tmp_path, case):
     key = {"unknown_model": "t2t_vit_77", "wrong_model": "missing: blocks.7", "not_a_checkpoint": "input.npy",
            "missing_src": "nope.pth", "pickle": "evil.pth"}[case]
     assert key in errors[0]
+
+
+@pytest.mark.parametrize("input_needs_grad", [True, False])
+def test_training_layer_norm_gradients_equal_paddles(input_needs_grad):
+    from t2tvit.t2t import LayerNorm
+    rng = np.random.RandomState(0)
+    x0, dy = rng.randn(2, 50, 147).astype("float32") * 3 + 1, rng.randn(2, 50, 147).astype("float32")
+    x0[0, :3] = 0.25  # constant rows: variance 0, rstd = 1 / sqrt(eps)
+    weight, bias = rng.rand(147).astype("float32") + 0.5, rng.randn(147).astype("float32")
+    results = []
+    for layer in (paddle.nn.LayerNorm(147, epsilon=1e-5), LayerNorm(147, epsilon=1e-5)):
+        layer.weight.set_value(weight)
+        layer.bias.set_value(bias)
+        layer.train()
+        x = paddle.to_tensor(x0, stop_gradient=not input_needs_grad)
+        y = layer(x)
+        y.backward(paddle.to_tensor(dy))
+        dx = x.grad.numpy() if input_needs_grad else np.zeros(0) if x.grad is None else x.grad.numpy()
+        results.append([y.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy(), dx])
+    for native, ours in zip(*results):
+        np.testing.assert_allclose(ours, native, rtol=1e-5, atol=1e-5)

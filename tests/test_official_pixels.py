@@ -14,6 +14,7 @@ import paddle
 import pytest
 from PIL import Image
 
+from reference_pipeline import MEAN, STD, reference_eval, reference_normalize
 from runner import ROOT
 from t2tvit import dataset, transforms
 from t2tvit.augment import RandomErasing
@@ -22,7 +23,6 @@ from t2tvit.config import load_config
 from t2tvit.mixup import MixupCutmix
 from t2tvit.runtime import derived_seed
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def photo_like(size, seed=0):
@@ -50,28 +50,6 @@ def make_image(tmp_path, name, size=(500, 375), mode="RGB", fmt="JPEG"):
     path = tmp_path / f"{name}.{'jpg' if fmt == 'JPEG' else fmt.lower()}"
     img.save(path, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return str(path)
-
-
-def reference_eval(path, img_size, crop_pct=0.9):
-    """timm transforms_imagenet_eval + ToNumpy: uint8 CHW."""
-    img = Image.open(path).convert("RGB")
-    size = int(math.floor(img_size / crop_pct))
-    w, h = img.size
-    if not ((w <= h and w == size) or (h <= w and h == size)):
-        if w < h:
-            img = img.resize((size, int(size * h / w)), Image.BICUBIC)
-        else:
-            img = img.resize((int(size * w / h), size), Image.BICUBIC)
-    w, h = img.size
-    top, left = int(round((h - img_size) / 2.0)), int(round((w - img_size) / 2.0))
-    img = img.crop((left, top, left + img_size, top + img_size))
-    return np.array(img, np.uint8).transpose(2, 0, 1)
-
-
-def reference_normalize(chw):
-    """ToTensor + Normalize in float32: (x / 255 - mean) / std."""
-    f = np.float32
-    return (chw.astype(f) / f(255) - np.array(MEAN, f).reshape(3, 1, 1)) / np.array(STD, f).reshape(3, 1, 1)
 
 
 def reference_train(path, img_size, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):

@@ -190,10 +190,10 @@ def test_accumulation_on_one_process_equals_two_processes(tmp_path, two_process_
 
 @pytest.mark.slow
 def test_two_machines_train_like_two_processes(tmp_path, two_process_run):
-    launch = ("--nnodes", "2", "--master", f"127.0.0.1:{free_port()}")
+    nodes = {"nnodes": 2, "master": f"127.0.0.1:{free_port()}"}
     args = fast_overrides(tmp_path)
-    second = start("train.py", *args, extra_launch=(*launch, "--log_dir", str(tmp_path / "node1")))
-    first = run_tool("train.py", *args, extra_launch=(*launch, "--log_dir", str(tmp_path / "node0")))
+    second = start("train.py", *args, **nodes, launch_log_dir=tmp_path / "node1")
+    first = run_tool("train.py", *args, **nodes, launch_log_dir=tmp_path / "node0")
     assert second.wait(timeout=300) == 0 and first.returncode == 0, first.stdout[-3000:]
     log = (tmp_path / "log" / "train.log").read_text()  # written by rank 0, on whichever node it landed
     assert "x 2 device(s)" in log

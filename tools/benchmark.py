@@ -1,23 +1,31 @@
-"""Measure T2T-ViT's speed on this machine: evaluation, training step, and the data pipeline.
+"""Measure T2T-ViT's speed on this machine, side by side with PyTorch running the official model.
 
-    python tools/benchmark.py [--model t2t_vit_7] [--batch 32] [--img-size 224] [--threads 2] [--device cpu]
+    python tools/benchmark.py [--model t2t_vit_7] [--batch 32] [--img-size 224] [--threads N] [--rounds R]
+                              [--weights FILE] [--only MEASURE ...]
 
-Measures, each in a fresh process (so that environment settings apply and peak memory is its own):
-  eval_dynamic   images/s of the dynamic-graph model under no_grad
-  eval_engine    images/s of the exported model in Paddle Inference (oneDNN on CPU, TensorRT with --trt)
-  train          images/s of a training step: forward, soft-target loss, backward, AdamW (drop path 0.1)
-  data_train     images/s of one data worker running the full recipe's train transform (RandomResizedCrop,
-                 flip, RandAugment m9, random erasing) on ImageNet-sized JPEGs (500x375, made from lit_data)
+In one run, each measure in a fresh process (so that its environment applies and its peak memory is its own):
+  torch_eval     PyTorch (if installed) running the official T2T-ViT (tools/t2tvit/torch_reference.py, proven
+                 against the official code by the tests) under no_grad: the yardstick of every eval ratio
+  torch_train    its training step: forward, soft-target loss, backward, AdamW (drop path 0.1)
+  eval_dynamic   Paddle's dynamic-graph model under no_grad
+  train          Paddle's training step, as torch_train (the yardstick of its ratio)
+  engine         the exported model in every installed deployment backend x precision (t2tvit/deploy.py)
+  data_train     one data worker running the full recipe's train transform (RandomResizedCrop, flip,
+                 RandAugment m9, random erasing) on ImageNet-sized JPEGs (500x375, made from lit_data)
   data_val       the same for the validation transform (resize, center crop)
-  gemm           fp32 GFLOP/s of a large matmul, dynamic graph (MKL) and inference engine (oneDNN): this
-                 machine's peak, against which the reference's speed is scaled (`vs ref/peak`)
-Each: warm-up runs, then the median of --repeat timed runs. On CPU, eval_dynamic and train also run with
-MKL_DEBUG_CPU_TYPE=5 (MKL's fast path on AMD CPUs; scripts/launch.sh sets it), which must be set before
-Paddle loads. Prints a table and one JSON line (prefix `BENCHMARK_JSON `).
+Each model measure is timed on a random batch (warm-up runs, then --repeat timed runs; with --rounds R every
+measure runs R times, interleaved, and images/s is the median of all its timed runs) and also run
+once on the real photos of lit_data/val (val transform): its max |logit difference| and top-1 agreement
+are against Paddle's float32 dynamic-graph model with the same weights (--weights, else random init, seed 0;
+random-init logits have tiny top-2 gaps, so top-1 agreement means more with trained weights). Threads default
+to the cores of this process, as every tool sets them (tools/t2tvit/cpu_env.py). Records the CPU model and flags;
+prints a table and one JSON line (prefix `BENCHMARK_JSON `).
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import glob
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -34,104 +42,190 @@ from t2tvit.errors import UserError, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "config", "t2t_vit_7.yaml")
-# The official PyTorch T2T-ViT-7 on a 2-core CPU machine (batch 32, 224 px, fp32, 2 threads), images/s, and
-# that machine's fp32 matmul peak: 45% of it for eval (2.31 GFLOP an image), 50% for training (3x that).
-REFERENCE = {"setting": dict(model="t2t_vit_7", batch=32, img_size=224, threads=2, device="cpu"),
-             "eval": 35.0, "train": 13.0, "gemm_gflops": 180.0, "gflop_per_image": 2.31}
-MEASURES = ("gemm", "eval_dynamic", "eval_engine", "train", "data_train", "data_val")
-GEMM_SHAPE = (6304, 1024, 1024)  # T2T-ViT-7's token count at batch 32 by a wide layer
+PHOTOS = os.path.join(ROOT, "lit_data", "val")
+MEASURES = ("torch_eval", "torch_train", "eval_dynamic", "train", "engine", "data_train", "data_val")
+TORCH_MEASURES = ("torch_eval", "torch_train")
+YARDSTICK = {"eval_dynamic": "torch_eval", "engine": "torch_eval", "torch_eval": "torch_eval",
+             "train": "torch_train", "torch_train": "torch_train"}
 JSON_PREFIX = "BENCHMARK_JSON "
 
 
-def timed(fn, warmup, repeat, sync=lambda: None):
+def timed(fn, warmup, repeat):
     """Seconds of each of `repeat` calls of fn, after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    sync()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        sync()
         times.append(time.perf_counter() - start)
     return times
 
 
+def random_batch(args):
+    return np.random.RandomState(0).standard_normal((args.batch, 3, args.img_size, args.img_size)).astype("float32")
+
+
 # ---- worker side: one measurement in this process --------------------------------------------------------
 
-def _setup_paddle(args):
+def _paddle(args):
     import paddle
 
-    if args.device == "cpu" and not args.no_malloc_tuning:
-        from t2tvit.runtime import keep_freed_memory
-        keep_freed_memory()
-    paddle.set_device("gpu" if args.device == "gpu" else "cpu")
+    from t2tvit.runtime import select_device
+    select_device(args.device)
     paddle.seed(0)
     return paddle
 
 
-def _sync(paddle, device):
-    return paddle.device.cuda.synchronize if device == "gpu" else (lambda: None)
+def _paddle_model(args, paddle, **kwargs):
+    from t2tvit.t2t import create_model
+    model = create_model(args.model, img_size=args.img_size, **kwargs)
+    model.set_state_dict(paddle.load(os.path.join(args.work_dir, "weights.pdparams")))
+    return model
 
 
-def _autocast(paddle, amp):
-    import contextlib
-    if amp == "none":
-        return contextlib.nullcontext()
-    return paddle.amp.auto_cast(enable=True, level="O1", dtype="float16" if amp == "fp16" else "bfloat16")
+def prepare(args):
+    """Fix the weights, the photos, the reference logits (fp32 dynamic graph) and the exported model that
+    every other worker uses; report the deployment backends and precisions installed."""
+    paddle = _paddle(args)
+    from t2tvit.checkpoint import load_weights
+    from t2tvit.config import load_config
+    from t2tvit.transforms import build_transform
+    from t2tvit.deploy import export
+    from t2tvit.t2t import create_model, linear_weight_names
+    model = create_model(args.model, img_size=args.img_size)
+    weights = "random init (seed 0)"
+    if args.weights:
+        load_weights(model, args.weights)
+        weights = args.weights
+    model.eval()
+    paddle.save(model.state_dict(), os.path.join(args.work_dir, "weights.pdparams"))
+    linear = set(linear_weight_names(model))
+    np.savez(os.path.join(args.work_dir, "weights_torch_layout.npz"),
+             **{k: (v.numpy().T if k in linear else v.numpy()) for k, v in model.state_dict().items()})
+    transform = build_transform(load_config(RECIPE, [f"Global.img_size={args.img_size}"]), "val")
+    paths = sorted(glob.glob(os.path.join(PHOTOS, "*", "*.JPEG")))
+    if not paths:
+        raise UserError(f"no photos under {PHOTOS} to compare logits on")
+    photos = np.stack([transform(p) for p in paths]).astype("float32")
+    np.save(os.path.join(args.work_dir, "photos.npy"), photos)
+    with paddle.no_grad():
+        np.save(os.path.join(args.work_dir, "logits_reference.npy"), model(paddle.to_tensor(photos)).numpy())
+    if "engine" in args.only:
+        export(model, args.img_size, os.path.join(args.work_dir, "inference"))
+    from t2tvit.deploy import available_backends, supported_precisions
+    backends = {b: supported_precisions(b) for b in available_backends()} if "engine" in args.only else {}
+    return {"weights": weights, "photos": len(paths), "backends": backends}
+
+
+def _save_logits(args, logits):
+    np.save(os.path.join(args.work_dir, f"logits_{args.tag}.npy"), np.asarray(logits, dtype="float32"))
+
+
+def _photos(args):
+    return np.load(os.path.join(args.work_dir, "photos.npy"))
+
+
+def _time_eval(args, to_input, predict):
+    """Time predict (input -> numpy logits) on the random batch; save its logits on the photos."""
+    x = to_input(random_batch(args))
+    times = timed(lambda: predict(x), args.warmup, args.repeat)
+    _save_logits(args, predict(to_input(_photos(args))))
+    return times
 
 
 def measure_eval_dynamic(args):
-    paddle = _setup_paddle(args)
-    from t2tvit.t2t import create_model
-    model = create_model(args.model, img_size=args.img_size)
+    paddle = _paddle(args)
+    model = _paddle_model(args, paddle)
     model.eval()
-    x = paddle.randn([args.batch, 3, args.img_size, args.img_size])
 
-    def run():
-        with paddle.no_grad(), _autocast(paddle, args.amp):
-            model(x).numpy()
+    def predict(x):
+        with paddle.no_grad():
+            return model(x).numpy()
 
-    return timed(run, args.warmup, args.repeat, _sync(paddle, args.device))
+    return _time_eval(args, paddle.to_tensor, predict)
 
 
-def measure_eval_engine(args):
-    _setup_paddle(args)
-    from t2tvit.deploy import export
-    from t2tvit.deploy import Predictor
-    from t2tvit.t2t import create_model
-    model = create_model(args.model, img_size=args.img_size)
-    model.eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        export(model, args.img_size, tmp)
-        predictor = Predictor(tmp, args.device, args.threads, args.backend, args.trt, max_batch=args.batch)
-    x = np.random.RandomState(0).standard_normal((args.batch, 3, args.img_size, args.img_size)).astype("float32")
-    return timed(lambda: predictor(x), args.warmup, args.repeat)
+def measure_engine(args):
+    from t2tvit.deploy import create_predictor
+    predictor = create_predictor(os.path.join(args.work_dir, "inference"), backend=args.engine_backend,
+                                 precision=args.precision, threads=args.threads, device=args.device)
+    return _time_eval(args, lambda images: images, predictor)
+
+
+def _soft_targets(rng, batch, classes=1000, smoothing=0.1):
+    targets = np.full((batch, classes), smoothing / classes, dtype="float32")
+    targets[np.arange(batch), rng.randint(0, classes, batch)] += 1.0 - smoothing
+    return targets
 
 
 def measure_train(args):
-    paddle = _setup_paddle(args)
+    paddle = _paddle(args)
     from t2tvit.config import load_config
     from t2tvit.mixup import soft_target_cross_entropy
     from t2tvit.optim import build_optimizer
-    from t2tvit.t2t import create_model
     cfg = load_config(RECIPE)
-    model = create_model(args.model, img_size=args.img_size, drop_path_rate=cfg.Model.drop_path_rate)
+    model = _paddle_model(args, paddle, drop_path_rate=cfg.Model.drop_path_rate)
     model.train()
     opt = build_optimizer(model, cfg)
-    x = paddle.randn([args.batch, 3, args.img_size, args.img_size])
-    targets = paddle.nn.functional.one_hot(paddle.randint(0, 1000, [args.batch]), 1000) * 0.9 + 0.1 / 1000
+    x = paddle.to_tensor(random_batch(args))
+    targets = paddle.to_tensor(_soft_targets(np.random.RandomState(1), args.batch))
 
     def step():
-        with _autocast(paddle, args.amp):
-            logits = model(x)
-        loss = soft_target_cross_entropy(logits.astype("float32"), targets)
+        loss = soft_target_cross_entropy(model(x), targets)
         loss.backward()
         opt.step()
         opt.clear_grad()
         float(loss)
 
-    return timed(step, args.warmup, args.repeat, _sync(paddle, args.device))
+    return timed(step, args.warmup, args.repeat)
+
+
+def _torch_model(args, **kwargs):
+    import torch
+
+    from t2tvit.torch_reference import create_reference, load_torch_layout
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = create_reference(args.model, img_size=args.img_size, **kwargs)
+    return torch, load_torch_layout(model, np.load(os.path.join(args.work_dir, "weights_torch_layout.npz")))
+
+
+def measure_torch_eval(args):
+    torch, model = _torch_model(args)
+    model.eval()
+
+    def predict(x):
+        with torch.no_grad():
+            return model(x).numpy()
+
+    return _time_eval(args, torch.from_numpy, predict)
+
+
+def measure_torch_train(args):
+    from t2tvit.config import load_config
+    cfg = load_config(RECIPE)
+    torch, model = _torch_model(args, drop_path_rate=cfg.Model.drop_path_rate)
+    model.train()
+    # The recipe's AdamW: no weight decay on 1-D parameters, cls_token and pos_embed (frozen tensors excluded).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name in ("cls_token", "pos_embed") else decay).append(p)
+    o = cfg.Optimizer
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay,
+                             "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    x = torch.from_numpy(random_batch(args))
+    targets = torch.from_numpy(_soft_targets(np.random.RandomState(1), args.batch))
+
+    def step():
+        loss = torch.sum(-targets * torch.log_softmax(model(x), dim=-1), dim=-1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        float(loss)
+
+    return timed(step, args.warmup, args.repeat)
 
 
 def measure_data(args, split):
@@ -139,7 +233,7 @@ def measure_data(args, split):
     from t2tvit.transforms import build_transform
     cfg = load_config(RECIPE, [f"Global.img_size={args.img_size}"])
     transform = build_transform(cfg, split)
-    paths = sorted(glob.glob(os.path.join(args.jpeg_dir, "*.JPEG")))
+    paths = sorted(glob.glob(os.path.join(args.work_dir, "jpeg", "*.JPEG")))
     random.seed(0)
     np.random.seed(0)
 
@@ -151,47 +245,121 @@ def measure_data(args, split):
     return [t / len(paths) for t in timed(run, args.warmup, args.repeat)]
 
 
-def measure_gemm(args):
-    """Seconds per GFLOP of a fp32 matmul: [dynamic graph, inference engine]."""
-    paddle = _setup_paddle(args)
-    import paddle.inference as pi
-    from t2tvit.deploy import cpu_config
-    n, k, m = GEMM_SHAPE
-    a = paddle.randn([n, k])
-    b = paddle.randn([k, m])
-    warmup = max(args.warmup, 2)  # oneDNN builds its kernels in the first runs
-    dynamic = min(timed(lambda: paddle.matmul(a, b), warmup, args.repeat, _sync(paddle, args.device)))
-    layer = paddle.nn.Linear(k, m, bias_attr=False)
-    spec = [paddle.static.InputSpec([n, k], "float32", "x")]
-    with tempfile.TemporaryDirectory() as tmp:
-        paddle.jit.save(paddle.jit.to_static(layer, input_spec=spec, full_graph=True), os.path.join(tmp, "fc"))
-        model_file = next(os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith((".json", ".pdmodel")))
-        predictor = pi.create_predictor(cpu_config(model_file, os.path.join(tmp, "fc.pdiparams"), args.threads,
-                                                   args.backend))
-    x = predictor.get_input_handle(predictor.get_input_names()[0])
-    x.reshape([n, k])
-    x.copy_from_cpu(a.numpy())
-    engine = min(timed(predictor.run, warmup, args.repeat))
-    flop = 2e-9 * n * k * m
-    return [dynamic / flop, engine / flop]
+# ---- per-stage profile (--stages): where the time goes, Paddle and PyTorch side by side --------------------
+
+def stage_inputs(args):
+    """(stage name, input shape, whether the real model needs the input's gradient) in forward order."""
+    from t2tvit.t2t import VARIANTS
+    _, dim, depth, _, _ = VARIANTS[args.model]
+    b, s = args.batch, args.img_size
+    return [("soft split 1 (unfold 7x7 /4)", [b, 3, s, s], False),
+            ("T2T Performer 1", [b, (s // 4) ** 2, 3 * 49], False),
+            ("soft split 2 (unfold 3x3 /2)", [b, (s // 4) ** 2, 64], True),
+            ("T2T Performer 2", [b, (s // 8) ** 2, 64 * 9], True),
+            ("soft split 3 + project", [b, (s // 8) ** 2, 64], True),
+            (f"{depth} backbone blocks", [b, (s // 16) ** 2 + 1, dim], True),
+            ("norm + head", [b, (s // 16) ** 2 + 1, dim], True),
+            ("whole model", [b, 3, s, s], False)]
+
+
+def time_stages(args, stages, to_input, run_eval, run_train, set_mode):
+    """{stage: [seconds of the eval forward, seconds of forward + backward in training mode]}."""
+    rng = np.random.RandomState(0)
+    result = {}
+    for (name, shape, needs_grad), fn in zip(stage_inputs(args), stages):
+        x = to_input(rng.standard_normal(shape).astype("float32"), needs_grad)
+        set_mode(False)
+        forward = float(np.median(timed(lambda: run_eval(fn, x), args.warmup, args.repeat)))
+        set_mode(True)
+        both = float(np.median(timed(lambda: run_train(fn, x), args.warmup, args.repeat)))
+        result[name] = [forward, both]
+    return result
+
+
+def measure_stages_paddle(args):
+    paddle = _paddle(args)
+    import paddle.nn.functional as F
+    model = _paddle_model(args, paddle, drop_path_rate=0.1)
+    t2t = model.tokens_to_token
+    image = t2t._reshape_to_image
+
+    def blocks(x):
+        for blk in model.blocks:
+            x = blk(x)
+        return x
+
+    stages = [lambda x: F.unfold(x, [7, 7], strides=4, paddings=2).transpose([0, 2, 1]), t2t.attention1,
+              lambda x: F.unfold(image(x), [3, 3], strides=2, paddings=1).transpose([0, 2, 1]), t2t.attention2,
+              lambda x: t2t.project(F.unfold(image(x), [3, 3], strides=2, paddings=1).transpose([0, 2, 1])),
+              blocks, lambda x: model.head(model.norm(x)[:, 0]), model]
+
+    def run_eval(fn, x):
+        with paddle.no_grad():
+            fn(x).numpy()
+
+    def run_train(fn, x):
+        y = fn(x)
+        if not y.stop_gradient:  # the first soft split has nothing to differentiate
+            y.sum().backward()
+
+    # Paddle 2.6's Layer.train() takes no argument: train() / eval().
+    return time_stages(args, stages, lambda a, g: paddle.to_tensor(a, stop_gradient=not g), run_eval, run_train,
+                       lambda training: model.train() if training else model.eval())
+
+
+def measure_stages_torch(args):
+    torch, model = _torch_model(args, drop_path_rate=0.1)
+    t2t = model.tokens_to_token
+
+    def blocks(x):
+        for blk in model.blocks:
+            x = blk(x)
+        return x
+
+    stages = [lambda x: t2t.soft_split0(x).transpose(1, 2), t2t.attention1,
+              lambda x: t2t.soft_split1(t2t.to_image(x)).transpose(1, 2), t2t.attention2,
+              lambda x: t2t.project(t2t.soft_split2(t2t.to_image(x)).transpose(1, 2)),
+              blocks, lambda x: model.head(model.norm(x)[:, 0]), model]
+
+    def run_eval(fn, x):
+        with torch.no_grad():
+            fn(x).numpy()
+
+    def run_train(fn, x):
+        y = fn(x)
+        if y.requires_grad:
+            y.sum().backward()
+
+    return time_stages(args, stages, lambda a, g: torch.from_numpy(a).requires_grad_(g), run_eval, run_train,
+                       model.train)
+
+
+def print_stages(stages):
+    frameworks = [f for f in ("paddle", "torch") if f in stages]
+    print("per stage, ms per batch: eval forward | training forward + backward")
+    print(f"{'stage':<30}" + "".join(f"{f + ' eval':>13}" for f in frameworks) +
+          "".join(f"{f + ' train':>13}" for f in frameworks))
+    for name in stages[frameworks[0]]:
+        cells = [stages[f][name][i] * 1e3 for i in (0, 1) for f in frameworks]
+        print(f"{name:<30}" + "".join(f"{c:>13.1f}" for c in cells))
 
 
 def worker(args):
-    """Run one measurement; print the seconds per image (per GFLOP for gemm) of each timed run, and the peak
-    memory."""
-    if args.worker == "gemm":
-        per_image = measure_gemm(args)
-    elif args.worker in ("data_train", "data_val"):
+    """Run one measurement; print the seconds per image of each timed run and the peak memory (or, for
+    `prepare`, what it prepared)."""
+    if args.worker in ("prepare", "stages_paddle", "stages_torch"):
+        print(JSON_PREFIX + json.dumps({"prepare": prepare, "stages_paddle": measure_stages_paddle,
+                                        "stages_torch": measure_stages_torch}[args.worker](args)))
+        return 0
+    if args.worker in ("data_train", "data_val"):
         per_image = measure_data(args, args.worker[len("data_"):])
     else:
-        times = {"eval_dynamic": measure_eval_dynamic, "eval_engine": measure_eval_engine,
-                 "train": measure_train}[args.worker](args)
+        times = {"eval_dynamic": measure_eval_dynamic, "engine": measure_engine, "train": measure_train,
+                 "torch_eval": measure_torch_eval, "torch_train": measure_torch_train}[args.worker](args)
         per_image = [t / args.batch for t in times]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-    if args.device == "gpu" and args.worker != "eval_engine":
-        import paddle
-        peak = paddle.device.cuda.max_memory_allocated() / 2 ** 20
     print(JSON_PREFIX + json.dumps({"seconds_per_item": per_image, "peak_mem_mb": round(peak)}))
+    return 0
 
 
 # ---- driver side ---------------------------------------------------------------------------------------
@@ -202,6 +370,7 @@ def make_jpegs(out_dir, count):
     sources = sorted(glob.glob(os.path.join(ROOT, "lit_data", "**", "*.JPEG"), recursive=True))
     if not sources:
         raise UserError(f"no JPEGs under {os.path.join(ROOT, 'lit_data')} to make benchmark images from")
+    os.makedirs(out_dir, exist_ok=True)
     for i in range(count):
         with Image.open(sources[i % len(sources)]) as img:
             img = img.convert("RGB")
@@ -210,25 +379,24 @@ def make_jpegs(out_dir, count):
 
 
 def machine_info():
-    info = {"cpu": platform.processor() or platform.machine(), "logical_cpus_usable": None,
-            "python": platform.python_version()}
+    """CPU model, vendor and flags (as /proc/cpuinfo and lscpu give them), usable cores, versions."""
+    info = {"cpu_model": platform.processor() or platform.machine(), "cpu_flags": "",
+            "usable_cores": t2tvit.cpu_env.usable_cores(), "python": platform.python_version()}
     try:
         with open("/proc/cpuinfo") as f:
-            text = f.read()
-        for key in ("model name", "vendor_id"):
-            line = next((l for l in text.splitlines() if l.startswith(key)), None)
-            if line:
-                info[key.replace(" ", "_")] = line.split(":", 1)[1].strip()
-        flags = next((l for l in text.splitlines() if l.startswith("flags")), "")
-        info["simd"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f" {f}" in flags]
+            lines = f.read().splitlines()
+        fields = {}
+        for line in lines:
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        info.update(cpu_model=fields.get("model name", info["cpu_model"]), vendor=fields.get("vendor_id"),
+                    cpu_family=fields.get("cpu family"), cpu_model_number=fields.get("model"),
+                    cpu_flags=fields.get("flags", ""))
     except OSError:
         pass
-    if hasattr(os, "sched_getaffinity"):
-        info["logical_cpus_usable"] = len(os.sched_getaffinity(0))
-    for dist in ("paddlepaddle", "paddlepaddle-gpu"):
+    for dist in ("paddlepaddle", "paddlepaddle-gpu", "torch", "onnxruntime", "openvino"):
         try:
-            info["paddle"] = importlib.metadata.version(dist)
-            break
+            info[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
     return info
@@ -238,104 +406,150 @@ def load_average():
     return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def run_worker(args, name, mkl_debug, jpeg_dir):
-    env = dict(os.environ)
+def run_worker(args, name, work_dir, tag=None, extra=()):
+    """Run one worker process; its JSON result, or {'error': ...}."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", GLOG_minloglevel="2")
     threads = 1 if name.startswith("data_") else args.threads
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore",
-               GLOG_minloglevel="2")
-    env.pop("MKL_DEBUG_CPU_TYPE", None)
-    if mkl_debug:
-        env["MKL_DEBUG_CPU_TYPE"] = "5"
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--model", args.model,
            "--batch", str(args.batch), "--img-size", str(args.img_size), "--threads", str(threads),
            "--device", args.device, "--warmup", str(args.warmup), "--repeat", str(args.repeat),
-           "--amp", args.amp, "--backend", args.backend, "--jpeg-dir", jpeg_dir]
-    cmd += ["--trt", args.trt] if args.trt else []
-    cmd += ["--no-malloc-tuning"] if args.no_malloc_tuning else []
+           "--work-dir", work_dir, "--tag", tag or name, "--only", *args.only, *extra]
+    cmd += ["--weights", args.weights] if args.weights else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith(JSON_PREFIX)]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_PREFIX)]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"error": f"exit {proc.returncode}: {tail}"}
     return json.loads(lines[-1][len(JSON_PREFIX):])
 
 
-def reference_ratios(args, name, ips, peak):
-    """(images/s over the reference's, the same with both scaled by their machine's fp32 matmul peak)."""
-    setting = dict(model=args.model, batch=args.batch, img_size=args.img_size, threads=args.threads,
-                   device=args.device)
-    key = {"eval_dynamic": "eval", "eval_engine": "eval", "train": "train"}.get(name)
-    if key is None or setting != REFERENCE["setting"] or args.amp != "none":
+def agreement(work_dir, tag):
+    """(max |logit difference|, top-1 agreement) of a measure's logits on the photos vs the fp32 dynamic
+    model's."""
+    path = os.path.join(work_dir, f"logits_{tag}.npy")
+    if not os.path.exists(path):
         return None, None
-    ratio = ips / REFERENCE[key]
-    at_peak = ratio * REFERENCE["gemm_gflops"] / peak if peak else None
-    return round(ratio, 2), at_peak and round(at_peak, 2)
+    ref, got = np.load(os.path.join(work_dir, "logits_reference.npy")), np.load(path)
+    return float(np.abs(got - ref).max()), float(np.mean(got.argmax(-1) == ref.argmax(-1)))
 
 
-def finish_row(args, row, peak):
-    """Add images/s (or GFLOP/s for gemm) and the reference ratios to a worker's result."""
-    if "error" in row:
-        return row
-    times = row["seconds_per_item"]
-    if row["measure"] == "gemm":
-        row.update(gflops_dynamic=round(1.0 / times[0], 1), gflops_engine=round(1.0 / times[1], 1))
-        return row
-    ips = 1.0 / float(np.median(times))
-    ratio, at_peak = reference_ratios(args, row["measure"], ips, peak)
-    row.update(images_per_s=round(ips, 2), vs_reference=ratio, vs_reference_at_peak=at_peak)
-    return row
-
-
-def summary(row):
-    if "error" in row:
-        return f"failed: {row['error']}"
-    if row["measure"] == "gemm":
-        return f"{row['gflops_dynamic']:.0f} GFLOP/s dynamic graph, {row['gflops_engine']:.0f} GFLOP/s engine"
-    return f"{row['images_per_s']:.1f} images/s"
-
-
-def print_table(rows):
-    print(f"{'measure':<14}{'setting':<22}{'images/s':>10}{'fastest':>10}{'peak MB':>9}{'vs ref':>8}"
-          f"{'vs ref/peak':>13}")
+def finish(rows):
+    """images/s of each row, and its ratio to the PyTorch measure it is compared with."""
     for r in rows:
-        if "error" in r or r["measure"] == "gemm":
-            print(f"{r['measure']:<14}{r['setting']:<22}{summary(r)}")
+        if "error" not in r:
+            r["images_per_s"] = round(1.0 / float(np.median(r["seconds_per_item"])), 2)  # over all rounds
+    ips = {r["measure"]: r.get("images_per_s") for r in rows}
+    for r in rows:
+        base = ips.get(YARDSTICK.get(r["measure"]))
+        r["ratio"] = round(r["images_per_s"] / base, 2) if base and r.get("images_per_s") else None
+    return rows
+
+
+def print_table(rows, machine, args):
+    print(f"T2T-ViT benchmark: {args.model}, batch {args.batch}, {args.img_size} px, {args.threads} threads, "
+          f"{args.device}; CPU: {machine['cpu_model']} (family {machine.get('cpu_family')}, model "
+          f"{machine.get('cpu_model_number')}), {machine['usable_cores']} usable cores")
+    print(f"CPU flags: {machine['cpu_flags']}")
+    print(f"{'measure':<14}{'setting':<26}{'images/s':>10}{'ratio':>8}{'max|dlogit|':>13}{'top-1 agree':>13}"
+          f"{'peak MB':>9}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['measure']:<14}{r['setting']:<26}failed: {r['error']}")
             continue
-        ratios = ["" if v is None else f"{v:.2f}x" for v in (r["vs_reference"], r["vs_reference_at_peak"])]
-        print(f"{r['measure']:<14}{r['setting']:<22}{r['images_per_s']:>10.1f}{1.0 / min(r['seconds_per_item']):>10.1f}"
-              f"{r['peak_mem_mb']:>9}{ratios[0]:>8}{ratios[1]:>13}")
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        diff = "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
+        agree = "" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.0f}%"
+        print(f"{r['measure']:<14}{r['setting']:<26}{r['images_per_s']:>10.1f}{ratio:>8}{diff:>13}{agree:>13}"
+              f"{r['peak_mem_mb']:>9}")
+    print("ratio: eval rows to torch_eval, train to torch_train (PyTorch running the official model, this run); "
+          "logits vs Paddle's fp32 dynamic graph on the lit_data/val photos")
+
+
+def plan(args, prepared):
+    """(measure, tag, setting, extra worker arguments) of every worker to run, in table order."""
+    runs = []
+    for name in MEASURES:
+        if name not in args.only:
+            continue
+        if name == "engine":
+            for backend, precisions in prepared["backends"].items():
+                for precision in precisions:
+                    runs.append((name, f"engine_{backend}_{precision}", f"{backend} {precision}",
+                                 ["--engine-backend", backend, "--precision", precision]))
+        elif name.startswith("data_"):
+            runs.append((name, name, "1 thread", []))
+        else:
+            runs.append((name, name, "PyTorch" if name in TORCH_MEASURES else "Paddle dynamic graph", []))
+    return runs
 
 
 def drive(args):
-    measures = args.only or [m for m in MEASURES if not (m == "gemm" and args.device == "gpu")]
-    unknown = sorted(set(measures) - set(MEASURES))
-    if unknown:
-        raise UserError(f"--only: unknown measurement(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
-    if args.device == "gpu" and "gemm" in measures:
-        raise UserError("--only gemm measures the CPU's matmul peak; it has no GPU version")
-    mkl_bound = ("gemm", "eval_dynamic", "train")
-    both = args.device == "cpu" and args.mkl_debug == "both"
-    rows, peak = [], None
+    report_notes = []
+    if importlib.util.find_spec("torch") is None:
+        skipped = [m for m in TORCH_MEASURES if m in args.only]
+        args.only = [m for m in args.only if m not in TORCH_MEASURES]
+        if skipped:
+            report_notes.append("torch is not installed: no PyTorch measures, so no ratios")
+    if args.device != "cpu" and any(m in args.only for m in TORCH_MEASURES):
+        args.only = [m for m in args.only if m not in TORCH_MEASURES]
+        report_notes.append("PyTorch measures run on CPU only")
+    if any(m in args.only for m in TORCH_MEASURES):
+        from t2tvit.torch_reference import PERFORMER_VARIANTS
+        if args.model not in PERFORMER_VARIANTS:
+            raise UserError(f"the PyTorch reference has the Performer variants only "
+                            f"({', '.join(PERFORMER_VARIANTS)}); for {args.model} use --only without "
+                            f"{' '.join(TORCH_MEASURES)}")
+    if not args.only:
+        raise UserError("nothing left to measure")
+    for note in report_notes:
+        print(f"note: {note}", file=sys.stderr)
     load_before = load_average()
-    with tempfile.TemporaryDirectory() as jpeg_dir:
-        if any(m.startswith("data_") for m in measures):
-            make_jpegs(jpeg_dir, args.data_images)
-        for name in sorted(measures, key=MEASURES.index):  # gemm first: the others are scaled by it
-            for mkl in (False, True) if both and name in mkl_bound else (args.mkl_debug == "on",):
-                setting = ("1 thread" if name.startswith("data_") else f"{args.threads} threads") + \
-                          (" MKL_DEBUG=5" if mkl else "") + (f" {args.amp}" if args.amp != "none" else "")
-                row = finish_row(args, {"measure": name, "setting": setting, "mkl_debug_cpu_type_5": mkl,
-                                        **run_worker(args, name, mkl, jpeg_dir)}, peak)
-                if name == "gemm" and "error" not in row:
-                    peak = max(peak or 0, row["gflops_dynamic"], row["gflops_engine"])
-                rows.append(row)
-                print(f"  {name} ({setting}): {summary(row)}", file=sys.stderr, flush=True)
-    settings = {k: getattr(args, k) for k in ("model", "batch", "img_size", "threads", "device", "amp", "backend",
-                                              "trt", "warmup", "repeat")}
-    settings["malloc_tuning"] = not args.no_malloc_tuning
-    report = {"machine": machine_info(), "load_average_before": load_before, "load_average_after": load_average(),
-              "settings": settings, "gemm_peak_gflops": peak, "reference": REFERENCE, "results": rows}
-    print_table(rows)
+    with tempfile.TemporaryDirectory() as work_dir:
+        if any(m.startswith("data_") for m in args.only):
+            make_jpegs(os.path.join(work_dir, "jpeg"), args.data_images)
+        prepared = run_worker(args, "prepare", work_dir)
+        if "error" in prepared:
+            raise UserError(f"benchmark preparation failed: {prepared['error']}")
+        runs = plan(args, prepared)
+        rows = [{"measure": name, "setting": setting, "seconds_per_item": [], "rounds_images_per_s": []}
+                for name, _, setting, _ in runs]
+        # Rounds interleave the measures, so that a passing load on a shared machine hits them alike.
+        for _ in range(args.rounds):
+            for row, (name, tag, setting, extra) in zip(rows, runs):
+                if "error" in row:
+                    continue
+                result = run_worker(args, name, work_dir, tag, extra)
+                if "error" in result:
+                    row["error"] = result["error"]
+                    print(f"  {name} ({setting}): failed: {result['error']}", file=sys.stderr, flush=True)
+                    continue
+                row["seconds_per_item"] += result["seconds_per_item"]
+                row["peak_mem_mb"] = max(row.get("peak_mem_mb", 0), result["peak_mem_mb"])
+                row["rounds_images_per_s"].append(round(1.0 / float(np.median(result["seconds_per_item"])), 2))
+                row["max_abs_diff"], row["top1_agreement"] = agreement(work_dir, tag)
+                print(f"  {name} ({setting}): {row['rounds_images_per_s'][-1]:.1f} images/s", file=sys.stderr,
+                      flush=True)
+        stages = {}
+        if args.stages:
+            for framework in ("paddle", "torch"):
+                if framework == "torch" and importlib.util.find_spec("torch") is None:
+                    continue
+                result = run_worker(args, f"stages_{framework}", work_dir)
+                if "error" in result:
+                    raise UserError(f"--stages ({framework}) failed: {result['error']}")
+                stages[framework] = result
+    finish(rows)
+    machine = machine_info()
+    settings = {k: getattr(args, k) for k in ("model", "batch", "img_size", "threads", "device", "warmup",
+                                              "repeat", "rounds")}
+    settings["weights"] = prepared["weights"]
+    report = {"machine": machine, "load_average_before": load_before, "load_average_after": load_average(),
+              "settings": settings, "notes": report_notes, "photos": prepared["photos"], "results": rows,
+              "stages_seconds": stages}
+    print_table(rows, machine, args)
+    if stages:
+        print_stages(stages)
     print(JSON_PREFIX + json.dumps(report))
     return 1 if any("error" in r for r in rows) else 0
 
@@ -346,33 +560,40 @@ def main(argv=None):
     ap.add_argument("--model", default="t2t_vit_7")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--img-size", type=int, default=224)
-    ap.add_argument("--threads", type=int, default=2, help="math threads (data workers always use 1)")
+    ap.add_argument("--threads", type=int, default=t2tvit.cpu_env.usable_cores(),
+                    help="math threads (default: the cores of this process; data workers always use 1)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    ap.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
-                    help="autocast for eval_dynamic and train (fp16 needs a GPU)")
-    ap.add_argument("--backend", choices=("onednn", "paddle"), default="onednn", help="eval_engine CPU kernels")
-    ap.add_argument("--trt", choices=("fp32", "fp16"), default=None, help="eval_engine on GPU through TensorRT")
+    ap.add_argument("--weights", help="weights or checkpoint to load (default: random init, seed 0)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--only", nargs="+", metavar="MEASURE", help=f"a subset of {' '.join(MEASURES)}")
-    ap.add_argument("--mkl-debug", choices=("both", "on", "off"), default="both",
-                    help="MKL_DEBUG_CPU_TYPE=5 for the MKL-bound CPU measurements: both, on or off")
-    ap.add_argument("--no-malloc-tuning", action="store_true",
-                    help="leave glibc's malloc as is (the tools keep freed memory by default; see t2tvit/runtime.py)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every measure this many times, interleaved; images/s is the median of all runs")
+    ap.add_argument("--only", nargs="+", metavar="MEASURE", default=list(MEASURES),
+                    help=f"a subset of {' '.join(MEASURES)}")
     ap.add_argument("--data-images", type=int, default=40, help="JPEGs per data-pipeline run")
-    ap.add_argument("--worker", choices=MEASURES, help=argparse.SUPPRESS)
-    ap.add_argument("--jpeg-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--stages", action="store_true",
+                    help="also time each stage of the model (eval forward; training forward + backward), in "
+                         "Paddle and PyTorch")
+    ap.add_argument("--worker", choices=("prepare", "stages_paddle", "stages_torch") + MEASURES,
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--work-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--tag", help=argparse.SUPPRESS)
+    ap.add_argument("--engine-backend", help=argparse.SUPPRESS)
+    ap.add_argument("--precision", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for key in ("batch", "threads", "repeat", "data_images"):
+    for key in ("batch", "threads", "repeat", "rounds", "data_images"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")
     if args.img_size % 16:
         raise UserError(f"--img-size {args.img_size} is not a multiple of 16")
+    unknown = sorted(set(args.only) - set(MEASURES))
+    if unknown:
+        raise UserError(f"--only: unknown measurement(s) {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    if args.worker:
+        return worker(args)  # PyTorch's workers never load Paddle: two OpenMP runtimes in one process slow both
     from t2tvit.t2t import VARIANTS
     if args.model not in VARIANTS:
         raise UserError(f"unknown model {args.model!r}; known models: {', '.join(VARIANTS)}")
-    if args.worker:
-        return worker(args)
     return drive(args)
 
 

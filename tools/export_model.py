@@ -10,6 +10,7 @@ normalised with Data.mean / Data.std, S = Global.img_size; output: [N, num_class
 is written to DIR, each written model is run (Paddle Inference; ONNX Runtime for model.onnx) and must give
 the dynamic model's logits within 1e-4; a previous export's model files in DIR are replaced.
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import os
 import sys

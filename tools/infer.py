@@ -4,6 +4,7 @@
 
 Kept so that commands written for earlier versions still run; tools/predict.py is the one to use.
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import sys
 
 import predict

@@ -18,6 +18,7 @@ run by a deployment backend (t2tvit/deploy.py) (auto: the fastest fp32 one insta
 FILE.jsonl.partial, each flushed as soon as its batch is done, and the file is renamed to FILE.jsonl when the
 run completes: an interrupted run keeps every finished line, and never leaves a FILE.jsonl that looks whole.
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import sys
 

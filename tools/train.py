@@ -8,6 +8,7 @@ every random draw (data order, augmentation, mixup, drop path) is a function of 
 position of the micro-batch in the global batch). So 1, 4 or 8 devices follow the same recipe, and a run
 resumed from any checkpoint continues exactly as if it had never stopped.
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import logging
 import os

@@ -7,6 +7,7 @@
 model and EMA that the run recorded as best). Without it: Global.output_dir/best.pdckpt.
 Each process evaluates a disjoint share of the images (no padding), so every image counts exactly once.
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import os
 import sys

