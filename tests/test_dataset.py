@@ -318,9 +318,9 @@ def test_bad_augment_settings_are_config_errors_naming_the_key(override, culprit
     assert "\n" not in str(e.value)
 
 
-def test_bad_rand_augment_spec_names_the_part():
-    with pytest.raises(errors.UserError, match="Augment.rand_augment: .*bogus3"):
-        transforms.build_transform(make_cfg(Augment_rand_augment="rand-m9-bogus3"), "train")
+def test_bad_rand_augment_spec_is_a_config_error_naming_the_part():
+    with pytest.raises(errors.UserError, match=r"config key 'Augment\.rand_augment' .*bogus3"):
+        make_cfg(Augment_rand_augment="rand-m9-bogus3")
 
 
 def _corrupt(path):

@@ -10,9 +10,11 @@ In one run, each measure in a fresh process (so that its environment applies and
   eval_dynamic   Paddle's dynamic-graph model under no_grad
   train          Paddle's training step, as torch_train (the yardstick of its ratio)
   engine         the exported model in every installed deployment backend x precision (t2tvit/deploy.py)
-  data_train     one data worker running the full recipe's train transform (RandomResizedCrop, flip,
-                 RandAugment m9, random erasing) on ImageNet-sized JPEGs (500x375, made from lit_data)
-  data_val       the same for the validation transform (resize, center crop)
+  data_train     one data worker running the full recipe's train transform, the official pixels (full decode,
+                 RandomResizedCrop, flip, RandAugment m9; uint8 out: normalisation, mixup and erasing happen
+                 on the batch) on ImageNet-sized JPEGs (500x375, made from lit_data)
+  data_train_reduced  the same with Data.reduced_decode (JPEGs decoded at 1/2-1/8 scale where the crop allows)
+  data_val       the same for the validation transform (full decode, resize, center crop, normalisation)
 Each model measure is timed on a random batch (warm-up runs, then --repeat timed runs; with --rounds R every
 measure runs R times, interleaved, and images/s is the median of all its timed runs) and also run
 once on the real photos of lit_data/val (val transform): its max |logit difference| and top-1 agreement
@@ -43,7 +45,10 @@ from t2tvit.errors import UserError, cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "config", "t2t_vit_7.yaml")
 PHOTOS = os.path.join(ROOT, "lit_data", "val")
-MEASURES = ("torch_eval", "torch_train", "eval_dynamic", "train", "engine", "data_train", "data_val")
+MEASURES = ("torch_eval", "torch_train", "eval_dynamic", "train", "engine", "data_train", "data_train_reduced",
+            "data_val")
+DATA_SETTINGS = {"data_train": ("train", []), "data_train_reduced": ("train", ["Data.reduced_decode=true"]),
+                 "data_val": ("val", [])}
 TORCH_MEASURES = ("torch_eval", "torch_train")
 YARDSTICK = {"eval_dynamic": "torch_eval", "engine": "torch_eval", "torch_eval": "torch_eval",
              "train": "torch_train", "torch_train": "torch_train"}
@@ -228,10 +233,11 @@ def measure_torch_train(args):
     return timed(step, args.warmup, args.repeat)
 
 
-def measure_data(args, split):
+def measure_data(args, name):
     from t2tvit.config import load_config
     from t2tvit.transforms import build_transform
-    cfg = load_config(RECIPE, [f"Global.img_size={args.img_size}"])
+    split, overrides = DATA_SETTINGS[name]
+    cfg = load_config(RECIPE, [f"Global.img_size={args.img_size}", *overrides])
     transform = build_transform(cfg, split)
     paths = sorted(glob.glob(os.path.join(args.work_dir, "jpeg", "*.JPEG")))
     random.seed(0)
@@ -351,8 +357,8 @@ def worker(args):
         print(JSON_PREFIX + json.dumps({"prepare": prepare, "stages_paddle": measure_stages_paddle,
                                         "stages_torch": measure_stages_torch}[args.worker](args)))
         return 0
-    if args.worker in ("data_train", "data_val"):
-        per_image = measure_data(args, args.worker[len("data_"):])
+    if args.worker in DATA_SETTINGS:
+        per_image = measure_data(args, args.worker)
     else:
         times = {"eval_dynamic": measure_eval_dynamic, "engine": measure_engine, "train": measure_train,
                  "torch_eval": measure_torch_eval, "torch_train": measure_torch_train}[args.worker](args)
@@ -451,16 +457,16 @@ def print_table(rows, machine, args):
           f"{args.device}; CPU: {machine['cpu_model']} (family {machine.get('cpu_family')}, model "
           f"{machine.get('cpu_model_number')}), {machine['usable_cores']} usable cores")
     print(f"CPU flags: {machine['cpu_flags']}")
-    print(f"{'measure':<14}{'setting':<26}{'images/s':>10}{'ratio':>8}{'max|dlogit|':>13}{'top-1 agree':>13}"
+    print(f"{'measure':<20}{'setting':<26}{'images/s':>10}{'ratio':>8}{'max|dlogit|':>13}{'top-1 agree':>13}"
           f"{'peak MB':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['measure']:<14}{r['setting']:<26}failed: {r['error']}")
+            print(f"{r['measure']:<20}{r['setting']:<26}failed: {r['error']}")
             continue
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         diff = "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
         agree = "" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.0f}%"
-        print(f"{r['measure']:<14}{r['setting']:<26}{r['images_per_s']:>10.1f}{ratio:>8}{diff:>13}{agree:>13}"
+        print(f"{r['measure']:<20}{r['setting']:<26}{r['images_per_s']:>10.1f}{ratio:>8}{diff:>13}{agree:>13}"
               f"{r['peak_mem_mb']:>9}")
     print("ratio: eval rows to torch_eval, train to torch_train (PyTorch running the official model, this run); "
           "logits vs Paddle's fp32 dynamic graph on the lit_data/val photos")

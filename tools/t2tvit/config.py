@@ -13,6 +13,7 @@ import re
 import yaml
 
 from . import errors
+from .augment import RandAugment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMA_PATH = os.path.join(ROOT, "config", "default.yaml")
@@ -274,6 +275,11 @@ def _check_ranges(cfg, origin):
         for key in keys:
             if not ok(_lookup(cfg, key)):
                 fail(key, message)
+    if cfg.Augment.rand_augment:
+        try:
+            RandAugment.from_spec(cfg.Augment.rand_augment)
+        except errors.UserError as e:
+            fail("Augment.rand_augment", f"is not a RandAugment spec: {e}")
     o, s = cfg.Optimizer, cfg.Scheduler
     if s.min_lr > o.lr:
         fail("Scheduler.min_lr", f"is above Optimizer.lr {o.lr!r}: the cosine would rise")

@@ -21,6 +21,7 @@ import shutil
 import numpy as np
 import yaml
 
+from .cpu_env import usable_cores
 from .errors import UserError
 from .runtime import keep_freed_memory
 
@@ -58,10 +59,6 @@ def cpu_flags():
 
 def cpu_has_bf16():
     return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
-
-
-def default_threads():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _check_backend(backend):
@@ -217,7 +214,7 @@ def cpu_config(model_file, params_file, threads=None, kernels="onednn", precisio
     # Config(model_file, params_file): Paddle 2.6 misreads a single path prefix.
     config = pi.Config(model_file, params_file)
     config.disable_gpu()
-    config.set_cpu_math_library_num_threads(threads or default_threads())
+    config.set_cpu_math_library_num_threads(threads or usable_cores())
     if kernels == "onednn":
         config.enable_mkldnn()
         config.set_mkldnn_cache_capacity(16)  # oneDNN caches kernels per input shape
@@ -306,7 +303,7 @@ class OnnxRuntimePredictor(Engine):
                 raise UserError("this onnxruntime has no CUDA; install onnxruntime-gpu or use --backend paddle")
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
+        options.intra_op_num_threads = threads or usable_cores()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only
@@ -332,7 +329,7 @@ class OpenVinoPredictor(Engine):
         self.precision = precision
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "INFERENCE_NUM_THREADS": threads or default_threads(),
+                  "INFERENCE_NUM_THREADS": threads or usable_cores(),
                   "PERFORMANCE_HINT": "LATENCY"}  # one stream: every thread on the one request
         self.compiled = core.compile_model(core.read_model(path), "CPU", config)
         self.request = self.compiled.create_infer_request()

@@ -15,7 +15,6 @@ import random
 import numpy as np
 from PIL import Image
 
-from . import errors
 from .augment import RANDOM_INTERPOLATION, RandAugment
 from .decode import read_image, read_reduced
 
@@ -167,9 +166,6 @@ def build_transform(cfg, split):
     rand_augment = None
     if a.rand_augment:
         fill = tuple(min(255, round(255 * m)) for m in d.mean)
-        try:
-            rand_augment = RandAugment.from_spec(a.rand_augment, fill=fill, interpolation=interpolation)
-        except errors.UserError as e:
-            raise errors.UserError(f"Augment.rand_augment: {e}") from None
+        rand_augment = RandAugment.from_spec(a.rand_augment, fill=fill, interpolation=interpolation)
     return TrainTransform(size, tuple(a.scale), tuple(a.ratio), interpolation, a.hflip, rand_augment,
                           d.reduced_decode)
