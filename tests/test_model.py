@@ -239,3 +239,26 @@ def test_training_layer_norm_gradients_equal_paddles(input_needs_grad):
         results.append([y.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy(), dx])
     for native, ours in zip(*results):
         np.testing.assert_allclose(ours, native, rtol=1e-5, atol=1e-5)
+
+
+def test_training_dropout_drops_p_keeps_and_rescales_the_rest_and_follows_paddle_seed():
+    from t2tvit.t2t import Dropout
+    layer = Dropout(0.1)
+    layer.train()
+    x = paddle.ones([16, 3136, 64])
+    x.stop_gradient = False
+    paddle.seed(3)
+    y = layer(x)
+    y.backward(paddle.full(y.shape, 2.0))
+    out, grad = y.numpy(), x.grad.numpy()
+    # 3.2M Bernoulli draws: the dropped fraction has std 1.7e-4 around p.
+    assert set(np.unique(out)) == {np.float32(0.0), np.float32(1 / 0.9)}
+    assert abs((out == 0).mean() - 0.1) < 1e-3
+    np.testing.assert_array_equal(grad, 2 * out)  # the gradient goes through the kept elements only
+    paddle.seed(3)
+    assert (layer(x).numpy() == out).all()
+    assert (layer(x).numpy() != out).any()  # a fresh mask on the next call
+    layer.eval()
+    assert (layer(x).numpy() == 1).all()
+    layer.train()
+    assert Dropout(0.0)(x) is x
