@@ -33,7 +33,8 @@ def test_one_run_measures_everything_side_by_side():
     for row in report["results"]:
         assert row["images_per_s"] > 0 and row["peak_mem_mb"] > 0 and len(row["seconds_per_item"]) == 2
     # Every model that evaluates is compared with the fp32 dynamic graph on the 20 lit_data photos.
-    assert report["photos"] == 20
+    assert report["compared_images"] == 20 and report["compared_on"] == os.path.join("lit_data", "val")
+    assert report["reference_top2_gap"]["min"] >= 0 and report["settings"]["model"] == "t2t_vit_7"
     engines = [row for row in report["results"] if row["measure"] == "engine"]
     assert engines and all(row["setting"].endswith(("fp32", "bf16", "int8", "fp16")) for row in engines)
     for row in [rows["eval_dynamic"], *engines] + ([rows["torch_eval"]] if has_torch else []):

@@ -1,7 +1,8 @@
 """Measure T2T-ViT's speed on this machine, side by side with PyTorch running the official model.
 
-    python tools/benchmark.py [--model t2t_vit_7] [--batch 32] [--img-size 224] [--threads N] [--rounds R]
-                              [--weights FILE] [--only MEASURE ...]
+    python tools/benchmark.py [-c CONFIG] [-o Section.key=value ...] [--model NAME] [--batch 32]
+                              [--img-size S] [--threads N] [--rounds R] [--weights FILE]
+                              [--agree-on photos|val] [--only MEASURE ...]
 
 In one run, each measure in a fresh process (so that its environment applies and its peak memory is its own):
   torch_eval     PyTorch (if installed) running the official T2T-ViT (tools/t2tvit/torch_reference.py, proven
@@ -15,13 +16,16 @@ In one run, each measure in a fresh process (so that its environment applies and
                  on the batch) on ImageNet-sized JPEGs (500x375, made from lit_data)
   data_train_reduced  the same with Data.reduced_decode (JPEGs decoded at 1/2-1/8 scale where the crop allows)
   data_val       the same for the validation transform (full decode, resize, center crop, normalisation)
-Each model measure is timed on a random batch (warm-up runs, then --repeat timed runs; with --rounds R every
-measure runs R times, interleaved, and images/s is the median of all its timed runs) and also run
-once on the real photos of lit_data/val (val transform): its max |logit difference| and top-1 agreement
-are against Paddle's float32 dynamic-graph model with the same weights (--weights, else random init, seed 0;
-random-init logits have tiny top-2 gaps, so top-1 agreement means more with trained weights). Threads default
-to the cores of this process, as every tool sets them (tools/t2tvit/cpu_env.py). Records the CPU model and flags;
-prints a table and one JSON line (prefix `BENCHMARK_JSON `).
+The model, image size, classes and transforms come from the config (default config/t2t_vit_7.yaml; --model
+and --img-size override it). Each model measure is timed on a random batch (warm-up runs, then --repeat timed
+runs; with --rounds R every measure runs R times, interleaved, and images/s is the median of all its timed
+runs) and also run once on real images through the val transform: the 20 photos of lit_data/val, or with
+--agree-on val the config's validation split (at most --agree-limit images, evenly spaced). Its max |logit
+difference| and top-1 agreement are against Paddle's float32 dynamic-graph model with the same weights
+(--weights, else random init, seed 0; random-init logits have tiny top-2 gaps, so top-1 agreement means more
+with trained weights: the report gives the reference's top-2 gaps). Threads default to the cores of this
+process, as every tool sets them (tools/t2tvit/cpu_env.py). Records the CPU model and flags; prints a table and
+one JSON line (prefix `BENCHMARK_JSON `).
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
@@ -67,6 +71,13 @@ def timed(fn, warmup, repeat):
     return times
 
 
+def config_of(args, extra=()):
+    """The config the measures share: --config with its overrides, --model and --img-size applied."""
+    from t2tvit.config import load_config
+    return load_config(args.config, [*args.override, f"Global.model={args.model}",
+                                     f"Global.img_size={args.img_size}", *extra])
+
+
 def random_batch(args):
     return np.random.RandomState(0).standard_normal((args.batch, 3, args.img_size, args.img_size)).astype("float32")
 
@@ -82,23 +93,43 @@ def _paddle(args):
     return paddle
 
 
-def _paddle_model(args, paddle, **kwargs):
+def _new_paddle_model(args, paddle, **kwargs):
     from t2tvit.t2t import create_model
-    model = create_model(args.model, img_size=args.img_size, **kwargs)
+    return create_model(args.model, img_size=args.img_size, num_classes=config_of(args).Global.num_classes,
+                        **kwargs)
+
+
+def _paddle_model(args, paddle, **kwargs):
+    """The model with the weights every measure shares (written by prepare)."""
+    model = _new_paddle_model(args, paddle, **kwargs)
     model.set_state_dict(paddle.load(os.path.join(args.work_dir, "weights.pdparams")))
     return model
 
 
+def agreement_paths(args, cfg):
+    """(where, image paths) the logits are compared on: lit_data's photos, or the config's val split."""
+    if args.agree_on == "photos":
+        paths = sorted(glob.glob(os.path.join(PHOTOS, "*", "*.JPEG")))
+        if not paths:
+            raise UserError(f"no photos under {PHOTOS} to compare logits on")
+        return os.path.relpath(PHOTOS, ROOT), paths
+    from t2tvit.dataset import build_dataset
+    dataset = build_dataset(cfg, "val")
+    picked = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), args.agree_limit)).round().astype(int))
+    return f"{cfg.Data.root} (val split, {len(picked)} of {len(dataset)} images)", [dataset.path(i) for i in picked]
+
+
 def prepare(args):
-    """Fix the weights, the photos, the reference logits (fp32 dynamic graph) and the exported model that
-    every other worker uses; report the deployment backends and precisions installed."""
+    """Fix the weights, the images compared on (uint8 crops of the val transform), the reference logits (fp32
+    dynamic graph) and the exported model that every other worker uses; report the deployment backends and
+    precisions installed."""
     paddle = _paddle(args)
     from t2tvit.checkpoint import load_weights
-    from t2tvit.config import load_config
-    from t2tvit.transforms import build_transform
     from t2tvit.deploy import export
-    from t2tvit.t2t import create_model, linear_weight_names
-    model = create_model(args.model, img_size=args.img_size)
+    from t2tvit.t2t import linear_weight_names
+    from t2tvit.transforms import build_transform
+    cfg = config_of(args)
+    model = _new_paddle_model(args, paddle)
     weights = "random init (seed 0)"
     if args.weights:
         load_weights(model, args.weights)
@@ -108,34 +139,54 @@ def prepare(args):
     linear = set(linear_weight_names(model))
     np.savez(os.path.join(args.work_dir, "weights_torch_layout.npz"),
              **{k: (v.numpy().T if k in linear else v.numpy()) for k, v in model.state_dict().items()})
-    transform = build_transform(load_config(RECIPE, [f"Global.img_size={args.img_size}"]), "val")
-    paths = sorted(glob.glob(os.path.join(PHOTOS, "*", "*.JPEG")))
-    if not paths:
-        raise UserError(f"no photos under {PHOTOS} to compare logits on")
-    photos = np.stack([transform(p) for p in paths]).astype("float32")
-    np.save(os.path.join(args.work_dir, "photos.npy"), photos)
-    with paddle.no_grad():
-        np.save(os.path.join(args.work_dir, "logits_reference.npy"), model(paddle.to_tensor(photos)).numpy())
+    where, paths = agreement_paths(args, cfg)
+    transform = build_transform(cfg, "val")
+    # uint8 on disk, normalised a batch at a time by each worker: 10,000 crops of 224 px are 1.5 GB, not 6.
+    crops = np.lib.format.open_memmap(os.path.join(args.work_dir, "crops.npy"), mode="w+", dtype=np.uint8,
+                                      shape=(len(paths), 3, args.img_size, args.img_size))
+    for i, path in enumerate(paths):
+        crops[i] = transform.pixels(path)
+    crops.flush()
+    del crops
+
+    def predict(x):
+        with paddle.no_grad():
+            return model(paddle.to_tensor(x)).numpy()
+
+    reference = np.concatenate([predict(x) for x in image_batches(args)])
+    np.save(os.path.join(args.work_dir, "logits_reference.npy"), reference)
     if "engine" in args.only:
         export(model, args.img_size, os.path.join(args.work_dir, "inference"))
     from t2tvit.deploy import available_backends, supported_precisions
     backends = {b: supported_precisions(b) for b in available_backends()} if "engine" in args.only else {}
-    return {"weights": weights, "photos": len(paths), "backends": backends}
+    top2 = np.sort(reference, axis=-1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0] if reference.shape[-1] > 1 else np.zeros(len(reference))
+    return {"weights": weights, "compared_on": where, "compared_images": len(paths), "backends": backends,
+            "reference_top2_gap": {"min": float(gap.min()), "median": float(np.median(gap)),
+                                   "logit_std": float(reference.std())}}
+
+
+def image_batches(args):
+    """The compared images, normalised as the val transform does, in batches of --batch."""
+    from t2tvit.transforms import Normalize
+    data = config_of(args).Data
+    normalize = Normalize(data.mean, data.std)
+    crops = np.load(os.path.join(args.work_dir, "crops.npy"), mmap_mode="r")
+    for start in range(0, len(crops), args.batch):
+        yield np.stack([normalize(c) for c in crops[start:start + args.batch]])
 
 
 def _save_logits(args, logits):
     np.save(os.path.join(args.work_dir, f"logits_{args.tag}.npy"), np.asarray(logits, dtype="float32"))
 
 
-def _photos(args):
-    return np.load(os.path.join(args.work_dir, "photos.npy"))
-
-
 def _time_eval(args, to_input, predict):
-    """Time predict (input -> numpy logits) on the random batch; save its logits on the photos."""
+    """Time predict (input -> numpy logits) on the random batch; save its logits on the compared images (in
+    the first round only: they are the same in every round)."""
     x = to_input(random_batch(args))
     times = timed(lambda: predict(x), args.warmup, args.repeat)
-    _save_logits(args, predict(to_input(_photos(args))))
+    if not os.path.exists(os.path.join(args.work_dir, f"logits_{args.tag}.npy")):
+        _save_logits(args, np.concatenate([predict(to_input(b)) for b in image_batches(args)]))
     return times
 
 
@@ -158,7 +209,7 @@ def measure_engine(args):
     return _time_eval(args, lambda images: images, predictor)
 
 
-def _soft_targets(rng, batch, classes=1000, smoothing=0.1):
+def _soft_targets(rng, batch, classes, smoothing=0.1):
     targets = np.full((batch, classes), smoothing / classes, dtype="float32")
     targets[np.arange(batch), rng.randint(0, classes, batch)] += 1.0 - smoothing
     return targets
@@ -166,15 +217,14 @@ def _soft_targets(rng, batch, classes=1000, smoothing=0.1):
 
 def measure_train(args):
     paddle = _paddle(args)
-    from t2tvit.config import load_config
     from t2tvit.mixup import soft_target_cross_entropy
     from t2tvit.optim import build_optimizer
-    cfg = load_config(RECIPE)
+    cfg = config_of(args)
     model = _paddle_model(args, paddle, drop_path_rate=cfg.Model.drop_path_rate)
     model.train()
     opt = build_optimizer(model, cfg)
     x = paddle.to_tensor(random_batch(args))
-    targets = paddle.to_tensor(_soft_targets(np.random.RandomState(1), args.batch))
+    targets = paddle.to_tensor(_soft_targets(np.random.RandomState(1), args.batch, cfg.Global.num_classes))
 
     def step():
         loss = soft_target_cross_entropy(model(x), targets)
@@ -192,7 +242,8 @@ def _torch_model(args, **kwargs):
     from t2tvit.torch_reference import create_reference, load_torch_layout
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_reference(args.model, img_size=args.img_size, **kwargs)
+    model = create_reference(args.model, img_size=args.img_size, num_classes=config_of(args).Global.num_classes,
+                             **kwargs)
     return torch, load_torch_layout(model, np.load(os.path.join(args.work_dir, "weights_torch_layout.npz")))
 
 
@@ -208,8 +259,7 @@ def measure_torch_eval(args):
 
 
 def measure_torch_train(args):
-    from t2tvit.config import load_config
-    cfg = load_config(RECIPE)
+    cfg = config_of(args)
     torch, model = _torch_model(args, drop_path_rate=cfg.Model.drop_path_rate)
     model.train()
     # The recipe's AdamW: no weight decay on 1-D parameters, cls_token and pos_embed (frozen tensors excluded).
@@ -221,7 +271,7 @@ def measure_torch_train(args):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay,
                              "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     x = torch.from_numpy(random_batch(args))
-    targets = torch.from_numpy(_soft_targets(np.random.RandomState(1), args.batch))
+    targets = torch.from_numpy(_soft_targets(np.random.RandomState(1), args.batch, cfg.Global.num_classes))
 
     def step():
         loss = torch.sum(-targets * torch.log_softmax(model(x), dim=-1), dim=-1).mean()
@@ -234,10 +284,9 @@ def measure_torch_train(args):
 
 
 def measure_data(args, name):
-    from t2tvit.config import load_config
     from t2tvit.transforms import build_transform
     split, overrides = DATA_SETTINGS[name]
-    cfg = load_config(RECIPE, [f"Global.img_size={args.img_size}", *overrides])
+    cfg = config_of(args, overrides)
     transform = build_transform(cfg, split)
     paths = sorted(glob.glob(os.path.join(args.work_dir, "jpeg", "*.JPEG")))
     random.seed(0)
@@ -420,7 +469,9 @@ def run_worker(args, name, work_dir, tag=None, extra=()):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--model", args.model,
            "--batch", str(args.batch), "--img-size", str(args.img_size), "--threads", str(threads),
            "--device", args.device, "--warmup", str(args.warmup), "--repeat", str(args.repeat),
-           "--work-dir", work_dir, "--tag", tag or name, "--only", *args.only, *extra]
+           "--work-dir", work_dir, "--tag", tag or name, "--config", args.config, "--agree-on", args.agree_on,
+           "--agree-limit", str(args.agree_limit), "--only", *args.only, *extra]
+    cmd += ["-o", *args.override] if args.override else []
     cmd += ["--weights", args.weights] if args.weights else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_PREFIX)]
@@ -431,8 +482,8 @@ def run_worker(args, name, work_dir, tag=None, extra=()):
 
 
 def agreement(work_dir, tag):
-    """(max |logit difference|, top-1 agreement) of a measure's logits on the photos vs the fp32 dynamic
-    model's."""
+    """(max |logit difference|, top-1 agreement) of a measure's logits on the compared images vs the fp32
+    dynamic model's."""
     path = os.path.join(work_dir, f"logits_{tag}.npy")
     if not os.path.exists(path):
         return None, None
@@ -452,7 +503,8 @@ def finish(rows):
     return rows
 
 
-def print_table(rows, machine, args):
+def print_table(rows, machine, args, prepared):
+    gap = prepared["reference_top2_gap"]
     print(f"T2T-ViT benchmark: {args.model}, batch {args.batch}, {args.img_size} px, {args.threads} threads, "
           f"{args.device}; CPU: {machine['cpu_model']} (family {machine.get('cpu_family')}, model "
           f"{machine.get('cpu_model_number')}), {machine['usable_cores']} usable cores")
@@ -465,11 +517,13 @@ def print_table(rows, machine, args):
             continue
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         diff = "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
-        agree = "" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.0f}%"
+        agree = "" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.1f}%"
         print(f"{r['measure']:<20}{r['setting']:<26}{r['images_per_s']:>10.1f}{ratio:>8}{diff:>13}{agree:>13}"
               f"{r['peak_mem_mb']:>9}")
     print("ratio: eval rows to torch_eval, train to torch_train (PyTorch running the official model, this run); "
-          "logits vs Paddle's fp32 dynamic graph on the lit_data/val photos")
+          f"logits vs Paddle's fp32 dynamic graph on {prepared['compared_images']} images of "
+          f"{prepared['compared_on']}, weights: {prepared['weights']}; its top-2 logit gap: min "
+          f"{gap['min']:.2g}, median {gap['median']:.2g} (logit std {gap['logit_std']:.2g})")
 
 
 def plan(args, prepared):
@@ -547,13 +601,13 @@ def drive(args):
                 stages[framework] = result
     finish(rows)
     machine = machine_info()
-    settings = {k: getattr(args, k) for k in ("model", "batch", "img_size", "threads", "device", "warmup",
-                                              "repeat", "rounds")}
+    settings = {k: getattr(args, k) for k in ("config", "override", "model", "batch", "img_size", "threads",
+                                              "device", "warmup", "repeat", "rounds")}
     settings["weights"] = prepared["weights"]
     report = {"machine": machine, "load_average_before": load_before, "load_average_after": load_average(),
-              "settings": settings, "notes": report_notes, "photos": prepared["photos"], "results": rows,
-              "stages_seconds": stages}
-    print_table(rows, machine, args)
+              "settings": settings, "notes": report_notes, "results": rows, "stages_seconds": stages,
+              **{k: prepared[k] for k in ("compared_on", "compared_images", "reference_top2_gap")}}
+    print_table(rows, machine, args, prepared)
     if stages:
         print_stages(stages)
     print(JSON_PREFIX + json.dumps(report))
@@ -563,13 +617,22 @@ def drive(args):
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="t2t_vit_7")
+    ap.add_argument("-c", "--config", default=RECIPE,
+                    help="config giving the model, image size, classes and transforms (default: %(default)s)")
+    ap.add_argument("-o", "--override", nargs="+", default=[], metavar="Section.key=value",
+                    help="override config keys, e.g. -o Data.root=data/fashion_mnist")
+    ap.add_argument("--model", help="model variant (default: the config's Global.model)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--img-size", type=int, help="image size (default: the config's Global.img_size)")
     ap.add_argument("--threads", type=int, default=t2tvit.cpu_env.usable_cores(),
                     help="math threads (default: the cores of this process; data workers always use 1)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--weights", help="weights or checkpoint to load (default: random init, seed 0)")
+    ap.add_argument("--agree-on", choices=("photos", "val"), default="photos",
+                    help="images the logits are compared on: the 20 lit_data/val photos, or the config's "
+                         "validation split (e.g. the Fashion-MNIST test set)")
+    ap.add_argument("--agree-limit", type=int, default=10000,
+                    help="with --agree-on val: at most this many images, evenly spaced over the split")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=1,
@@ -587,7 +650,12 @@ def main(argv=None):
     ap.add_argument("--engine-backend", help=argparse.SUPPRESS)
     ap.add_argument("--precision", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for key in ("batch", "threads", "repeat", "rounds", "data_images"):
+    if not args.worker:
+        from t2tvit.config import load_config
+        cfg = load_config(args.config, args.override)  # a bad file or key: one line, before any worker runs
+        args.model = args.model or cfg.Global.model
+        args.img_size = args.img_size or cfg.Global.img_size
+    for key in ("batch", "threads", "repeat", "rounds", "data_images", "agree_limit"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")
     if args.img_size % 16:
