@@ -8,3 +8,9 @@ environment before Paddle is imported (t2tvit.cpu_env, every command's first imp
 # the system zlib, it takes over Pillow's PNG decoder ("codec configuration error", or a crash in inflateReset2).
 # Loading the system zlib first, as importing this package does before a command imports Paddle, avoids that.
 import zlib  # noqa: F401
+
+# Paddle 3.x warns on every import that ccache is missing, a note for compiling C++ extensions, which nothing
+# here does; shown on each command's stderr, it reads like a fault.
+import warnings
+
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
