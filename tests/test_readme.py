@@ -1,4 +1,6 @@
-"""The README stays true: every config key documented, and the commands it gives exist."""
+"""The README stays true: every config key documented, the commands it gives exist, its recorded figures match
+the committed logs."""
+import json
 import os
 import re
 
@@ -26,3 +28,15 @@ def test_ci_runs_the_readme_test_command():
 def test_referenced_repo_files_exist():
     paths = set(re.findall(r"((?:tools|config|scripts|tests|lit_data)/[\w./-]+\.(?:py|yaml|sh|JPEG))", README))
     assert paths and [p for p in paths if not os.path.isfile(os.path.join(ROOT, p))] == []
+
+
+def test_fashion_mnist_figures_are_those_of_the_committed_run():
+    log = os.path.join(ROOT, "log", "fashion_mnist")
+    text = open(f"{log}/val.log").read()
+    [val] = re.findall(r"ImageNet final val acc is:([\d.]+), top5: ([\d.]+), images: 10000", text)
+    records = [json.loads(line) for line in open(f"{log}/metrics.jsonl")]
+    best = max(r["top1"] for r in records if r["kind"] == "val" and r["model"] == "model")
+    row = re.search(r"\| T2T-ViT-7, from scratch \| 32 \| 8 \| \*\*([\d.]+)%\*\* \(EMA [\d.]+%\) \| ([\d.]+)% \|", README)
+    assert row and float(row.group(1)) == round(100 * float(val[0]), 2) == round(100 * best, 2)
+    assert float(row.group(2)) == round(100 * float(val[1]), 2)
+    assert f"ImageNet final val acc is:{val[0]}" in README

@@ -101,7 +101,7 @@ class _LayerNormGEMMGrad(paddle.autograd.PyLayer):
     Paddle's CPU layer_norm_grad takes ~40x its forward at T2T-ViT's sizes (115 ms against 3 ms for 100k
     tokens x 147 channels, 2 threads). Here the normalised input comes from the fast forward kernel, the
     sums are GEMMs, and rstd follows from one of them: forward + backward take a third to a half of the native
-    time at every LayerNorm of T2T-ViT-7 (e.g. 54 against 113 ms for 25k tokens x 576 channels). Values equal
+    time at every LayerNorm of T2T-ViT-7 (e.g. 51 against 113 ms for 25k tokens x 576 channels). Values equal
     the native gradient's up to float rounding (~1e-6 relative).
     """
 
