@@ -242,7 +242,11 @@ class TokenPerformer(nn.Layer):
         kp_sum = paddle.matmul(paddle.ones([1, 1, kp.shape[1]], dtype=kp.dtype), kp)  # [B, 1, m]
         denom = paddle.matmul(qp, kp_sum, transpose_y=True)  # [B, T, 1]
         kptv = paddle.matmul(kp, v, transpose_x=True)  # [B, m, emb]
-        y = paddle.matmul(qp, kptv) / (denom + 1e-8)
+        # The official epsilon as a tensor, not a Python float: from Paddle 2.6 through paddle2onnx 1.3.1,
+        # `denom + 1e-8` lost its epsilon (the ONNX graph divided by denom itself), and tokens whose features
+        # all underflow (flat dark backgrounds of trained Fashion-MNIST models) gave 0 / 0 = NaN logits in ONNX
+        # Runtime and OpenVINO. tests/test_own_data.py runs every backend on such images.
+        y = paddle.matmul(qp, kptv) / (denom + paddle.full([1], 1e-8, dtype=denom.dtype))
         x = v + self.dp(self.proj(y))
         return x + self.mlp(self.norm2(x))
 
