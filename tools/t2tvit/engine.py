@@ -75,6 +75,7 @@ class Trainer:
         self.augment, self.ckpts, self.classes = augment, checkpoints, list(class_names)
         self.log, self.scalars, self.metrics = log, scalars, metrics
         self.stop = stop or GracefulStop()
+        self.stopping = False  # set by optimizer_step when a stop was requested on any rank
         self.epoch, self.step, self.skips = 0, 0, 0
         self.best = {"acc": -1.0, "which": "model", "epoch": -1}
         self.saved_at = None
