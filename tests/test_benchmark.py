@@ -79,3 +79,12 @@ def test_unknown_measurement_is_one_line():
     r = run("--only", "eval_dynamic", "warp_speed")
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode != 0 and len(errors) == 1 and "warp_speed" in errors[0]
+
+
+def test_bad_config_key_or_missing_validation_data_is_one_line():
+    for args, message in ((["-o", "Data.rooot=x"], "did you mean 'Data.root'"),
+                          (["--agree-on", "val", "--only", "eval_dynamic", "-o", "Data.root=/nonexistent"],
+                           "Data.root: directory not found: /nonexistent")):
+        r = run(*TINY, *args)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert r.returncode != 0 and len(errors) == 1 and message in errors[0], r.stderr
