@@ -29,6 +29,7 @@ one JSON line (prefix `BENCHMARK_JSON `).
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
+import functools
 import glob
 import importlib.metadata
 import importlib.util
@@ -72,10 +73,16 @@ def timed(fn, warmup, repeat):
 
 
 def config_of(args, extra=()):
-    """The config the measures share: --config with its overrides, --model and --img-size applied."""
+    """The config the measures share: --config with its overrides, --model and --img-size applied (read once
+    per process; the measures only read it)."""
+    return _load_config(args.config, (*args.override, f"Global.model={args.model}",
+                                      f"Global.img_size={args.img_size}", *extra))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_config(path, overrides):
     from t2tvit.config import load_config
-    return load_config(args.config, [*args.override, f"Global.model={args.model}",
-                                     f"Global.img_size={args.img_size}", *extra])
+    return load_config(path, list(overrides))
 
 
 def random_batch(args):
@@ -154,7 +161,7 @@ def prepare(args):
             return model(paddle.to_tensor(x)).numpy()
 
     reference = np.concatenate([predict(x) for x in image_batches(args)])
-    np.save(os.path.join(args.work_dir, "logits_reference.npy"), reference)
+    np.save(logits_path(args.work_dir, "reference"), reference)
     if "engine" in args.only:
         export(model, args.img_size, os.path.join(args.work_dir, "inference"))
     from t2tvit.deploy import available_backends, supported_precisions
@@ -176,8 +183,9 @@ def image_batches(args):
         yield np.stack([normalize(c) for c in crops[start:start + args.batch]])
 
 
-def _save_logits(args, logits):
-    np.save(os.path.join(args.work_dir, f"logits_{args.tag}.npy"), np.asarray(logits, dtype="float32"))
+def logits_path(work_dir, tag):
+    """Where a measure's logits on the compared images are kept (tag 'reference': the fp32 dynamic graph's)."""
+    return os.path.join(work_dir, f"logits_{tag}.npy")
 
 
 def _time_eval(args, to_input, predict):
@@ -185,8 +193,9 @@ def _time_eval(args, to_input, predict):
     the first round only: they are the same in every round)."""
     x = to_input(random_batch(args))
     times = timed(lambda: predict(x), args.warmup, args.repeat)
-    if not os.path.exists(os.path.join(args.work_dir, f"logits_{args.tag}.npy")):
-        _save_logits(args, np.concatenate([predict(to_input(b)) for b in image_batches(args)]))
+    path = logits_path(args.work_dir, args.tag)
+    if not os.path.exists(path):
+        np.save(path, np.concatenate([predict(to_input(b)) for b in image_batches(args)]).astype("float32"))
     return times
 
 
@@ -484,10 +493,10 @@ def run_worker(args, name, work_dir, tag=None, extra=()):
 def agreement(work_dir, tag):
     """(max |logit difference|, top-1 agreement) of a measure's logits on the compared images vs the fp32
     dynamic model's."""
-    path = os.path.join(work_dir, f"logits_{tag}.npy")
+    path = logits_path(work_dir, tag)
     if not os.path.exists(path):
         return None, None
-    ref, got = np.load(os.path.join(work_dir, "logits_reference.npy")), np.load(path)
+    ref, got = np.load(logits_path(work_dir, "reference")), np.load(path)
     return float(np.abs(got - ref).max()), float(np.mean(got.argmax(-1) == ref.argmax(-1)))
 
 
