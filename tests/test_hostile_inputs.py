@@ -12,9 +12,12 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import faults
 from t2tvit import classify
+from t2tvit.dataset import ImageDataset
+from t2tvit.decode import BadImage, read_image
 from t2tvit.errors import StorageError, UserError, shown
 
 NAMES = list("abcde")
@@ -109,3 +112,38 @@ def test_a_file_name_can_neither_forge_a_record_nor_crash_a_strict_utf8_stdout(t
     assert repr(forged) in lines and repr(undecodable) in lines
     records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_bytes().decode("ascii").splitlines()]
     assert [os.fsencode(r["path"]) for r in records] == [os.fsencode(forged), b"caf\xe9.png"]
+
+
+def test_a_fifo_named_like_an_image_is_an_error_record_never_a_hang(tmp_path, capsys):
+    os.mkfifo(tmp_path / "b.jpg")  # nobody writes it: a blocking open would wait forever
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    with pytest.raises(BadImage) as e:
+        read_image(str(tmp_path / "b.jpg"))
+    assert "not a regular file" in e.value.reason
+    with classify.JsonLines(str(tmp_path / "p.jsonl")) as out:
+        done_failed = classify.classify(classify.image_paths([str(tmp_path)]),
+                                        lambda p: np.asarray(read_image(p), "float32"), logits_of(5.0), NAMES,
+                                        out=out)
+        out.finish()
+    assert done_failed == (1, 1)
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert records[1] == {"path": str(tmp_path / "b.jpg"), "error": "not a regular file (a FIFO, device, "
+                                                                       "socket or folder)"}
+    assert f"cannot read image {tmp_path / 'b.jpg'}: not a regular file" in capsys.readouterr().err
+
+
+def test_a_fifo_in_a_validation_list_is_a_clear_loader_error(tmp_path):
+    os.mkfifo(tmp_path / "v.jpg")
+    dataset = ImageDataset(str(tmp_path), ["v.jpg"], [0], read_image, train=False)
+    with pytest.raises(UserError, match=r"cannot read validation image .*v\.jpg \(not a regular file"):
+        dataset.load(0)
+
+
+def test_symlinked_sub_folders_are_walked_once_and_a_link_loop_ends(tmp_path):
+    for rel in ("real/x.png", "other/y.png"):
+        os.makedirs(tmp_path / os.path.dirname(rel), exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    os.symlink(tmp_path / "other", tmp_path / "real" / "linked")  # a symlinked sub-folder: followed
+    os.symlink(tmp_path / "real", tmp_path / "real" / "loop")  # back to its parent: visited once
+    found = list(classify.image_paths([str(tmp_path / "real")]))
+    assert found == [str(tmp_path / "real" / "x.png"), str(tmp_path / "real" / "linked" / "y.png")]

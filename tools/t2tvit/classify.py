@@ -19,7 +19,10 @@ from .errors import StorageError, UserError, shown
 
 
 def image_paths(paths):
-    """The image files named by `paths` (files as given; folders recursively, sorted), lazily."""
+    """The image files named by `paths` (files as given; folders recursively, sorted), lazily.
+
+    Symlinked sub-folders are followed, each real folder (st_dev, st_ino) visited once, so a link loop ends.
+    """
     for path in paths:
         if not os.path.exists(path):
             raise UserError(f"image not found: {shown(path)}")
@@ -28,14 +31,26 @@ def image_paths(paths):
             yield path
             continue
         found = False
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
+        visited = {_identity(path)}
+        for root, dirs, files in os.walk(path, followlinks=True):
+            fresh = []
+            for d in sorted(dirs):
+                key = _identity(os.path.join(root, d))
+                if key not in visited:
+                    visited.add(key)
+                    fresh.append(d)
+            dirs[:] = fresh
             for name in sorted(files):
                 if name.lower().endswith(IMG_EXTENSIONS):
                     found = True
                     yield os.path.join(root, name)
         if not found:
             print(f"warning: no images ({', '.join(IMG_EXTENSIONS)}) under {shown(path)}", file=sys.stderr)
+
+
+def _identity(folder):
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 def softmax(logits):
