@@ -9,13 +9,16 @@ import json
 import os
 import socket
 import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import faults
+from runner import DEMO
 from t2tvit import classify
+from t2tvit.config import YAML_MAX_NODES, YAML_MAX_BYTES, load_config
 from t2tvit.dataset import ImageDataset
 from t2tvit.decode import BadImage, read_image
 from t2tvit.errors import StorageError, UserError, shown
@@ -147,3 +150,51 @@ def test_symlinked_sub_folders_are_walked_once_and_a_link_loop_ends(tmp_path):
     os.symlink(tmp_path / "real", tmp_path / "real" / "loop")  # back to its parent: visited once
     found = list(classify.image_paths([str(tmp_path / "real")]))
     assert found == [str(tmp_path / "real" / "x.png"), str(tmp_path / "real" / "linked" / "y.png")]
+
+
+def alias_bomb(levels=9, width=9):
+    """A flow-style YAML list of `levels` anchors, each `width` aliases of the one before: width**levels nodes."""
+    parts = ["&l0 [" + ",".join(["x"] * width) + "]"]
+    parts += [f"&l{i} [" + ",".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def test_a_nested_alias_bomb_config_is_refused_fast_naming_the_file(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"Global:\n  model: {alias_bomb()}\n")
+    assert path.stat().st_size < 600  # a few hundred bytes that expand to 9**9 nodes
+    start = time.perf_counter()
+    with pytest.raises(UserError) as e:
+        load_config(str(path))
+    assert time.perf_counter() - start < 1.0
+    assert str(e.value) == f"{path}: refused YAML: over {YAML_MAX_NODES} nodes once its aliases are expanded"
+
+
+def test_a_nested_alias_bomb_override_is_refused_naming_the_key():
+    with pytest.raises(UserError) as e:
+        load_config(DEMO, [f"Global.model={alias_bomb()}"])
+    assert str(e.value).startswith("override -o Global.model=...: refused YAML value: over ")
+
+
+@pytest.mark.parametrize("text, reason", [("a: &a [*a]\n", "a recursive alias"),
+                                          ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply")])
+def test_recursive_or_deeply_nested_yaml_is_one_line(tmp_path, text, reason):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"c.yaml: refused YAML: {reason}$"):
+        load_config(str(path))
+
+
+def test_a_huge_config_file_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "huge.yaml"
+    with open(path, "wb") as f:
+        f.truncate(YAML_MAX_BYTES + 1)
+    with pytest.raises(UserError, match="huge.yaml: too large for a config file"):
+        load_config(str(path))
+
+
+def test_python_tags_stay_refused_under_the_budget_loader(tmp_path):
+    path = tmp_path / "tag.yaml"
+    path.write_text("Global:\n  model: !!python/object/apply:os.system [echo owned]\n")
+    with pytest.raises(UserError, match="tag.yaml"):
+        load_config(str(path))
