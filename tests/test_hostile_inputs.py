@@ -123,6 +123,11 @@ def test_a_fifo_named_like_an_image_is_an_error_record_never_a_hang(tmp_path, ca
     with pytest.raises(BadImage) as e:
         read_image(str(tmp_path / "b.jpg"))
     assert "not a regular file" in e.value.reason
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    with pytest.raises(BadImage) as e:  # opened from a descriptor, the file is still named in Pillow's message
+        read_image(str(tmp_path / "broken.jpg"))
+    assert repr(str(tmp_path / "broken.jpg")) in e.value.reason
+    os.remove(tmp_path / "broken.jpg")
     with classify.JsonLines(str(tmp_path / "p.jsonl")) as out:
         done_failed = classify.classify(classify.image_paths([str(tmp_path)]),
                                         lambda p: np.asarray(read_image(p), "float32"), logits_of(5.0), NAMES,

@@ -49,7 +49,9 @@ def _open(path):
         os.close(fd)
         raise BadImage(path, "not a regular file (a FIFO, device, socket or folder)")
     os.set_blocking(fd, True)
-    return open(fd, "rb")
+    f = open(fd, "rb")
+    f.raw.name = path  # Pillow's messages name the file by it (else "name=3")
+    return f
 
 
 def read_image(path):
