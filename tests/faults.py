@@ -51,11 +51,13 @@ def install(pattern, err, after_bytes=None):
     real_open = builtins.open
 
     def failing_open(file, mode="r", *args, **kwargs):
-        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+") and \
-                fnmatch.fnmatch(os.path.basename(os.fspath(file)), pattern):
+        # A descriptor (from tempfile.mkstemp) is matched by the name of the file it has open.
+        name = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else file
+        if isinstance(name, (str, os.PathLike)) and set(mode) & set("wax+") and \
+                fnmatch.fnmatch(os.path.basename(os.fspath(name)), pattern):
             if after_bytes is None:
-                raise OSError(err, os.strerror(err), os.fspath(file))
-            return FailingFile(real_open(file, mode, *args, **kwargs), after_bytes, err, os.fspath(file))
+                raise OSError(err, os.strerror(err), os.fspath(name))
+            return FailingFile(real_open(file, mode, *args, **kwargs), after_bytes, err, os.fspath(name))
         return real_open(file, mode, *args, **kwargs)
 
     builtins.open = failing_open

@@ -250,6 +250,26 @@ def test_list_file_with_blank_lines_and_spaces_in_paths(tmp_path):
     assert by_name(dataset.build_dataset(cfg, "train")) == {"x y": 7, "i0": 2}
 
 
+@pytest.mark.parametrize("escape", ["{outside}/o.jpg", "../outside/o.jpg", "train/../../outside/o.jpg"])
+def test_list_file_paths_leaving_the_root_are_refused_unless_allowed(tmp_path, escape):
+    cfg = _lit_like(tmp_path / "root")
+    write_image(tmp_path / "outside" / "o.jpg")
+    path = escape.format(outside=tmp_path / "outside")
+    (tmp_path / "root" / "train.txt").write_text(f"train/n01440764/i0.jpg 2\n{path} 3\n")
+    with pytest.raises(errors.UserError) as e:
+        dataset.build_dataset(cfg, "train")
+    assert str(e.value) == (f"{tmp_path / 'root' / 'train.txt'}:2: {path!r} is outside Data.root "
+                            f"{tmp_path / 'root'} (set Data.allow_outside_root: true to allow it)")
+    cfg.Data.allow_outside_root = True
+    assert by_name(dataset.build_dataset(cfg, "train")) == {"i0": 2, "o": 3}
+
+
+def test_list_file_with_a_utf8_bom(tmp_path):
+    cfg = _lit_like(tmp_path)
+    (tmp_path / "train.txt").write_bytes(b"\xef\xbb\xbftrain/n01440764/i1.jpg 4\n")
+    assert by_name(dataset.build_dataset(cfg, "train")) == {"i1": 4}
+
+
 @pytest.mark.parametrize("case, culprit", [
     ("root", "nowhere"),
     ("list", "absent.txt"),

@@ -1,4 +1,6 @@
 """Own data: IDX conversion, a real learning check on Fashion-MNIST images, fine-tuning and class names."""
+import builtins
+import errno
 import gzip
 import json
 import os
@@ -10,6 +12,8 @@ import paddle
 import pytest
 from PIL import Image
 
+import faults
+import idx_to_dataset
 from runner import ROOT, error_lines, run_tool
 from t2tvit import deploy
 from t2tvit.t2t import create_model
@@ -104,6 +108,67 @@ def test_idx_to_dataset_errors_are_one_line(idx, tmp_path):
     assert convert(*idx_args(idx, tmp_path / "twice")).returncode == 0
     r = convert(*idx_args(idx, tmp_path / "twice"))
     assert r.returncode == 2 and "is not empty" in r.stderr
+
+
+def convert_in_process(capsys, *args):
+    """(exit status, error lines) of idx_to_dataset.main in this process: fast, and a traceback would fail."""
+    try:
+        status = idx_to_dataset.main([str(a) for a in args])
+    except SystemExit as e:
+        status = e.code
+    return status, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+def write_header(path, shape, payload=b""):
+    with open(path, "wb") as f:
+        f.write(gzip.compress(bytes([0, 0, 8, len(shape)]) + struct.pack(f">{len(shape)}I", *shape) + payload))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("huge_header", "over the 1073741824-byte limit"),
+    ("inflates_past_header", "file has more"),
+    ("raw_length", "file has 100 bytes"),
+    ("zero_size", "images of size 0x4 hold no pixels"),
+    ("huge_label", "label 2147483647 is not a class index"),
+    ("nul_in_name", "cannot be a folder name"),
+])
+def test_idx_to_dataset_refuses_hostile_files_up_front_and_writes_nothing(idx, tmp_path, capsys, case, message):
+    bad = tmp_path / "bad"
+    extra = []
+    if case == "huge_header":  # 3 GiB promised by 20 bytes: refused before anything is allocated
+        write_header(bad, (3, 1 << 15, 1 << 15))
+        extra = ["--train-images", bad]
+    elif case == "inflates_past_header":  # 20 MB of zeros after a header promising 7 images of 5x4
+        write_header(bad, (7, 5, 4), bytes(20 << 20))
+        extra = ["--train-images", bad]
+    elif case == "raw_length":
+        bad.write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 1 << 30) + bytes(92))
+        extra = ["--train-labels", bad]
+    elif case == "zero_size":
+        write_header(bad, (7, 0, 4))
+        extra = ["--train-images", bad]
+    elif case == "huge_label":
+        write_idx(bad, np.array([0, 1, 2, 0, 1, 2, 0], ">i4"))
+        with open(bad, "r+b") as f:  # type 0x0C (int32), the last label 2**31 - 1
+            f.seek(2)
+            f.write(b"\x0c")
+            f.seek(-4, 2)
+            f.write(struct.pack(">i", 2**31 - 1))
+        extra = ["--train-labels", bad]
+    elif case == "nul_in_name":
+        bad.write_text("cat\nd\0g\nbird\n")
+        extra = ["--class-names", bad]
+    status, errors = convert_in_process(capsys, *idx_args(idx, tmp_path / "out"), *extra)
+    assert status == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "out").exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
+
+
+def test_idx_to_dataset_failing_mid_way_leaves_no_half_made_dataset(idx, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(builtins, "open", builtins.open)  # restored after the test
+    faults.install("classes.txt", errno.ENOSPC)  # the last file written
+    status, errors = convert_in_process(capsys, *idx_args(idx, tmp_path / "out"))
+    assert status == 2 and len(errors) == 1 and "No space left on device" in errors[0], errors
+    assert not (tmp_path / "out").exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".out.")]
 
 
 @pytest.fixture(scope="module")

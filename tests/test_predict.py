@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-from runner import ROOT, error_lines, run_tool
+from runner import ROOT, error_lines, run_tool, tool_with_fault
 from t2tvit import classify
 from t2tvit.config import load_config
 from t2tvit.t2t import create_model
@@ -51,7 +51,7 @@ def test_predict_on_a_folder_writes_one_json_line_per_image_and_goes_on_past_a_b
              "--output", out, "--logits", *SMALL, config=CONFIG)
     assert r.returncode == 1, r.stderr  # non-zero: one image could not be read
     assert f"cannot read image {expected_paths[3]}" in r.stderr and "1 of 7 images could not be read" in r.stderr
-    assert not os.path.exists(f"{out}.partial")
+    assert sorted(os.listdir(tmp_path)) == ["photos", "predictions.jsonl"]  # no partial, no lock left
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [rec["path"] for rec in records] == expected_paths
     assert set(records[3]) == {"path", "error"} and records[3]["error"]
@@ -108,12 +108,12 @@ def test_predict_interrupted_keeps_every_finished_line_and_no_whole_looking_file
         return np.zeros((len(images), CLASSES), "float32")
 
     forward.calls = 0
-    out = classify.JsonLines(str(tmp_path / "p.jsonl"))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), classify.JsonLines(str(tmp_path / "p.jsonl")) as out:
         classify.classify([f"img{i}.png" for i in range(5)], lambda p: np.zeros(3), forward, list("abcde"),
                           topk=1, batch_size=2, out=out)
-    assert os.listdir(tmp_path) == ["p.jsonl.partial"]
-    lines = (tmp_path / "p.jsonl.partial").read_text().splitlines()
+    partials = glob.glob(str(tmp_path / "p.jsonl.*.partial"))
+    assert os.listdir(tmp_path) == [os.path.basename(partials[0])]  # no p.jsonl, and the lock released
+    lines = open(partials[0]).read().splitlines()
     assert [json.loads(line)["path"] for line in lines] == ["img0.png", "img1.png"]
 
 
@@ -129,3 +129,14 @@ def test_predict_misuse_is_one_error_line(weights, tmp_path, case):
     assert {"bf16_without_inference_dir": "--precision applies to an exported model",
             "folder_without_images": "no images found",
             "logits_without_output": "give --output too"}[case] in errors[0]
+
+
+@pytest.mark.slow
+def test_predict_on_a_full_disk_is_one_error_line_and_leaves_no_final_file(weights, tmp_path):
+    out = tmp_path / "p.jsonl"
+    r = tool_with_fault(["*.partial", "ENOSPC", 100], "predict.py", *PHOTOS[:3], "--weights", weights[0],
+                        "--output", out, "--batch-size", "1", *SMALL)
+    errors = error_lines(r)
+    assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "No space left on device" in errors[0] and ".partial" in errors[0]
+    assert not out.exists() and not os.path.exists(f"{out}.lock")

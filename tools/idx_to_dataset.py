@@ -9,11 +9,18 @@ model takes), OUT/train.txt and OUT/val.txt (`train/<class>/<n>.png label`) and 
 per line, line i = label i) for Data.classes. The class names double as folder names, so a `/` in a name
 becomes `_` (Fashion-MNIST's `T-shirt/top` is `T-shirt_top`); then both the list files and the
 folder layout give the same labels. Files may be gzip-compressed or raw.
+
+Hostile or broken files are refused up front with one line: an IDX header is checked against the file's
+length (and a gzip stream is never inflated past what its header promises, at most IDX_MAX_BYTES), labels
+must be class indices, images must have pixels, and class names must make folder names. The dataset is
+written into a hidden temporary folder beside OUT, renamed to OUT at the end: no half-made dataset.
 """
 import argparse
 import gzip
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 from PIL import Image
@@ -28,31 +35,58 @@ STEMS = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "t
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+# The largest IDX payload read (EMNIST's biggest file is about 550 MB): a header or a gzip stream promising
+# more is refused before anything that size is allocated, so a small gzip bomb cannot exhaust memory.
+IDX_MAX_BYTES = 1 << 30
+# Labels are class indices: one past this would mean a folder and a name per class up to it.
+MAX_LABEL = 100_000
+
+
 def read_idx(path):
-    """The array stored in an IDX file (gzip or raw); UserError naming the file if it is not one."""
+    """The array stored in an IDX file (gzip or raw); UserError naming the file if it is not one.
+
+    The header is read first and the payload size it promises is checked against the file (raw) or is the
+    most that is inflated (gzip, read in chunks), so nothing larger than the header says is ever allocated.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw) if compressed else raw
+            try:
+                return _read_idx_stream(path, f, None if compressed else os.fstat(raw.fileno()).st_size)
+            except (OSError, EOFError, gzip.BadGzipFile) as e:
+                if not compressed:
+                    raise
+                raise errors.UserError(f"{path}: broken gzip file ({e})") from None
     except OSError as e:
         raise errors.UserError(f"cannot read {path}: {e.strerror}") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise errors.UserError(f"{path}: broken gzip file ({e})") from None
-    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in IDX_DTYPES:
+
+
+def _read_idx_stream(path, f, file_size):
+    magic = f.read(4)
+    if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in IDX_DTYPES:
         raise errors.UserError(f"{path} is not an IDX file (it must start with 00 00 <type> <ndim>)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
+    ndim = magic[3]
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise errors.UserError(f"{path}: IDX header cut short")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
-    dtype = np.dtype(IDX_DTYPES[data[2]])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(data) != expected:
-        raise errors.UserError(f"{path}: IDX header promises shape {shape} ({expected} bytes), "
-                               f"file has {len(data)} bytes")
-    return np.frombuffer(data, dtype, offset=header).reshape(shape)
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4", ndim))
+    dtype = np.dtype(IDX_DTYPES[magic[2]])
+    payload = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    header = 4 + 4 * ndim
+    if payload > IDX_MAX_BYTES:
+        raise errors.UserError(f"{path}: IDX header promises shape {shape} ({payload} bytes), over the "
+                               f"{IDX_MAX_BYTES}-byte limit")
+    if file_size is not None and file_size != header + payload:
+        raise errors.UserError(f"{path}: IDX header promises shape {shape} ({header + payload} bytes), "
+                               f"file has {file_size} bytes")
+    data = f.read(payload + 1)  # one byte more: a gzip stream longer than the header says is caught unread
+    if len(data) != payload:
+        found = f"{header + len(data)} bytes" if len(data) < payload else "more"
+        raise errors.UserError(f"{path}: IDX header promises shape {shape} ({header + payload} bytes), "
+                               f"file has {found}")
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 def read_split(images_path, labels_path):
@@ -68,8 +102,11 @@ def read_split(images_path, labels_path):
                                f"{len(labels)} labels")
     if not len(labels):
         raise errors.UserError(f"{images_path} holds no images")
-    if labels.min() < 0:
-        raise errors.UserError(f"{labels_path}: negative label {labels.min()}")
+    if 0 in images.shape[1:]:
+        raise errors.UserError(f"{images_path}: images of size {images.shape[1]}x{images.shape[2]} hold no pixels")
+    if labels.min() < 0 or labels.max() > MAX_LABEL:
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise errors.UserError(f"{labels_path}: label {bad} is not a class index in [0, {MAX_LABEL}]")
     return images, labels.astype(np.int64)
 
 
@@ -92,9 +129,11 @@ def subset(labels, limit, how):
 
 
 def folder_name(name):
+    """`name` as a folder name (`/` -> `_`); refused up front if no file system would take it (empty, hidden,
+    a NUL or other control character, over 255 bytes), before any file is written."""
     safe = name.replace("/", "_").replace(os.sep, "_").strip()
-    if not safe or safe.startswith(".") or "\n" in safe:
-        raise errors.UserError(f"class name {name!r} cannot be a folder name")
+    if not safe or safe.startswith(".") or not safe.isprintable() or len(safe.encode("utf-8", "replace")) > 255:
+        raise errors.UserError(f"--class-names: class name {name!r} cannot be a folder name")
     return safe
 
 
@@ -181,21 +220,34 @@ def main(argv=None):
     splits = {s: read_split(paths[s, "images"], paths[s, "labels"]) for s in ("train", "val")}
     num_labels = int(max(labels.max(initial=0) for _, labels in splits.values())) + 1
     folders = class_names(args.class_names, num_labels, paths["train", "images"])
-    for split in ("train", "val"):
-        if os.path.isdir(os.path.join(args.out, split)) and os.listdir(os.path.join(args.out, split)):
-            raise errors.UserError(f"{os.path.join(args.out, split)} is not empty: remove it or pick another --out")
+    if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+        raise errors.UserError(f"--out {args.out} is not empty: remove it or pick another --out")
+    # Everything is written into a temporary folder beside --out, renamed to --out at the end: a failed or
+    # interrupted conversion never leaves a half-made dataset that looks whole.
+    parent, name = os.path.split(os.path.abspath(args.out))
     try:
-        os.makedirs(args.out, exist_ok=True)
+        os.makedirs(parent, exist_ok=True)
+        work = tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".partial")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(work, 0o777 & ~mask)  # mkdtemp's 0700 would make the dataset private to this user
+    except OSError as e:
+        raise errors.UserError(f"cannot write the dataset under {args.out}: {e}") from None
+    try:
         for split, limit in (("train", args.limit_train), ("val", args.limit_val)):
             images, labels = splits[split]
             keep = subset(labels, limit, args.subset)
-            write_split(args.out, split, images, labels, keep, folders)
+            write_split(work, split, images, labels, keep, folders)
             print(f"{split}: {len(keep)} images of {images.shape[1]}x{images.shape[2]} in "
                   f"{len(np.unique(labels[keep]))} classes -> {os.path.join(args.out, split)}/", flush=True)
-        with open(os.path.join(args.out, "classes.txt"), "w") as f:
+        with open(os.path.join(work, "classes.txt"), "w") as f:
             f.writelines(name + "\n" for name in folders)
+        os.replace(work, args.out)  # an empty --out folder is replaced as a whole
     except OSError as e:
         raise errors.UserError(f"cannot write the dataset under {args.out}: {e}") from None
+    finally:
+        if os.path.isdir(work):
+            shutil.rmtree(work, ignore_errors=True)
     print(f"classes: {', '.join(folders)} -> {os.path.join(args.out, 'classes.txt')}")
 
 

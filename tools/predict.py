@@ -15,18 +15,22 @@ run by a deployment backend (t2tvit/deploy.py) (auto: the fastest fp32 one insta
 --output FILE.jsonl writes one JSON object per image, in input order: {"path", "class_id", "class_name",
 "topk": [[id, name, prob], ...]}, with "logits" (every class) under --logits. An image that cannot be read gets
 {"path", "error"} (and a line on stderr); the run goes on and exits with status 1 at the end. The lines go to
-FILE.jsonl.partial, each flushed as soon as its batch is done, and the file is renamed to FILE.jsonl when the
-run completes: an interrupted run keeps every finished line, and never leaves a FILE.jsonl that looks whole.
+FILE.jsonl.<random>.partial (created exclusively: a planted file or symlink is never written through), each
+flushed as soon as its batch is done, and the file is renamed to FILE.jsonl when the run completes: an
+interrupted run keeps every finished line, and never leaves a FILE.jsonl that looks whole. FILE.jsonl.lock
+refuses a second run on the same --output (naming its pid and host). Paths that are not printable (a newline,
+a control character, a name that is not UTF-8) are printed repr-style.
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
+import contextlib
 import sys
 
 from t2tvit.classify import JsonLines, classify, image_paths
 from t2tvit.config import add_config_args, config_from_args
 from t2tvit.dataset import class_names
 from t2tvit.deploy import BACKENDS, PRECISIONS, Predictor, create_predictor
-from t2tvit.errors import UserError, cli
+from t2tvit.errors import UserError, cli, shown
 from t2tvit.transforms import build_transform
 
 
@@ -103,13 +107,13 @@ def main(argv=None, inference_only=False):
     cfg = config_from_args(args)
     transform = build_transform(cfg, "val")
     forward, names = (engine_forward if args.inference_dir else dynamic_forward)(args, cfg)
-    out = JsonLines(args.output) if args.output else None
-    done, failed = classify(image_paths(args.images), transform, forward, names, args.topk, args.batch_size,
-                            args.logits, out)
-    if out:
-        out.finish()
+    with JsonLines(args.output) if args.output else contextlib.nullcontext() as out:
+        done, failed = classify(image_paths(args.images), transform, forward, names, args.topk, args.batch_size,
+                                args.logits, out)
+        if out:
+            out.finish()
     if done + failed == 0:
-        raise UserError(f"no images found in {' '.join(args.images)}")
+        raise UserError(f"no images found in {' '.join(map(shown, args.images))}")
     if failed:
         print(f"{failed} of {done + failed} images could not be read (see the lines above)", file=sys.stderr)
         return 1

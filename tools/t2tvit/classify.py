@@ -3,36 +3,54 @@
 Used by tools/predict.py with a dynamic model or a deployment backend; the records are the JSONL lines:
 {"path", "class_id", "class_name", "topk": [[id, name, prob], ...]} (+ "logits"), or {"path", "error"}.
 """
+import fcntl
 import itertools
 import json
 import os
+import socket
 import sys
+import tempfile
 
 import numpy as np
 
 from .dataset import IMG_EXTENSIONS
 from .decode import BadImage
-from .errors import UserError
+from .errors import StorageError, UserError, shown
 
 
 def image_paths(paths):
-    """The image files named by `paths` (files as given; folders recursively, sorted), lazily."""
+    """The image files named by `paths` (files as given; folders recursively, sorted), lazily.
+
+    Symlinked sub-folders are followed, each real folder (st_dev, st_ino) visited once, so a link loop ends.
+    """
     for path in paths:
         if not os.path.exists(path):
-            raise UserError(f"image not found: {path}")
+            raise UserError(f"image not found: {shown(path)}")
     for path in paths:
         if not os.path.isdir(path):
             yield path
             continue
         found = False
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
+        visited = {_identity(path)}
+        for root, dirs, files in os.walk(path, followlinks=True):
+            fresh = []
+            for d in sorted(dirs):
+                key = _identity(os.path.join(root, d))
+                if key not in visited:
+                    visited.add(key)
+                    fresh.append(d)
+            dirs[:] = fresh
             for name in sorted(files):
                 if name.lower().endswith(IMG_EXTENSIONS):
                     found = True
                     yield os.path.join(root, name)
         if not found:
-            print(f"warning: no images ({', '.join(IMG_EXTENSIONS)}) under {path}", file=sys.stderr)
+            print(f"warning: no images ({', '.join(IMG_EXTENSIONS)}) under {shown(path)}", file=sys.stderr)
+
+
+def _identity(folder):
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 def softmax(logits):
@@ -43,6 +61,8 @@ def softmax(logits):
 def prediction(path, logits, names, topk, with_logits=False):
     """The JSONL record of one image: path, class_id, class_name, topk [[id, name, prob], ...] (+ logits)."""
     name = lambda c: names[c] if c < len(names) else "?"
+    if not np.isfinite(logits).all():  # would print nan and write a bare NaN, which is not JSON
+        raise UserError(f"{shown(path)}: the model's outputs are not finite (NaN or inf): are the weights finite?")
     probs = softmax(logits)
     top = np.argsort(-probs, kind="stable")[:min(topk, len(probs))]
     record = {"path": path, "class_id": int(top[0]), "class_name": name(top[0]),
@@ -54,30 +74,108 @@ def prediction(path, logits, names, topk, with_logits=False):
 
 def print_prediction(record):
     """The original repo's `class_id is: N` line, then the class name and the top-k probabilities."""
-    print(record["path"])
+    print(shown(record["path"]))
     print(f"class_id is: {record['class_id']}")
     print(f"class name: {record['class_name']}")
     print(f"top-{len(record['topk'])}: " + ", ".join(f"{c} {n} ({p:.4f})" for c, n, p in record["topk"]))
 
 
+class OutputLock:
+    """An advisory lock on an output file: PATH.lock holds "pid host", created exclusively and flock()ed.
+
+    A second writer of the same output is refused with one line naming the holder. The flock ends with its
+    process, so a lock file left by a process that died (SIGKILL, power loss) is taken over with a warning.
+    """
+
+    def __init__(self, path, what):
+        self.path = path + ".lock"
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                created = True
+            except FileExistsError:
+                try:
+                    fd, created = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW), False
+                except FileNotFoundError:  # its holder just released it: try again
+                    continue
+                except OSError as e:
+                    raise UserError(f"{what}: cannot open the lock {shown(self.path)}: {e.strerror}") from None
+            except OSError as e:
+                raise UserError(f"{what}: cannot create the lock {shown(self.path)}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?", "?"]
+                os.close(fd)
+                raise UserError(f"{what} is being written by another run (pid {holder[0]} on host "
+                                f"{holder[-1]}, lock {shown(self.path)}): wait for it or choose another output")
+            # A holder may have unlinked the file between our open and our flock: lock the file on disk.
+            try:
+                same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        if not created:
+            print(f"warning: taking over {shown(self.path)}, left by a run that is no longer alive",
+                  file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self):
+        os.unlink(self.path)  # before closing: a waiting run then never locks a file already gone
+        os.close(self.fd)
+
+
 class JsonLines:
-    """FILE.jsonl written as FILE.jsonl.partial, a flushed line at a time, renamed to FILE.jsonl at the end."""
+    """FILE.jsonl written a flushed line at a time to FILE.jsonl.<random>.partial, renamed to FILE.jsonl at the end.
+
+    The partial is created exclusively with an unpredictable name (mkstemp), so a file or symlink planted
+    beside the output is never written through; FILE.jsonl.lock keeps a second run off the same output. Lines
+    are strict JSON (a NaN is refused, not written as a bare NaN) and ASCII: a file name that is not UTF-8 is
+    kept in Python's surrogateescape form, written as \\udcXX escapes, so os.fsencode(json.loads(line)["path"])
+    gives back the exact bytes of the name. Use as a context manager: the lock is released on every exit,
+    and an interrupted or failed run keeps its finished lines in the partial.
+    """
 
     def __init__(self, path):
-        self.path, self.partial = path, path + ".partial"
+        self.path = path
+        self.lock = OutputLock(path, f"--output {shown(path)}")
+        folder, name = os.path.split(os.path.abspath(path))
         try:
-            self.file = open(self.partial, "w")
+            fd, self.partial = tempfile.mkstemp(dir=folder, prefix=name + ".", suffix=".partial", text=True)
+            self.file = open(fd, "w", encoding="ascii")
         except OSError as e:
-            raise UserError(f"--output {path}: cannot write {self.partial}: {e.strerror}") from None
+            self.lock.release()
+            raise UserError(f"--output {shown(path)}: cannot write in {shown(folder)}: {e.strerror}") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if not self.file.closed:
+            try:
+                self.file.close()
+            except OSError:  # already reported by the write that failed
+                pass
+        self.lock.release()
+
+    def _storage(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as e:
+            raise StorageError(shown(self.partial), e) from None
 
     def write(self, records):
         for record in records:
-            self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+            self._storage(self.file.write, json.dumps(record, allow_nan=False) + "\n")
+        self._storage(self.file.flush)
 
     def finish(self):
-        self.file.close()
-        os.replace(self.partial, self.path)
+        self._storage(self.file.close)
+        self._storage(os.replace, self.partial, self.path)
 
 
 def classify(paths, transform, forward, names, topk=5, batch_size=32, with_logits=False, out=None):
@@ -95,7 +193,7 @@ def classify(paths, transform, forward, names, topk=5, batch_size=32, with_logit
                 images.append(transform(path))
                 records.append({"path": path})
             except BadImage as e:
-                print(f"cannot read image {path}: {e.reason}", file=sys.stderr, flush=True)
+                print(f"cannot read image {shown(path)}: {e.reason}", file=sys.stderr, flush=True)
                 records.append({"path": path, "error": e.reason})
         logits = iter(forward(np.stack(images)) if images else ())
         for i, record in enumerate(records):

@@ -86,12 +86,64 @@ class Config:
         return f"Config({self.to_dict()!r})"
 
 
+# A config is a few KiB: past these, a file or -o value is a mistake or an attack (a few hundred bytes of
+# nested aliases expand to a billion nodes, which the constructor and our merging would then walk).
+YAML_MAX_BYTES = 1 << 20
+YAML_MAX_NODES = 100_000
+
+
+class YAMLBudgetError(Exception):
+    """A YAML document over the budget: too large once its aliases are expanded, recursive, or too deep."""
+
+
+def _expanded_nodes(node, sizes):
+    """How many nodes `node` stands for with every alias expanded, counted without expanding anything (each
+    shared node once, memoised by id); raises YAMLBudgetError past YAML_MAX_NODES or on a recursive alias."""
+    if id(node) in sizes:
+        if sizes[id(node)] is None:
+            raise YAMLBudgetError("a recursive alias")
+        return sizes[id(node)]
+    sizes[id(node)] = None
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else ()
+    total = 1 + sum(_expanded_nodes(child, sizes) for child in children)
+    if total > YAML_MAX_NODES:
+        raise YAMLBudgetError(f"over {YAML_MAX_NODES} nodes once its aliases are expanded")
+    sizes[id(node)] = total
+    return total
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """yaml.safe_load (no python tags) that refuses a document over the node budget before constructing it."""
+
+    def construct_document(self, node):
+        try:
+            _expanded_nodes(node, {})
+        except RecursionError:
+            raise YAMLBudgetError("nested too deeply") from None
+        return super().construct_document(node)
+
+
+def _load_yaml(text):
+    """yaml.safe_load within the budget: YAMLBudgetError for a document too large, deep or recursive."""
+    if len(text) > YAML_MAX_BYTES:
+        raise YAMLBudgetError(f"over {YAML_MAX_BYTES} bytes")
+    try:
+        return yaml.load(text, Loader=_BudgetLoader)
+    except RecursionError:  # the composer itself recurses once per nesting level
+        raise YAMLBudgetError("nested too deeply") from None
+
+
 def _read_yaml(path, why=""):
     if not os.path.isfile(path):
         raise errors.UserError(f"config file not found: {path}{why}")
+    if os.path.getsize(path) > YAML_MAX_BYTES:  # checked before reading: never load a huge file
+        raise errors.UserError(f"{path}: too large for a config file (over {YAML_MAX_BYTES} bytes)")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = _load_yaml(f.read())
+    except YAMLBudgetError as e:
+        raise errors.UserError(f"{path}: refused YAML: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path
@@ -237,7 +289,9 @@ def _parse_override(text, schema):
     if isinstance(node, dict):
         raise errors.UserError(f"malformed override -o {text!r}: '{key}' is a section; set its keys one by one")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
+    except YAMLBudgetError as e:
+        raise errors.UserError(f"override -o {key}=...: refused YAML value: {e}") from None
     except yaml.YAMLError:
         raise errors.UserError(f"override -o {text!r}: cannot parse the value {raw!r}") from None
     if isinstance(node, str) and not isinstance(value, (str, list, dict)):

@@ -116,14 +116,16 @@ class CheckedLoader:
 
 def _read_lines(path):
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM (some Windows editors write one) is dropped
             return f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise errors.UserError(f"cannot read {path}: {e}") from None
 
 
-def read_list(list_file, root, num_classes, key="list file"):
-    """Parse `relative/path label` lines; check labels and that every listed image exists."""
+def read_list(list_file, root, num_classes, key="list file", allow_outside_root=False):
+    """Parse `relative/path label` lines; check labels, that every path stays inside `root` (an absolute path
+    or a `..` escape is refused unless allow_outside_root: Data.allow_outside_root) and that every listed
+    image exists. A UTF-8 BOM at the start of the file is not part of the first path."""
     if not os.path.isfile(list_file):
         raise errors.UserError(f"{key}: list file not found: {list_file}")
     paths, labels, linenos = [], [], []
@@ -139,7 +141,11 @@ def read_list(list_file, root, num_classes, key="list file"):
         if not 0 <= label < num_classes:
             raise errors.UserError(
                 f"{list_file}:{lineno}: label {label} is outside [0, {num_classes}) (Global.num_classes)")
-        paths.append(fields[0].strip())
+        path = fields[0].strip()
+        if not allow_outside_root and (os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == ".."):
+            raise errors.UserError(f"{list_file}:{lineno}: {path!r} is outside Data.root {root} (set "
+                                   f"Data.allow_outside_root: true to allow it)")
+        paths.append(path)
         labels.append(label)
         linenos.append(lineno)
     if not paths:
@@ -227,7 +233,8 @@ def build_dataset(cfg, split, defer_errors=False):
     num_classes = cfg.Global.num_classes
     list_name = getattr(cfg.Data, f"{split}_list")
     if list_name:
-        paths, labels = read_list(os.path.join(root, list_name), root, num_classes, f"Data.{split}_list")
+        paths, labels = read_list(os.path.join(root, list_name), root, num_classes, f"Data.{split}_list",
+                                  cfg.Data.allow_outside_root)
         base = root
     else:
         base = os.path.join(root, split)

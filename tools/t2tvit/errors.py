@@ -1,5 +1,6 @@
 """User-facing errors: one clear line and a non-zero exit, never a traceback for bad input."""
 import functools
+import os
 import sys
 
 
@@ -27,3 +28,14 @@ def cli(main):
             sys.exit(2)
 
     return wrapper
+
+
+def shown(path):
+    """`path` as it can be printed on one line: as is when every character is printable, else repr-style.
+
+    A file name may hold a newline (which could forge a `class_id is: N` line in predict's output), control
+    characters, or surrogates (os.fsdecode of a name that is not UTF-8), which a strict UTF-8 stdout cannot
+    encode; repr() escapes all of them and never raises.
+    """
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    return text if text.isprintable() else repr(text)

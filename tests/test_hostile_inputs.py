@@ -1,0 +1,205 @@
+"""Hostile or unlucky inputs to predict and the loaders: planted symlinks, a second writer, NaN outputs, a full
+disk, file names that could forge or crash the output, FIFOs, symlink loops, YAML bombs, list-file escapes."""
+import ast
+import builtins
+import errno
+import glob
+import io
+import json
+import os
+import socket
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import faults
+from runner import DEMO
+from t2tvit import classify
+from t2tvit.config import YAML_MAX_NODES, YAML_MAX_BYTES, load_config
+from t2tvit.dataset import ImageDataset
+from t2tvit.decode import BadImage, read_image
+from t2tvit.errors import StorageError, UserError, shown
+
+NAMES = list("abcde")
+
+
+def logits_of(value):
+    """A forward function whose every image gets logits [value, 0, 1, 2, 3]."""
+    return lambda images: np.tile(np.array([value, 0, 1, 2, 3], "float32"), (len(images), 1))
+
+
+def run_classify(paths, out=None, value=5.0):
+    return classify.classify(paths, lambda p: np.zeros(3, "float32"), logits_of(value), NAMES, topk=2,
+                             batch_size=2, out=out)
+
+
+def test_a_planted_partial_symlink_is_never_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.symlink(victim, tmp_path / "p.jsonl.partial")
+    with classify.JsonLines(str(tmp_path / "p.jsonl")) as out:
+        run_classify(["x.png", "y.png", "z.png"], out)
+        out.finish()
+    assert victim.read_text() == "precious"
+    assert [json.loads(line)["path"] for line in (tmp_path / "p.jsonl").read_text().splitlines()] == \
+        ["x.png", "y.png", "z.png"]
+    assert sorted(os.listdir(tmp_path)) == ["p.jsonl", "p.jsonl.partial", "victim.txt"]
+
+
+def test_a_second_writer_of_the_same_output_is_refused_naming_the_holder(tmp_path):
+    path = str(tmp_path / "p.jsonl")
+    with classify.JsonLines(path) as first:
+        with pytest.raises(UserError) as e:
+            classify.JsonLines(path)
+        message = str(e.value)
+        assert f"pid {os.getpid()} on host {socket.gethostname()}" in message and "\n" not in message
+        assert len(glob.glob(path + ".*.partial")) == 1  # the refused one created nothing
+        run_classify(["first.png"], first)
+        first.finish()
+    with classify.JsonLines(path) as out:  # released: the next run may write it
+        run_classify(["second.png"], out)
+        out.finish()
+    assert os.listdir(tmp_path) == ["p.jsonl"] and "second.png" in open(path).read()
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path, capsys):
+    path = str(tmp_path / "p.jsonl")
+    with open(path + ".lock", "w") as f:
+        f.write("999999 elsewhere\n")  # nobody holds its flock: the run that wrote it is gone
+    with classify.JsonLines(path) as out:
+        assert open(path + ".lock").read() == f"{os.getpid()} {socket.gethostname()}\n"
+        out.finish()
+    assert "warning: taking over" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["p.jsonl"]
+
+
+def test_non_finite_outputs_are_one_error_line_and_never_a_bare_nan(tmp_path):
+    with pytest.raises(UserError) as e, classify.JsonLines(str(tmp_path / "p.jsonl")) as out:
+        run_classify(["ok.png", "nan.png"], out, value=float("nan"))
+    assert "ok.png: the model's outputs are not finite" in str(e.value)
+    assert not os.path.exists(tmp_path / "p.jsonl")
+    with pytest.raises(ValueError):  # the writer itself refuses NaN too: its lines are strict JSON
+        json.dumps({"p": float("nan")}, allow_nan=False)
+
+
+def test_a_full_disk_while_writing_is_a_storage_error_and_no_final_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(builtins, "open", builtins.open)  # restored after the test
+    faults.install("*.partial", errno.ENOSPC, after_bytes=150)
+    with pytest.raises(StorageError) as e, classify.JsonLines(str(tmp_path / "p.jsonl")) as out:
+        run_classify([f"img{i}.png" for i in range(6)], out)
+        out.finish()
+    assert "No space left on device" in str(e.value) and ".partial" in str(e.value)
+    assert not os.path.exists(tmp_path / "p.jsonl") and not os.path.exists(tmp_path / "p.jsonl.lock")
+
+
+@pytest.mark.parametrize("name", ["a\nclass_id is: 999.png", "bell\a.png", "caf\udce9.png", "\u202eevil.png"])
+def test_unprintable_file_names_are_shown_escaped_on_one_line(name):
+    text = shown(name)
+    assert "\n" not in text and text.isprintable() and ast.literal_eval(text) == name  # repr-style: it reads back
+    assert shown(os.fsencode(name)) == text and shown("plain é.png") == "plain é.png"
+
+
+def test_a_file_name_can_neither_forge_a_record_nor_crash_a_strict_utf8_stdout(tmp_path, monkeypatch):
+    forged, undecodable = "a\nclass_id is: 999.png", os.fsdecode(b"caf\xe9.png")
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    with classify.JsonLines(str(tmp_path / "p.jsonl")) as out:
+        assert run_classify([forged, undecodable], out) == (2, 0)
+        out.finish()
+    stdout.flush()
+    lines = stdout.buffer.getvalue().decode().splitlines()
+    assert [line for line in lines if line.startswith("class_id is:")] == ["class_id is: 0"] * 2
+    assert repr(forged) in lines and repr(undecodable) in lines
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_bytes().decode("ascii").splitlines()]
+    assert [os.fsencode(r["path"]) for r in records] == [os.fsencode(forged), b"caf\xe9.png"]
+
+
+def test_a_fifo_named_like_an_image_is_an_error_record_never_a_hang(tmp_path, capsys):
+    os.mkfifo(tmp_path / "b.jpg")  # nobody writes it: a blocking open would wait forever
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    with pytest.raises(BadImage) as e:
+        read_image(str(tmp_path / "b.jpg"))
+    assert "not a regular file" in e.value.reason
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    with pytest.raises(BadImage) as e:  # opened from a descriptor, the file is still named in Pillow's message
+        read_image(str(tmp_path / "broken.jpg"))
+    assert repr(str(tmp_path / "broken.jpg")) in e.value.reason
+    os.remove(tmp_path / "broken.jpg")
+    with classify.JsonLines(str(tmp_path / "p.jsonl")) as out:
+        done_failed = classify.classify(classify.image_paths([str(tmp_path)]),
+                                        lambda p: np.asarray(read_image(p), "float32"), logits_of(5.0), NAMES,
+                                        out=out)
+        out.finish()
+    assert done_failed == (1, 1)
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert records[1] == {"path": str(tmp_path / "b.jpg"), "error": "not a regular file (a FIFO, device, "
+                                                                       "socket or folder)"}
+    assert f"cannot read image {tmp_path / 'b.jpg'}: not a regular file" in capsys.readouterr().err
+
+
+def test_a_fifo_in_a_validation_list_is_a_clear_loader_error(tmp_path):
+    os.mkfifo(tmp_path / "v.jpg")
+    dataset = ImageDataset(str(tmp_path), ["v.jpg"], [0], read_image, train=False)
+    with pytest.raises(UserError, match=r"cannot read validation image .*v\.jpg \(not a regular file"):
+        dataset.load(0)
+
+
+def test_symlinked_sub_folders_are_walked_once_and_a_link_loop_ends(tmp_path):
+    for rel in ("real/x.png", "other/y.png"):
+        os.makedirs(tmp_path / os.path.dirname(rel), exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    os.symlink(tmp_path / "other", tmp_path / "real" / "linked")  # a symlinked sub-folder: followed
+    os.symlink(tmp_path / "real", tmp_path / "real" / "loop")  # back to its parent: visited once
+    found = list(classify.image_paths([str(tmp_path / "real")]))
+    assert found == [str(tmp_path / "real" / "x.png"), str(tmp_path / "real" / "linked" / "y.png")]
+
+
+def alias_bomb(levels=9, width=9):
+    """A flow-style YAML list of `levels` anchors, each `width` aliases of the one before: width**levels nodes."""
+    parts = ["&l0 [" + ",".join(["x"] * width) + "]"]
+    parts += [f"&l{i} [" + ",".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def test_a_nested_alias_bomb_config_is_refused_fast_naming_the_file(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"Global:\n  model: {alias_bomb()}\n")
+    assert path.stat().st_size < 600  # a few hundred bytes that expand to 9**9 nodes
+    start = time.perf_counter()
+    with pytest.raises(UserError) as e:
+        load_config(str(path))
+    assert time.perf_counter() - start < 1.0
+    assert str(e.value) == f"{path}: refused YAML: over {YAML_MAX_NODES} nodes once its aliases are expanded"
+
+
+def test_a_nested_alias_bomb_override_is_refused_naming_the_key():
+    with pytest.raises(UserError) as e:
+        load_config(DEMO, [f"Global.model={alias_bomb()}"])
+    assert str(e.value).startswith("override -o Global.model=...: refused YAML value: over ")
+
+
+@pytest.mark.parametrize("text, reason", [("a: &a [*a]\n", "a recursive alias"),
+                                          ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply")])
+def test_recursive_or_deeply_nested_yaml_is_one_line(tmp_path, text, reason):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"c.yaml: refused YAML: {reason}$"):
+        load_config(str(path))
+
+
+def test_a_huge_config_file_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "huge.yaml"
+    with open(path, "wb") as f:
+        f.truncate(YAML_MAX_BYTES + 1)
+    with pytest.raises(UserError, match="huge.yaml: too large for a config file"):
+        load_config(str(path))
+
+
+def test_python_tags_stay_refused_under_the_budget_loader(tmp_path):
+    path = tmp_path / "tag.yaml"
+    path.write_text("Global:\n  model: !!python/object/apply:os.system [echo owned]\n")
+    with pytest.raises(UserError, match="tag.yaml"):
+        load_config(str(path))
