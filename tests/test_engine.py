@@ -8,7 +8,7 @@ import pytest
 
 from runner import ROOT
 from t2tvit.batch_augment import BatchAugment
-from t2tvit.checkpoint import CheckpointDir
+from t2tvit.checkpoint import CheckpointDir, load_file
 from t2tvit.config import SCHEMA_PATH, load_config
 from t2tvit.dataset import build_loader
 from t2tvit.engine import Trainer, batch_plan
@@ -113,7 +113,7 @@ def test_restore_continues_a_run_exactly_from_a_mid_epoch_checkpoint(tmp_path):
     path = first.ckpts.path(0, 2)
     with paddle.utils.unique_name.guard():
         again = make_trainer(tmp_path / "cut")
-        again.restore(path, paddle.load(path))
+        again.restore(path, load_file(path))
         assert (again.epoch, again.step, again.skips) == (0, 2, 0)
         again.train_epoch()
         again.epoch, again.step = 1, 0
@@ -129,5 +129,5 @@ def test_restore_refuses_a_checkpoint_of_another_global_batch(tmp_path):
     t = make_trainer(tmp_path)
     t.save()
     other = make_trainer(tmp_path, "Data.global_batch_size=2")
-    with pytest.raises(UserError, match="global batch 4; this config trains t2t_vit_7 with 2"):
-        other.restore(t.ckpts.latest, paddle.load(t.ckpts.latest))
+    with pytest.raises(UserError, match=r"differs in Data.global_batch_size \(checkpoint 4, config 2\);"):
+        other.restore(t.ckpts.latest, load_file(t.ckpts.latest))

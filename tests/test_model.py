@@ -7,7 +7,7 @@ import paddle
 import pytest
 
 from runner import REFERENCE, error_lines, needs_reference, run_tool
-from t2tvit.checkpoint import match_state_dict
+from t2tvit.checkpoint import load_file, match_state_dict
 from t2tvit.errors import UserError
 from t2tvit.t2t import VARIANTS, create_model, frozen_parameter_names, linear_weight_names, sinusoid_table
 
@@ -135,7 +135,7 @@ def test_converter_cli_gives_reference_logits(tmp_path):
     r = convert(tmp_path, "--src", os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), "--dst", str(dst), "--model", "t2t_vit_7")
     assert r.returncode == 0, r.stderr
     model = create_model("t2t_vit_7")
-    model.set_state_dict(paddle.load(str(dst)))
+    model.set_state_dict(load_file(str(dst)))
     model.eval()
     with paddle.no_grad():
         logits = model(paddle.to_tensor(np.load(os.path.join(REFERENCE, "input.npy")))).numpy()
@@ -167,7 +167,7 @@ def test_converter_round_trip_other_variants(tmp_path, name, img, wrap, prefix):
     r = convert(tmp_path, "--src", str(src), "--dst", str(dst), "--model", name, "--img-size", str(img))
     assert r.returncode == 0, r.stderr
     again = create_model(name, img_size=img)
-    again.set_state_dict(paddle.load(str(dst)))
+    again.set_state_dict(load_file(str(dst)))
     again.eval()
     x = paddle.randn([2, 3, img, img])
     with paddle.no_grad():
@@ -183,7 +183,7 @@ def test_converter_for_fine_tuning_drops_head_and_remakes_position_table(tmp_pat
                 "--model", "t2t_vit_7", "--num-classes", "10", "--img-size", "64")
     assert r.returncode == 0, r.stderr
     assert "head.weight [256, 1000] dropped" in r.stdout and "pos_embed" in r.stdout
-    state = paddle.load(str(dst))
+    state = load_file(str(dst))
     ref = np.load(os.path.join(REFERENCE, "state_dict_torch_layout.npz"))
     np.testing.assert_array_equal(state["blocks.3.attn.qkv.weight"].numpy(), ref["blocks.3.attn.qkv.weight"].T)
     model = create_model("t2t_vit_7", img_size=64, num_classes=10)
