@@ -131,3 +131,34 @@ def test_restore_refuses_a_checkpoint_of_another_global_batch(tmp_path):
     other = make_trainer(tmp_path, "Data.global_batch_size=2")
     with pytest.raises(UserError, match=r"differs in Data.global_batch_size \(checkpoint 4, config 2\);"):
         other.restore(t.ckpts.latest, load_file(t.ckpts.latest))
+
+
+@pytest.mark.parametrize("overrides,differ", [
+    (["Global.img_size=32"], "Global.img_size (checkpoint 16, config 32)"),
+    (["Global.num_classes=2000"], "Global.num_classes (checkpoint 1000, config 2000)"),
+    (["Global.img_size=32", "Global.num_classes=2000"],
+     "Global.img_size (checkpoint 16, config 32), Global.num_classes (checkpoint 1000, config 2000)"),
+])
+def test_restore_refuses_a_checkpoint_of_other_shapes_listing_every_differing_key(tmp_path, overrides, differ):
+    t = make_trainer(tmp_path)
+    t.save()
+    other = make_trainer(tmp_path, *overrides)
+    before = {k: v.numpy().copy() for k, v in other.model.state_dict().items()}
+    with pytest.raises(UserError) as e:
+        other.restore(t.ckpts.latest, load_file(t.ckpts.latest))
+    assert f"differs in {differ}; " in str(e.value) and "\n" not in str(e.value)
+    assert all(np.array_equal(v, other.model.state_dict()[k].numpy()) for k, v in before.items())  # untouched
+
+
+def test_restore_loads_strictly_and_refuses_non_finite_weights(tmp_path):
+    t = make_trainer(tmp_path)
+    t.save()
+    state = load_file(t.ckpts.latest)
+    del state["model"]["fc.bias"]
+    with pytest.raises(UserError, match=r"latest.pdckpt \(model\) does not fit model Tiny\(\): missing: fc.bias"):
+        make_trainer(tmp_path).restore(t.ckpts.latest, state)
+    state = load_file(t.ckpts.latest)
+    state["model"]["fc.bias"] = state["model"]["fc.bias"] * float("nan")
+    with pytest.raises(UserError, match=r"\(model\) holds non-finite \(NaN/inf\) weights in 1 tensor\(s\): "
+                                        r"fc.bias \(1000 of 1000\)"):
+        make_trainer(tmp_path).restore(t.ckpts.latest, state)
