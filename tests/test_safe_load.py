@@ -1,4 +1,5 @@
 """Loading never runs code: crafted pickles through every load path, safetensors, non-finite weights."""
+import glob
 import hashlib
 import json
 import os
@@ -9,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-from runner import error_lines, fast_overrides, run_tool
+from runner import ROOT, error_lines, fast_overrides, run_tool
 from t2tvit.checkpoint import CheckpointDir, load_file, load_weights, refuse_nonfinite, training_state
 from t2tvit.ema import ModelEMA
 from t2tvit.errors import UserError
@@ -183,3 +184,51 @@ def test_bfloat16_safetensors_are_refused_in_one_line(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x80\x3f\x80\x3f")
     with pytest.raises(UserError, match="bf.safetensors holds bfloat16 tensors"):
         load_file(str(path))
+
+
+PHOTO = sorted(glob.glob(os.path.join(ROOT, "lit_data", "val", "*", "*.JPEG")))[0]
+AT_32 = ["-o", "Global.img_size=32", "Global.device=cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["predict.py", "val.py", "export_model.py"])
+def test_nan_weights_are_refused_by_predict_val_and_export(tmp_path, tool):
+    state = {k: v.numpy() for k, v in create_model("t2t_vit_7", img_size=32).state_dict().items()}
+    state["blocks.0.mlp.fc1.weight"][:2] = np.nan
+    path = tmp_path / "nan.pdparams"
+    paddle.save(state, str(path))
+    args = {"predict.py": [PHOTO], "val.py": [], "export_model.py": ["--out", tmp_path / "exported"]}[tool]
+    r = run_tool(tool, *args, "--weights", path, *AT_32)
+    errors = error_lines(r)
+    assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{path} holds non-finite (NaN/inf) weights in 1 tensor(s): blocks.0.mlp.fc1.weight (1024 of 131072); " in errors[0]
+    assert not (tmp_path / "exported").exists()
+
+
+@pytest.mark.slow
+def test_predict_takes_safetensors_weights_checked_by_sha256(tmp_path):
+    from safetensors.numpy import save_file
+    paddle.seed(2)
+    state = {k: v.numpy() for k, v in create_model("t2t_vit_7", img_size=32).state_dict().items()}
+    pickled, published = tmp_path / "w.pdparams", tmp_path / "w.safetensors"
+    paddle.save(state, str(pickled))
+    save_file(state, str(published))
+    digest = hashlib.sha256(published.read_bytes()).hexdigest()
+    r = run_tool("predict.py", PHOTO, "--weights", published, "--sha256", digest, *AT_32)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == run_tool("predict.py", PHOTO, "--weights", pickled, *AT_32).stdout and "class_id" in r.stdout
+    r = run_tool("predict.py", PHOTO, "--weights", published, "--sha256", "ab" * 32, *AT_32)
+    assert r.returncode == 2 and error_lines(r) == [f"error: {published}: sha256 is {digest}, not the expected "
+                                                    f"{'ab' * 32}; refusing a file that is not the one published"]
+
+
+@pytest.mark.slow
+def test_train_refuses_to_resume_a_checkpoint_of_another_class_count(tmp_path):
+    state, _ = real_checkpoint(tiny())
+    path = tmp_path / "other.pdckpt"
+    paddle.save(state, str(path))
+    r = run_tool("train.py", *fast_overrides(tmp_path), "--resume", path)
+    errors = error_lines(r)
+    assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{path} does not fit this config, which differs in Global.num_classes (checkpoint 10, config 1000);" \
+        in errors[0]
