@@ -8,7 +8,7 @@ import pytest
 
 from runner import ROOT
 from t2tvit.batch_augment import BatchAugment
-from t2tvit.checkpoint import CheckpointDir
+from t2tvit.checkpoint import CheckpointDir, load_file
 from t2tvit.config import SCHEMA_PATH, load_config
 from t2tvit.dataset import build_loader
 from t2tvit.engine import Trainer, batch_plan
@@ -113,7 +113,7 @@ def test_restore_continues_a_run_exactly_from_a_mid_epoch_checkpoint(tmp_path):
     path = first.ckpts.path(0, 2)
     with paddle.utils.unique_name.guard():
         again = make_trainer(tmp_path / "cut")
-        again.restore(path, paddle.load(path))
+        again.restore(path, load_file(path))
         assert (again.epoch, again.step, again.skips) == (0, 2, 0)
         again.train_epoch()
         again.epoch, again.step = 1, 0
@@ -129,5 +129,36 @@ def test_restore_refuses_a_checkpoint_of_another_global_batch(tmp_path):
     t = make_trainer(tmp_path)
     t.save()
     other = make_trainer(tmp_path, "Data.global_batch_size=2")
-    with pytest.raises(UserError, match="global batch 4; this config trains t2t_vit_7 with 2"):
-        other.restore(t.ckpts.latest, paddle.load(t.ckpts.latest))
+    with pytest.raises(UserError, match=r"differs in Data.global_batch_size \(checkpoint 4, config 2\);"):
+        other.restore(t.ckpts.latest, load_file(t.ckpts.latest))
+
+
+@pytest.mark.parametrize("overrides,differ", [
+    (["Global.img_size=32"], "Global.img_size (checkpoint 16, config 32)"),
+    (["Global.num_classes=2000"], "Global.num_classes (checkpoint 1000, config 2000)"),
+    (["Global.img_size=32", "Global.num_classes=2000"],
+     "Global.img_size (checkpoint 16, config 32), Global.num_classes (checkpoint 1000, config 2000)"),
+])
+def test_restore_refuses_a_checkpoint_of_other_shapes_listing_every_differing_key(tmp_path, overrides, differ):
+    t = make_trainer(tmp_path)
+    t.save()
+    other = make_trainer(tmp_path, *overrides)
+    before = {k: v.numpy().copy() for k, v in other.model.state_dict().items()}
+    with pytest.raises(UserError) as e:
+        other.restore(t.ckpts.latest, load_file(t.ckpts.latest))
+    assert f"differs in {differ}; " in str(e.value) and "\n" not in str(e.value)
+    assert all(np.array_equal(v, other.model.state_dict()[k].numpy()) for k, v in before.items())  # untouched
+
+
+def test_restore_loads_strictly_and_refuses_non_finite_weights(tmp_path):
+    t = make_trainer(tmp_path)
+    t.save()
+    state = load_file(t.ckpts.latest)
+    del state["model"]["fc.bias"]
+    with pytest.raises(UserError, match=r"latest.pdckpt \(model\) does not fit model Tiny\(\): missing: fc.bias"):
+        make_trainer(tmp_path).restore(t.ckpts.latest, state)
+    state = load_file(t.ckpts.latest)
+    state["model"]["fc.bias"] = state["model"]["fc.bias"] * float("nan")
+    with pytest.raises(UserError, match=r"\(model\) holds non-finite \(NaN/inf\) weights in 1 tensor\(s\): "
+                                        r"fc.bias \(1000 of 1000\)"):
+        make_trainer(tmp_path).restore(t.ckpts.latest, state)

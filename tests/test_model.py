@@ -7,7 +7,7 @@ import paddle
 import pytest
 
 from runner import REFERENCE, error_lines, needs_reference, run_tool
-from t2tvit.checkpoint import match_state_dict
+from t2tvit.checkpoint import load_file, match_state_dict
 from t2tvit.errors import UserError
 from t2tvit.t2t import VARIANTS, create_model, frozen_parameter_names, linear_weight_names, sinusoid_table
 
@@ -135,7 +135,7 @@ def test_converter_cli_gives_reference_logits(tmp_path):
     r = convert(tmp_path, "--src", os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), "--dst", str(dst), "--model", "t2t_vit_7")
     assert r.returncode == 0, r.stderr
     model = create_model("t2t_vit_7")
-    model.set_state_dict(paddle.load(str(dst)))
+    model.set_state_dict(load_file(str(dst)))
     model.eval()
     with paddle.no_grad():
         logits = model(paddle.to_tensor(np.load(os.path.join(REFERENCE, "input.npy")))).numpy()
@@ -167,7 +167,7 @@ def test_converter_round_trip_other_variants(tmp_path, name, img, wrap, prefix):
     r = convert(tmp_path, "--src", str(src), "--dst", str(dst), "--model", name, "--img-size", str(img))
     assert r.returncode == 0, r.stderr
     again = create_model(name, img_size=img)
-    again.set_state_dict(paddle.load(str(dst)))
+    again.set_state_dict(load_file(str(dst)))
     again.eval()
     x = paddle.randn([2, 3, img, img])
     with paddle.no_grad():
@@ -183,7 +183,7 @@ def test_converter_for_fine_tuning_drops_head_and_remakes_position_table(tmp_pat
                 "--model", "t2t_vit_7", "--num-classes", "10", "--img-size", "64")
     assert r.returncode == 0, r.stderr
     assert "head.weight [256, 1000] dropped" in r.stdout and "pos_embed" in r.stdout
-    state = paddle.load(str(dst))
+    state = load_file(str(dst))
     ref = np.load(os.path.join(REFERENCE, "state_dict_torch_layout.npz"))
     np.testing.assert_array_equal(state["blocks.3.attn.qkv.weight"].numpy(), ref["blocks.3.attn.qkv.weight"].T)
     model = create_model("t2t_vit_7", img_size=64, num_classes=10)
@@ -262,3 +262,77 @@ def test_training_dropout_drops_p_keeps_and_rescales_the_rest_and_follows_paddle
     assert (layer(x).numpy() == 1).all()
     layer.train()
     assert Dropout(0.0)(x) is x
+
+
+def save_official_main_checkpoint(model, path, args):
+    """A full checkpoint as the official main.py (timm's CheckpointSaver) writes it: its args are a Namespace."""
+    import torch
+    save_official_layout(model, path, wrap=None)
+    state = torch.load(path, weights_only=True)
+    torch.save({"epoch": 309, "arch": "t2t_vit_7", "state_dict": {k: v * 0 for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5, "params": [0]}]}, "version": 2,
+                "args": args, "state_dict_ema": state, "metric": 71.7}, path)
+
+
+@pytest.mark.slow
+def test_an_official_main_checkpoint_converts_to_safetensors_with_its_sha256(tmp_path):
+    pytest.importorskip("torch")
+    import argparse
+    import hashlib
+    paddle.seed(5)
+    model = create_model("t2t_vit_7", img_size=32)
+    src, dst = tmp_path / "model_best.pth.tar", tmp_path / "t2t_vit_7.safetensors"
+    save_official_main_checkpoint(model, src, argparse.Namespace(model="t2t_vit_7", lr=1e-3, model_ema=True))
+    src_sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    r = convert(tmp_path, "--src", src, "--dst", dst, "--model", "t2t_vit_7", "--img-size", 32, "--sha256", src_sha)
+    assert r.returncode == 0, r.stderr
+    digest = hashlib.sha256(dst.read_bytes()).hexdigest()
+    assert f"sha256 {digest}" in r.stdout
+    state = load_file(str(dst))
+    for k, v in model.state_dict().items():  # the EMA weights, not the zeroed model weights
+        np.testing.assert_array_equal(state[k], v.numpy())
+    r = convert(tmp_path, "--src", src, "--dst", tmp_path / "x.safetensors", "--model", "t2t_vit_7",
+                "--img-size", 32, "--sha256", "0" * 64)
+    assert r.returncode == 2 and f"sha256 is {src_sha}, not the expected" in error_lines(r)[0]
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+class NotANamespace:
+    pass
+
+
+@pytest.mark.slow
+def test_an_official_checkpoint_with_any_other_class_is_refused(tmp_path):
+    pytest.importorskip("torch")
+    src, dst = tmp_path / "odd.pth.tar", tmp_path / "out.pdparams"
+    save_official_main_checkpoint(create_model("t2t_vit_7", img_size=32), src, NotANamespace())
+    r = convert(tmp_path, "--src", src, "--dst", dst, "--model", "t2t_vit_7", "--img-size", 32)
+    errors = error_lines(r)
+    assert r.returncode == 2 and len(errors) == 1 and "odd.pth.tar" in errors[0] and "Traceback" not in r.stderr
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize("fault", ["full_disk", "not_a_folder"])
+def test_a_converter_write_error_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys, fault):
+    pytest.importorskip("torch")
+    import errno
+
+    import convert_weights
+    src = tmp_path / "src.pth"
+    save_official_layout(create_model("t2t_vit_7", img_size=32), src, wrap=None)
+    folder = tmp_path / "weights"
+    if fault == "full_disk":
+        folder.mkdir()
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(convert_weights.os, "fsync", full)
+    else:
+        folder.write_text("a file where the folder should be")
+    dst = folder / "w.safetensors"
+    with pytest.raises(SystemExit) as e:
+        convert_weights.main(["--src", str(src), "--dst", str(dst), "--model", "t2t_vit_7", "--img-size", "32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: cannot write {dst}: "), err
+    assert ("No space left" in err[0]) == (fault == "full_disk")
+    assert not folder.is_dir() or os.listdir(folder) == []

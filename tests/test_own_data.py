@@ -16,6 +16,7 @@ import faults
 import idx_to_dataset
 from runner import ROOT, error_lines, run_tool
 from t2tvit import deploy
+from t2tvit.checkpoint import load_file
 from t2tvit.t2t import create_model
 
 MINI = os.path.join(ROOT, "tests", "data", "fashion_mnist_mini")
@@ -253,7 +254,7 @@ def test_finetune_from_1000_class_weights_on_class_folders(fashion, tmp_path):
     assert f"fine-tuning from {weights}" in r.stdout
     assert "pos_embed [1, 197, 256] -> [1, 5, 256]: regenerated" in r.stdout
     assert "head.weight [256, 1000] dropped: re-initialised for 10 classes" in r.stdout
-    state = paddle.load(str(tmp_path / "out" / "latest.pdckpt"))
+    state = load_file(str(tmp_path / "out" / "latest.pdckpt"))
     assert state["class_names"] == sorted(NAMES)
     tuned = state["model"]
     assert list(tuned["head.weight"].shape) == [256, 10]

@@ -8,6 +8,7 @@ import paddle
 import pytest
 
 from runner import ROOT, error_lines, fast_overrides, losses, run_tool
+from t2tvit.checkpoint import load_file
 from t2tvit.runtime import MetricsFile, read_metrics
 
 LOG_LINE = re.compile(r"Epoch \[\d+/3\], Step \[\d+/5\], Loss: \d+\.\d{4}, acc: \d\.\d{4}, read_time: \d+\.\d{4}, "
@@ -40,7 +41,7 @@ def test_training_writes_logs_and_checkpoints(trained):
     names = sorted(os.path.basename(p) for p in glob.glob(str(tmp / "out" / "*")))
     assert names == ["best.pdckpt", "ckpt-e0001-s000000.pdckpt", "ckpt-e0002-s000000.pdckpt",
                      "ckpt-e0003-s000000.pdckpt", "latest.pdckpt"]
-    state = paddle.load(str(tmp / "out" / "latest.pdckpt"))
+    state = load_file(str(tmp / "out" / "latest.pdckpt"))
     assert (state["epoch"], state["step"], state["arch"]) == (3, 0, "t2t_vit_7")
     assert set(state) >= {"model", "ema", "optimizer", "best", "best_which", "class_names", "config"}
     assert len(state["class_names"]) == 1000 and state["class_names"][0].startswith("tench")
@@ -68,7 +69,7 @@ def test_best_checkpoint_follows_the_ema_model_as_the_official_protocol_does(tra
     records = read_metrics(tmp / "log" / MetricsFile.NAME)
     ema = [r["top1"] for r in records if r["kind"] == "val" and r["model"] == "ema"]
     assert len(ema) == 3 and len([r for r in records if r["kind"] == "val" and r["model"] == "model"]) == 3
-    best = paddle.load(str(tmp / "out" / "best.pdckpt"))
+    best = load_file(str(tmp / "out" / "best.pdckpt"))
     assert best["best"]["which"] == best["best_which"] == "ema"
     first_max = ema.index(max(ema)) + 1
     assert best["best"]["acc"] == max(ema) and best["best"]["epoch"] == first_max
@@ -80,7 +81,7 @@ def test_best_checkpoint_follows_the_ema_model_as_the_official_protocol_does(tra
 @pytest.mark.slow
 def test_val_reproduces_best_checkpoint_accuracy(trained):
     tmp, _ = trained
-    best = paddle.load(str(tmp / "out" / "best.pdckpt"))["best"]
+    best = load_file(str(tmp / "out" / "best.pdckpt"))["best"]
     r = run_tool("val.py", *fast_overrides(tmp))
     assert r.returncode == 0, r.stderr
     top1, top5, n = FINAL.search(r.stdout).groups()

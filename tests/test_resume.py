@@ -14,6 +14,7 @@ import pytest
 
 from runner import (ENV, ROOT, children, error_lines, fast_overrides, free_port, losses, processes_mentioning, start,
                     run_tool, tool_with_fault, wait_for_steps)
+from t2tvit.checkpoint import load_file
 from t2tvit.runtime import MetricsFile, read_metrics
 
 ONE = {"Global.seed": 7, "Data.num_workers": 1}  # the same run with or without periodic checkpoints
@@ -21,7 +22,7 @@ STOP_LINE = re.compile(r"stopped by (SIG\w+) at epoch (\d+)/3, step (\d+)/5, che
 
 
 def final_weights(out_dir):
-    return {k: v.numpy() for k, v in paddle.load(os.path.join(out_dir, "latest.pdckpt"))["model"].items()}
+    return {k: v.numpy() for k, v in load_file(os.path.join(out_dir, "latest.pdckpt"))["model"].items()}
 
 
 def val_metrics(log_dir):
@@ -88,7 +89,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, one_process_run):
     assert proc.returncode == -signal.SIGKILL and len(before) < 15
 
     latest = tmp_path / "out" / "latest.pdckpt"
-    state = paddle.load(str(latest))  # always a complete checkpoint
+    state = load_file(str(latest))  # always a complete checkpoint
     resumed = run_tool("train.py", *args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {latest}: epoch {state['epoch'] + 1}, step {state['step']}" in resumed.stdout
@@ -101,7 +102,7 @@ def resume_after_stop(tmp_path, sig, log_text):
     stops = STOP_LINE.findall(log_text)
     assert len(stops) == 1, log_text[-3000:]
     name, epoch, step, path, command = stops[0]
-    state = paddle.load(path)
+    state = load_file(path)
     assert name == sig.name and (state["epoch"] + 1, state["step"]) == (int(epoch), int(step))
     assert path.startswith(str(tmp_path / "out")) and "Traceback" not in log_text
     resumed = subprocess.run(shlex.split(command), capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)

@@ -109,7 +109,8 @@ def _new_paddle_model(args, paddle, **kwargs):
 def _paddle_model(args, paddle, **kwargs):
     """The model with the weights every measure shares (written by prepare)."""
     model = _new_paddle_model(args, paddle, **kwargs)
-    model.set_state_dict(paddle.load(os.path.join(args.work_dir, "weights.pdparams")))
+    from t2tvit.checkpoint import load_file
+    model.set_state_dict(load_file(os.path.join(args.work_dir, "weights.pdparams")))
     return model
 
 

@@ -1,27 +1,32 @@
 """Convert an official PyTorch T2T-ViT checkpoint (e.g. 71.7_T2T_ViT_7.pth.tar) to Paddle weights.
 
-    python tools/convert_weights.py --src 71.7_T2T_ViT_7.pth.tar --dst weights/t2t_vit_7.pdparams \
-        --model t2t_vit_7 [--img-size 224] [--num-classes 1000]
+    python tools/convert_weights.py --src 71.7_T2T_ViT_7.pth.tar --dst weights/t2t_vit_7.safetensors \
+        --model t2t_vit_7 [--img-size 224] [--num-classes 1000] [--sha256 HEX]
 
 Names are identical in both frameworks; only Linear weights change layout ([out, in] -> [in, out]).
 The result is checked key by key against the Paddle model and re-loaded strictly before it is kept.
+--dst X.safetensors writes the format to publish (nothing in it can run code); X.pdparams a Paddle pickle.
+--src may also be a full checkpoint of the official main.py (its `args` is an argparse.Namespace).
 torch is needed by this tool alone: pip install -r requirements-convert.txt
 """
 import argparse
+import hashlib
+import io
 import os
 import sys
+import tempfile
 
 import numpy as np
 import paddle
 
-from t2tvit.checkpoint import atomic_save, match_state_dict
+from t2tvit.checkpoint import load_file, match_state_dict, sha256_of
 from t2tvit.errors import UserError, cli
 from t2tvit.t2t import create_model, linear_weight_names
 
 STATE_KEYS = ("state_dict_ema", "state_dict", "model")
 
 
-def read_torch_state_dict(path):
+def read_torch_state_dict(path, sha256=None):
     try:
         import torch
     except ImportError:
@@ -29,9 +34,18 @@ def read_torch_state_dict(path):
                         "(the CPU wheel is enough; training and inference never need it)") from None
     if not os.path.isfile(path):
         raise UserError(f"--src: no such file: {path}")
+    if sha256:
+        with open(path, "rb") as f:
+            got = sha256_of(f)
+        if got != sha256.strip().lower():
+            raise UserError(f"{path}: sha256 is {got}, not the expected {sha256}; refusing a file that is not the "
+                            "one published")
     try:
-        # weights_only: a checkpoint from the internet must not be able to run code when unpickled.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # weights_only: a checkpoint from the internet must not be able to run code when unpickled. The one
+        # class beyond tensors and plain types allowed is argparse.Namespace: the official main.py (timm's
+        # CheckpointSaver) stores its command line as `args` in every full checkpoint.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         # torch's own text for this case advises weights_only=False, which is exactly what must not be done.
         raise UserError(f"{path} is not a PyTorch checkpoint of plain tensors ({type(e).__name__}); "
@@ -46,37 +60,71 @@ def read_torch_state_dict(path):
     return {k[len("module."):] if k.startswith("module.") else k: v.detach().float().numpy() for k, v in obj.items()}
 
 
-def convert(src, dst, model_name, img_size=224, num_classes=1000):
-    """Write Paddle weights for `model_name` at dst; returns the list of notes (regenerated/dropped keys)."""
+def encode(state, dst):
+    """The bytes of weights file dst for {name: paddle tensor}: safetensors by its suffix, else paddle.save's."""
+    if dst.endswith(".safetensors"):
+        from safetensors.numpy import save
+        return save({k: np.ascontiguousarray(v.numpy()) for k, v in state.items()})
+    buf = io.BytesIO()
+    paddle.save(state, buf)
+    return buf.getvalue()
+
+
+def write_file(data, dst):
+    """Write bytes at dst through a temporary file in its folder: dst is whole or untouched.
+
+    A full or read-only disk is one UserError line; no partial file is left behind.
+    """
+    folder = os.path.dirname(os.path.abspath(dst))
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dst)}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except OSError as e:
+        if tmp and os.path.lexists(tmp):
+            os.remove(tmp)
+        raise UserError(f"cannot write {dst}: {e.strerror or e}") from None
+
+
+def convert(src, dst, model_name, img_size=224, num_classes=1000, sha256=None):
+    """Write Paddle weights for `model_name` at dst; returns (notes on regenerated/dropped keys, dst's sha256)."""
     model = create_model(model_name, img_size=img_size, num_classes=num_classes)
-    state = read_torch_state_dict(src)
+    state = read_torch_state_dict(src, sha256)
     transposed = set(linear_weight_names(model))
     state = {k: np.ascontiguousarray(v.T) if k in transposed else v for k, v in state.items()}
     head = state.get("head.weight")
     drop_head = head is not None and head.shape[1] != num_classes
     state, notes = match_state_dict(model, state, src, drop_head=drop_head)
     model.set_state_dict(state)
-    atomic_save(model.state_dict(), dst)
+    data = encode(model.state_dict(), dst)
+    write_file(data, dst)
     # Prove the file loads strictly into a freshly built model before reporting success.
     fresh = create_model(model_name, img_size=img_size, num_classes=num_classes)
-    match_state_dict(fresh, paddle.load(dst), dst)
-    return notes
+    match_state_dict(fresh, load_file(dst), dst)
+    return notes, hashlib.sha256(data).hexdigest()
 
 
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", required=True, help="official .pth / .pth.tar file")
-    ap.add_argument("--dst", required=True, help="output .pdparams file")
+    ap.add_argument("--dst", required=True, help="output .safetensors (to publish) or .pdparams file")
     ap.add_argument("--model", required=True, help="model name, e.g. t2t_vit_7")
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--num-classes", type=int, default=1000,
                     help="classes of the target model; another count drops the 1000-class head (fine-tuning)")
+    ap.add_argument("--sha256", default="", help="hex sha256 --src must have (refused otherwise)")
     args = ap.parse_args(argv)
-    notes = convert(args.src, args.dst, args.model, args.img_size, args.num_classes)
+    notes, digest = convert(args.src, args.dst, args.model, args.img_size, args.num_classes, args.sha256)
     for note in notes:
         print(f"note: {note}")
-    print(f"wrote {args.dst} ({args.model}, img_size {args.img_size}, {args.num_classes} classes)")
+    print(f"wrote {args.dst} ({args.model}, img_size {args.img_size}, {args.num_classes} classes), "
+          f"sha256 {digest}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(ap)
     ap.add_argument("--weights", required=True, help=".pdckpt checkpoint (its EMA or model weights, whichever "
-                                                     "validated better) or .pdparams weights")
+                                                     "validated better) or .pdparams / .safetensors weights")
+    ap.add_argument("--sha256", default="", help="hex sha256 the weights file must have (refused otherwise)")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--format", choices=FORMAT_CHOICES, default=None,
                     help="paddle (Paddle Inference), onnx (model.onnx) or all; default: all where paddle2onnx "
@@ -43,7 +44,7 @@ def main(argv=None):
     g = cfg.Global
     paddle.set_device("cpu")
     model = create_model(g.model, img_size=g.img_size, num_classes=g.num_classes)
-    which, notes = load_weights(model, args.weights)
+    which, notes = load_weights(model, args.weights, sha256=args.sha256)
     for note in notes:
         print(f"note: {note}")
     model.eval()

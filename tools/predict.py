@@ -64,7 +64,7 @@ def dynamic_forward(args, cfg):
                             f"(write one with tools/export_model.py)")
     select_device(args.device or cfg.Global.device)
     weights = weights_or_best(args.weights, cfg.Global.output_dir)
-    saved = load_file(weights)
+    saved = load_file(weights, args.sha256)
     names = saved.get("class_names") if isinstance(saved, dict) and "model" in saved else None
     model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
     load_weights(model, weights, loaded=saved)
@@ -83,7 +83,8 @@ def main(argv=None, inference_only=False):
     ap.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
     add_config_args(ap, default_config="config/t2t_vit_7_demo.yaml")
     if not inference_only:
-        ap.add_argument("--weights", default="", help=".pdckpt checkpoint or .pdparams weights")
+        ap.add_argument("--weights", default="", help=".pdckpt checkpoint, .pdparams or .safetensors weights")
+        ap.add_argument("--sha256", default="", help="hex sha256 the weights file must have (refused otherwise)")
     ap.add_argument("--inference-dir", required=inference_only, default="",
                     help="an exported model (tools/export_model.py) to run instead of --weights")
     ap.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",

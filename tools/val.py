@@ -25,7 +25,8 @@ from t2tvit.t2t import create_model
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(ap)
-    ap.add_argument("--weights", default="", help=".pdparams weights or .pdckpt checkpoint")
+    ap.add_argument("--weights", default="", help=".pdparams or .safetensors weights, or .pdckpt checkpoint")
+    ap.add_argument("--sha256", default="", help="hex sha256 the weights file must have (refused otherwise)")
     ap.add_argument("--which", default="best", choices=["best", "model", "ema"],
                     help="for a .pdckpt: which weights to evaluate")
     args = ap.parse_args(argv)
@@ -34,7 +35,7 @@ def main(argv=None):
     log = make_logger("val", os.path.join(cfg.Global.log_dir, "val.log"), rt.is_main)
     weights = weights_or_best(args.weights, cfg.Global.output_dir)
     model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
-    which, notes = load_weights(model, weights, prefer=args.which)
+    which, notes = load_weights(model, weights, prefer=args.which, sha256=args.sha256)
     loader, _ = build_loader(cfg, "val", world_size=rt.world, rank=rt.rank)
     for note in notes:
         log.info(f"note: {note}")

@@ -7,6 +7,7 @@ Every write goes to a temporary file in the same folder and is renamed into plac
 never leaves a partial file under the final name.
 """
 import glob
+import hashlib
 import os
 import re
 
@@ -14,6 +15,7 @@ import numpy as np
 import paddle
 
 from .errors import StorageError, UserError
+from .safe_load import load_paddle_file
 
 CKPT_PATTERN = re.compile(r"^ckpt-e(\d{4})-s(\d{6})\.pdckpt$")
 
@@ -58,13 +60,68 @@ def weights_or_best(given, output_dir):
                     "weights/t2t_vit_7.pdparams --model t2t_vit_7) and pass --weights weights/t2t_vit_7.pdparams")
 
 
-def load_file(path):
+def sha256_of(f):
+    """Hex sha256 of an open binary file, read from its start; leaves it at the start again."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    f.seek(0)
+    return digest.hexdigest()
+
+
+def read_safetensors(f, path):
+    """{name: numpy array} of a .safetensors file (a JSON header and raw bytes: nothing in it can run).
+
+    numpy has no bfloat16: a file holding one is refused (convert it to float32) rather than guessed at.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+    try:
+        return load(f.read())
+    except (SafetensorError, ValueError, TypeError, KeyError) as e:
+        if "BF16" in str(e) or "bfloat16" in str(e).lower():
+            raise UserError(f"{path} holds bfloat16 tensors, which are not read here (numpy has no bfloat16); "
+                            "save the weights as float32") from None
+        raise UserError(f"cannot read {path} as safetensors ({type(e).__name__}: {e})") from None
+
+
+def load_file(path, sha256=None):
+    """The content of a weights file (.pdparams or .safetensors) or training checkpoint (.pdckpt).
+
+    Never runs anything the file says (see safe_load). sha256: the hex digest the file must have.
+    """
     if not os.path.isfile(path):
         raise UserError(f"weights file not found: {path}")
     try:
-        return paddle.load(path)
-    except Exception as e:  # paddle raises many types for a bad file; the user needs the path, not the type
-        raise UserError(f"cannot read {path} as Paddle weights or checkpoint ({type(e).__name__}: {e})") from None
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    with f:
+        if sha256:
+            got = sha256_of(f)
+            if got != sha256.strip().lower():
+                raise UserError(f"{path}: sha256 is {got}, not the expected {sha256}; refusing a file that is "
+                                "not the one published")
+        if path.endswith(".safetensors"):
+            return read_safetensors(f, path)
+        return load_paddle_file(f, path)
+
+
+def refuse_nonfinite(state, source):
+    """A UserError naming every tensor of `state` holding NaN or inf (weights like that predict nonsense)."""
+    bad = []
+    for k, v in state.items():
+        if isinstance(v, paddle.Tensor):
+            v = v.astype("float32") if v.dtype in (paddle.float16, paddle.bfloat16) else v
+            v = v.numpy()
+        v = np.asarray(v)
+        if v.dtype.kind == "f":
+            n = int(v.size - np.count_nonzero(np.isfinite(v)))
+            if n:
+                bad.append(f"{k} ({n} of {v.size})")
+    if bad:
+        raise UserError(f"{source} holds non-finite (NaN/inf) weights in {len(bad)} tensor(s): "
+                        f"{', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; refusing to load them")
 
 
 def weights_from(obj, path, prefer="best"):
@@ -117,16 +174,21 @@ def match_state_dict(model, state, source, drop_head=False):
     return out, notes
 
 
-def load_weights(model, path, prefer="best", drop_head=False, loaded=None):
+def set_checked(model, state, source, drop_head=False):
+    """Load `state` into model after checking its names, shapes and values; returns what was adapted."""
+    state, notes = match_state_dict(model, state, source, drop_head=drop_head)
+    refuse_nonfinite(state, source)
+    model.set_state_dict({k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()})
+    return notes
+
+
+def load_weights(model, path, prefer="best", drop_head=False, loaded=None, sha256=None):
     """Load a weights file or training checkpoint (or its already `loaded` content) into model.
 
     Returns (which, notes): which weights were taken ('model', 'ema' or 'weights') and what was adapted.
     """
-    state, which = weights_from(load_file(path) if loaded is None else loaded, path, prefer)
-    state, notes = match_state_dict(model, state, path, drop_head=drop_head)
-    model.set_state_dict({k: paddle.to_tensor(np.asarray(v)) if isinstance(v, np.ndarray) else v
-                          for k, v in state.items()})
-    return which, notes
+    state, which = weights_from(load_file(path, sha256) if loaded is None else loaded, path, prefer)
+    return which, set_checked(model, state, path, drop_head=drop_head)
 
 
 PROGRESS_KEYS = ("epoch", "step", "best", "skips")
@@ -142,18 +204,34 @@ def training_state(model, optimizer, ema, scaler, progress, arch, global_batch, 
             "config": config}
 
 
-def restore_training(state, path, model, optimizer, ema=None, scaler=None, arch=None, global_batch=None):
+def run_fit(config):
+    """The settings a run can only continue under: they decide tensor shapes, the schedule or the data order."""
+    g = config["Global"]
+    return {"Global.model": g["model"], "Global.img_size": g["img_size"], "Global.num_classes": g["num_classes"],
+            "Data.global_batch_size": config["Data"]["global_batch_size"]}
+
+
+def restore_training(state, path, model, optimizer, ema=None, scaler=None, config=None):
     """Load a training checkpoint into the run's parts; returns its progress {epoch, step, best, skips}.
 
-    A checkpoint of another model or global batch is refused: its schedule and data order would not continue.
+    config: this run's config as a dict. A checkpoint saved under other shape-, schedule- or order-deciding
+    settings (run_fit) is refused with one line listing them all; its tensors then load strictly.
     """
-    if state.get("global_batch") != global_batch or state.get("arch") != arch:
-        raise UserError(f"{path} is a {state.get('arch')} run with global batch {state.get('global_batch')}; "
-                        f"this config trains {arch} with {global_batch}")
-    model.set_state_dict(state["model"])
-    optimizer.set_state_dict(state["optimizer"])
+    saved = state.get("config") if isinstance(state.get("config"), dict) else None
+    try:
+        recorded = run_fit(saved)
+    except (KeyError, TypeError):  # a checkpoint without its config: the fields training_state always writes
+        recorded = {"Global.model": state.get("arch"), "Global.img_size": state.get("img_size"),
+                    "Data.global_batch_size": state.get("global_batch")}
+    wanted = run_fit(config)
+    differ = [f"{k} (checkpoint {recorded[k]}, config {wanted[k]})" for k in recorded if recorded[k] != wanted[k]]
+    if differ:
+        raise UserError(f"{path} does not fit this config, which differs in {', '.join(differ)}; resume it with "
+                        "its own settings, or start afresh in another Global.output_dir")
+    set_checked(model, state["model"], f"{path} (model)")
     if ema and state.get("ema"):
-        ema.set_state_dict(state["ema"])
+        set_checked(ema.module, state["ema"], f"{path} (ema)")
+    optimizer.set_state_dict(state["optimizer"])
     if scaler and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     return {k: state[k] for k in PROGRESS_KEYS}

@@ -83,7 +83,7 @@ class Trainer:
     def restore(self, path, state):
         """Continue the run saved in `state` (loaded from `path`): weights, optimizer, EMA, scaler, progress."""
         progress = restore_training(state, path, self.model, self.opt, self.ema, self.scaler,
-                                    arch=self.cfg.Global.model, global_batch=self.cfg.Data.global_batch_size)
+                                    config=self.cfg.to_dict())
         self.epoch, self.step, self.best, self.skips = (progress[k] for k in ("epoch", "step", "best", "skips"))
         self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step}, best {self.best}")
 
