@@ -13,37 +13,21 @@ import re
 import numpy as np
 import paddle
 
+from . import atomic
 from .errors import StorageError, UserError
 
 CKPT_PATTERN = re.compile(r"^ckpt-e(\d{4})-s(\d{6})\.pdckpt$")
 
 
 def atomic_save(obj, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    """paddle.save(obj, path) through an exclusive temporary (atomic.py): path holds all of obj or its old content."""
+    with atomic.replacing(path) as tmp:
         paddle.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def atomic_link(src, dst):
     """Point dst at src's content atomically (a hard link where possible, so deleting src keeps dst)."""
-    tmp = f"{dst}.tmp{os.getpid()}"
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            import shutil
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+    atomic.link_or_copy(src, dst)
 
 
 def weights_or_best(given, output_dir):
@@ -173,8 +157,9 @@ class CheckpointDir:
         self.best = os.path.join(root, "best.pdckpt")
 
     def remove_stale_temporaries(self):
-        """Half-written files of a process that was killed while saving (call before this run saves)."""
-        for tmp in glob.glob(os.path.join(self.root, "*.pdckpt.tmp*")):
+        """Half-written files of a process that was killed while saving: call it holding the folder's lock
+        (runlock.py), so that no live run owns them. Old (NAME.tmpPID) and new (mkstemp) names alike."""
+        for tmp in glob.glob(os.path.join(self.root, "*.pdckpt" + atomic.TEMP_MARK + "*")):
             try:
                 os.remove(tmp)
             except OSError as e:
