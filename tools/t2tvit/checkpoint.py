@@ -116,14 +116,16 @@ def load_weights(model, path, prefer="best", drop_head=False, loaded=None):
 PROGRESS_KEYS = ("epoch", "step", "best", "skips")
 
 
-def training_state(model, optimizer, ema, scaler, progress, arch, global_batch, img_size, class_names, config):
+def training_state(model, optimizer, ema, scaler, progress, arch, global_batch, img_size, class_names, config,
+                   run_id=None):
     """A training checkpoint (.pdckpt): the one place its layout is written (read by restore_training and
-    weights_from). progress: epoch and step reached, best {acc, which, epoch}, skipped steps."""
+    weights_from). progress: epoch and step reached, best {acc, which, epoch}, skipped steps; run: the id of
+    the run that wrote it."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema else {}, "scaler": scaler.state_dict() if scaler else {},
             **{k: progress[k] for k in PROGRESS_KEYS}, "best_which": progress["best"]["which"],
             "arch": arch, "global_batch": global_batch, "img_size": img_size, "class_names": list(class_names),
-            "config": config}
+            "config": config, "run": run_id or ""}
 
 
 def restore_training(state, path, model, optimizer, ema=None, scaler=None, arch=None, global_batch=None):
