@@ -142,14 +142,16 @@ def die_with_parent():
 
 
 def launch_argv():
-    """The command that started this run: paddle.distributed.launch's when it is the parent, else ours."""
+    """The command that started this run: the launcher's when it is the parent (paddle.distributed.launch, or
+    scripts/paddle_launch.py, which runs it), else ours."""
     for pid in (os.getppid(), os.getpid()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
         except OSError:
             continue
-        if pid == os.getpid() or any(a.startswith("paddle.distributed.launch") for a in argv):
+        if pid == os.getpid() or any(a.startswith("paddle.distributed.launch") or
+                                     os.path.basename(a) == "paddle_launch.py" for a in argv):
             return argv
     return [sys.executable, *sys.argv]
 
