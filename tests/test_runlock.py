@@ -7,7 +7,7 @@ import subprocess
 import paddle
 import pytest
 
-from runner import error_lines, fast_overrides, run_tool
+from runner import error_lines, fast_overrides, processes_mentioning, run_tool
 from t2tvit import atomic
 from t2tvit.checkpoint import CheckpointDir, atomic_link, atomic_save
 from t2tvit.errors import UserError
@@ -46,6 +46,20 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder_and_touc
     finally:
         first.release()
     assert not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_under_the_launcher_a_refused_rank_0_ends_every_rank_with_exit_2(tmp_path):
+    (tmp_path / "out").mkdir()
+    first = RunLock(str(tmp_path / "out"), "first-run", "python tools/train.py").acquire()
+    try:
+        r = run_tool("train.py", *fast_overrides(tmp_path), nproc=2, launch_log_dir=tmp_path / "launch", timeout=200)
+        assert r.returncode == 2, r.stdout[-3000:]
+        assert f"error: Global.output_dir {tmp_path / 'out'} is in use by another training run" in r.stdout
+        assert not processes_mentioning(str(tmp_path / "out")), "a rank outlived the refused run"
+        assert not (tmp_path / "log").exists() and os.listdir(tmp_path / "out") == [LOCK_NAME]
+    finally:
+        first.release()
 
 
 def test_a_dead_runs_lock_is_taken_over_with_a_warning(tmp_path):
