@@ -8,6 +8,8 @@
 #   NNODES=2 MASTER=IP:PORT       several machines: run the same command on each (same GPUS), MASTER = first machine
 #   LAUNCH_LOG_DIR=DIR            where the launcher keeps each process's log (default log/launch_<tool>)
 #   PYTHON=python3                the interpreter
+# Exit code: the tool's; 130 / 143 when SIGINT / SIGTERM stopped the run, also over several processes
+# (scripts/paddle_launch.py is paddle.distributed.launch mapping its bare 2 / 15 to those).
 # CPU threads per process (and MKL's fast path on AMD) are set by tools/t2tvit/cpu_env.py, which every tool imports
 # first, so `python tools/X.py` and this script run with the same settings.
 set -euo pipefail
@@ -18,12 +20,12 @@ shift
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning}
 launch=()
 if [ -n "${GPUS:-}" ]; then
-  launch=(-m paddle.distributed.launch --devices "$GPUS")
+  launch=(scripts/paddle_launch.py --devices "$GPUS")
 elif [ -n "${NPROC:-}" ]; then
-  launch=(-m paddle.distributed.launch --nproc_per_node "$NPROC")
+  launch=(scripts/paddle_launch.py --nproc_per_node "$NPROC")
 fi
 if [ -n "${NNODES:-}" ]; then
-  [ ${#launch[@]} -gt 0 ] || launch=(-m paddle.distributed.launch)
+  [ ${#launch[@]} -gt 0 ] || launch=(scripts/paddle_launch.py)
   launch+=(--nnodes "$NNODES" --master "${MASTER:?set MASTER=IP:PORT of the first machine}")
 fi
 [ ${#launch[@]} -eq 0 ] || launch+=(--log_dir "${LAUNCH_LOG_DIR:-log/launch_${tool%.py}}")

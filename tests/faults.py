@@ -3,7 +3,7 @@
     python tests/faults.py GLOB ERRNO [AFTER_BYTES] -- tools/train.py ARGS...
     python tests/faults.py --signal SIGTERM MODULE.FUNCTION CALL [COUNT] -- tools/train.py ARGS...
 
-Files whose name matches GLOB, opened for writing through Python's open() (paddle.save, logging and VisualDL
+Files whose name matches GLOB, opened for writing through Python's open() (also as /proc/self/fd/N) (paddle.save, logging and VisualDL
 all use it), fail with ERRNO (a name: ENOSPC, EROFS, EACCES): once AFTER_BYTES have been written to them
 (the disk fills up mid-file), or when opened if AFTER_BYTES is not given. Needs no root and no mount.
 
@@ -47,14 +47,20 @@ class FailingFile:
         return iter(self._f)
 
 
+def real_name(file):
+    """The file's own name, also when it is opened through /proc/self/fd/N (the atomic writer's temporaries)."""
+    file = os.fspath(file)
+    return os.readlink(file) if file.startswith("/proc/self/fd/") else file
+
+
 def install(pattern, err, after_bytes=None):
     real_open = builtins.open
 
     def failing_open(file, mode="r", *args, **kwargs):
-        # A descriptor (from tempfile.mkstemp) is matched by the name of the file it has open.
-        name = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else file
-        if isinstance(name, (str, os.PathLike)) and set(mode) & set("wax+") and \
-                fnmatch.fnmatch(os.path.basename(os.fspath(name)), pattern):
+        # A descriptor (tempfile.mkstemp's) or a /proc/self/fd/N path is matched by the file it has open.
+        name = real_name(f"/proc/self/fd/{file}" if isinstance(file, int) else file) \
+            if isinstance(file, (int, str, os.PathLike)) else None
+        if name is not None and set(mode) & set("wax+") and fnmatch.fnmatch(os.path.basename(name), pattern):
             if after_bytes is None:
                 raise OSError(err, os.strerror(err), os.fspath(name))
             return FailingFile(real_open(file, mode, *args, **kwargs), after_bytes, err, os.fspath(name))

@@ -12,9 +12,11 @@ import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle load
 import argparse
 import logging
 import os
+import shlex
 import sys
 
 import paddle
+import paddle.distributed as dist
 
 from t2tvit.batch_augment import BatchAugment
 from t2tvit.checkpoint import CheckpointDir, load_weights
@@ -24,19 +26,20 @@ from t2tvit.ema import ModelEMA
 from t2tvit.engine import Trainer, batch_plan
 from t2tvit.errors import StorageError, UserError, cli
 from t2tvit.optim import build_optimizer
-from t2tvit.preempt import GracefulStop, Stopped, signal_name
+from t2tvit.preempt import GracefulStop, Stopped, launch_argv, signal_name
+from t2tvit.runlock import RunLock, new_run_id
 from t2tvit.runtime import MetricsFile, Runtime, Scalars, amp_context, make_logger
 from t2tvit.scheduler import WarmupCosineLR
 from t2tvit.t2t import create_model
 
 
-def build_trainer(cfg, stop):
+def build_trainer(cfg, stop, run_id):
     """Every part of a run, from the config, in the order that makes it reproducible; resumed or fine-tuned."""
     g = cfg.Global
     rt = Runtime(cfg)
-    log = make_logger("train", os.path.join(g.log_dir, "train.log"), rt.is_main)
+    log = make_logger("train", os.path.join(g.log_dir, "train.log"), rt.is_main, run_id=run_id)
     scalars = Scalars(g.log_dir, rt.is_main, log)
-    metrics = MetricsFile(g.log_dir, rt.is_main)
+    metrics = MetricsFile(g.log_dir, rt.is_main, run_id=run_id)
     batch, accum = batch_plan(cfg.Data.global_batch_size, cfg.Data.batch_size, rt.world)
     log.info(f"config:\n{cfg.dump()}")
     log.info(f"global batch {cfg.Data.global_batch_size} = {batch} per device x {rt.world} "
@@ -56,11 +59,11 @@ def build_trainer(cfg, stop):
         model, opt = paddle.amp.decorate(model, opt, level="O2", dtype="float16" if g.amp == "fp16" else "bfloat16")
     ema = ModelEMA(model, cfg.EMA.decay) if cfg.EMA.enable else None
     ckpts = CheckpointDir(g.output_dir, g.keep_last)
-    if rt.is_main:
+    if rt.is_main:  # holding the folder's lock: no live run owns them
         ckpts.remove_stale_temporaries()
     trainer = Trainer(cfg, rt, model, opt, WarmupCosineLR.from_config(cfg, sampler.steps_per_epoch), train_loader,
                       sampler, val_loader, accum, BatchAugment.from_config(cfg), ckpts, log, scalars, metrics,
-                      class_names(cfg), ema=ema, scaler=scaler, autocast=autocast, stop=stop)
+                      class_names(cfg), ema=ema, scaler=scaler, autocast=autocast, stop=stop, run_id=run_id)
     path, state = ckpts.resume_from(g.resume, log.warning)
     if path is not None:
         trainer.restore(path, state)
@@ -83,8 +86,15 @@ def main(argv=None):
         cfg.Global.resume = args.resume
     log = logging.getLogger("train")
     stop = GracefulStop().install(log)  # after `import paddle`, whose own SIGTERM handler this replaces
+    run_id = new_run_id()
+    # Rank 0 writes the output folder, so it alone takes its lock, before anything is written or the ranks
+    # meet: a refusal exits it with 2, which makes paddle.distributed.launch end the other ranks.
+    lock = RunLock(cfg.Global.output_dir, run_id, shlex.join(launch_argv()))
+    if dist.get_rank() == 0:
+        lock.acquire(warn=print)
+    stop.on_exit_now(lock.release)
     try:
-        build_trainer(cfg, stop).run()
+        build_trainer(cfg, stop, run_id).run()
     except Stopped as e:
         if not e.logged:  # a second signal before training started
             log.warning(f"stopped at once by a second {signal_name(e.signum)} while starting: nothing was trained")
@@ -93,6 +103,7 @@ def main(argv=None):
         raise UserError(f"{e}; newest complete checkpoint: {CheckpointDir(cfg.Global.output_dir).newest()}")
     finally:
         stop.exiting()  # however the run ends, its data loader workers end with it
+        lock.release()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import re
 import numpy as np
 import paddle
 
+from . import atomic
 from .errors import StorageError, UserError
 from .safe_load import load_paddle_file
 
@@ -21,31 +22,14 @@ CKPT_PATTERN = re.compile(r"^ckpt-e(\d{4})-s(\d{6})\.pdckpt$")
 
 
 def atomic_save(obj, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    """paddle.save(obj, path) through an exclusive temporary (atomic.py): path holds all of obj or its old content."""
+    with atomic.replacing(path) as tmp:
         paddle.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def atomic_link(src, dst):
     """Point dst at src's content atomically (a hard link where possible, so deleting src keeps dst)."""
-    tmp = f"{dst}.tmp{os.getpid()}"
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            import shutil
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+    atomic.link_or_copy(src, dst)
 
 
 def weights_or_best(given, output_dir):
@@ -194,14 +178,16 @@ def load_weights(model, path, prefer="best", drop_head=False, loaded=None, sha25
 PROGRESS_KEYS = ("epoch", "step", "best", "skips")
 
 
-def training_state(model, optimizer, ema, scaler, progress, arch, global_batch, img_size, class_names, config):
+def training_state(model, optimizer, ema, scaler, progress, arch, global_batch, img_size, class_names, config,
+                   run_id=None):
     """A training checkpoint (.pdckpt): the one place its layout is written (read by restore_training and
-    weights_from). progress: epoch and step reached, best {acc, which, epoch}, skipped steps."""
+    weights_from). progress: epoch and step reached, best {acc, which, epoch}, skipped steps; run: the id of
+    the run that wrote it."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema else {}, "scaler": scaler.state_dict() if scaler else {},
             **{k: progress[k] for k in PROGRESS_KEYS}, "best_which": progress["best"]["which"],
             "arch": arch, "global_batch": global_batch, "img_size": img_size, "class_names": list(class_names),
-            "config": config}
+            "config": config, "run": run_id or ""}
 
 
 def run_fit(config):
@@ -251,8 +237,9 @@ class CheckpointDir:
         self.best = os.path.join(root, "best.pdckpt")
 
     def remove_stale_temporaries(self):
-        """Half-written files of a process that was killed while saving (call before this run saves)."""
-        for tmp in glob.glob(os.path.join(self.root, "*.pdckpt.tmp*")):
+        """Half-written files of a process that was killed while saving: call it holding the folder's lock
+        (runlock.py), so that no live run owns them. Old (NAME.tmpPID) and new (mkstemp) names alike."""
+        for tmp in glob.glob(os.path.join(self.root, "*.pdckpt" + atomic.TEMP_MARK + "*")):
             try:
                 os.remove(tmp)
             except OSError as e:

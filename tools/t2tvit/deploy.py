@@ -17,12 +17,14 @@ import importlib.util
 import inspect
 import os
 import shutil
+import tempfile
 
 import numpy as np
 import yaml
 
 from .cpu_env import usable_cores
-from .errors import UserError
+from .atomic import TEMP_MARK
+from .errors import StorageError, UserError
 from .runtime import keep_freed_memory
 
 PREFIX = "inference"
@@ -417,25 +419,31 @@ def check_export(model, model_dir, img_size, formats, batch=2):
 
 def replace_files(src_dir, dst_dir, formats):
     """Move META_FILE and the files of `formats` from src_dir into dst_dir, first removing every model file
-    of a previous export from dst_dir (so no file there can belong to other weights)."""
+    of a previous export from dst_dir (so no file there can belong to other weights).
+
+    META_FILE is the export's commit record: removed first and moved in last, so that at every moment (a crash
+    included) dst_dir holds a whole export, the previous or the new one, or none that any reader accepts."""
     os.makedirs(dst_dir, exist_ok=True)
-    for name in sum(FORMATS.values(), ()):
-        if os.path.exists(os.path.join(dst_dir, name)):
+    for name in (META_FILE,) + sum(FORMATS.values(), ()):
+        if os.path.lexists(os.path.join(dst_dir, name)):
             os.remove(os.path.join(dst_dir, name))
-    for name in sum((FORMATS[fmt] for fmt in formats), (META_FILE,)):
+    for name in sum((FORMATS[fmt] for fmt in formats), ()) + (META_FILE,):
         if os.path.exists(os.path.join(src_dir, name)):
             os.replace(os.path.join(src_dir, name), os.path.join(dst_dir, name))
 
 
 def export_checked(model, img_size, out_dir, formats):
-    """export() into a temporary folder beside out_dir, check every format against `model`, and only then
-    replace out_dir's model files. Returns {format: max |logits difference|}; raises UserError, writing
-    nothing, when a format differs by more than CHECK_TOL."""
+    """export() into a fresh temporary folder beside out_dir (mkdtemp: private, unpredictable), check every
+    format against `model`, and only then replace out_dir's model files. Returns {format: max |logits
+    difference|}; raises UserError, writing nothing, when a format differs by more than CHECK_TOL, and
+    StorageError (nothing partial left) when a write fails."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} exists and is not a directory")
-    tmp = f"{out_dir}.tmp{os.getpid()}"
+    tmp = None
     try:
+        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=os.path.basename(out_dir) + TEMP_MARK)
         export(model, img_size, tmp, formats)
         diffs = check_export(model, tmp, img_size, formats)
         bad = {fmt: d for fmt, d in diffs.items() if not d <= CHECK_TOL}
@@ -444,6 +452,9 @@ def export_checked(model, img_size, out_dir, formats):
                             + ", ".join(f"{d:.3g} ({RUNTIME_NAMES[fmt]})" for fmt, d in bad.items())
                             + f" > {CHECK_TOL}: a converter or runtime fault on this version and CPU")
         replace_files(tmp, out_dir, formats)
+    except OSError as e:
+        raise StorageError(e.filename or out_dir, e) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
     return diffs

@@ -66,7 +66,7 @@ class Trainer:
 
     def __init__(self, cfg, runtime, model, optimizer, schedule, train_loader, sampler, val_loader, accum,
                  augment, checkpoints, log, scalars, metrics, class_names=(), ema=None, scaler=None,
-                 autocast=contextlib.nullcontext, stop=None):
+                 autocast=contextlib.nullcontext, stop=None, run_id=None):
         self.cfg, self.rt = cfg, runtime
         self.model, self.opt, self.sched, self.ema, self.scaler, self.autocast = (model, optimizer, schedule, ema,
                                                                                   scaler, autocast)
@@ -79,13 +79,15 @@ class Trainer:
         self.epoch, self.step, self.skips = 0, 0, 0
         self.best = {"acc": -1.0, "which": "model", "epoch": -1}
         self.saved_at = None
+        self.run_id = run_id  # recorded in each checkpoint: which run wrote it
 
     def restore(self, path, state):
         """Continue the run saved in `state` (loaded from `path`): weights, optimizer, EMA, scaler, progress."""
         progress = restore_training(state, path, self.model, self.opt, self.ema, self.scaler,
                                     config=self.cfg.to_dict())
         self.epoch, self.step, self.best, self.skips = (progress[k] for k in ("epoch", "step", "best", "skips"))
-        self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step}, best {self.best}")
+        self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step}, best {self.best}"
+                      + (f" (saved by run {state['run']})" if state.get("run") else ""))
 
     def save(self, is_best=False):
         if not self.rt.is_main:
@@ -94,7 +96,7 @@ class Trainer:
         state = training_state(self.model, self.opt, self.ema, self.scaler,
                                progress={"epoch": self.epoch, "step": self.step, "best": self.best, "skips": self.skips},
                                arch=g.model, global_batch=self.cfg.Data.global_batch_size, img_size=g.img_size,
-                               class_names=self.classes, config=self.cfg.to_dict())
+                               class_names=self.classes, config=self.cfg.to_dict(), run_id=self.run_id)
         path = self.ckpts.save(state, self.epoch, self.step, is_best)
         self.saved_at = (self.epoch, self.step)
         self.log.info(f"saved {path}{' (best)' if is_best else ''}")

@@ -57,6 +57,7 @@ class GracefulStop:
         self.first_at = 0.0
         self.log = None
         self._exiting = mmap.mmap(-1, 1)  # shared with forked data loader workers: 1 once the trainer exits
+        self._at_exit_now = []
 
     @property
     def requested(self):
@@ -67,6 +68,10 @@ class GracefulStop:
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
         return self
+
+    def on_exit_now(self, release):
+        """Call `release` (e.g. the output folder's lock) also when the backstop ends the process outright."""
+        self._at_exit_now.append(release)
 
     def exiting(self):
         """From now on signals end the data loader workers and are ignored by the trainer.
@@ -90,7 +95,7 @@ class GracefulStop:
                                  "checkpoint (a second signal stops at once)")
         elif now - self.first_at > REPEAT_WINDOW:
             self.exiting()
-            timer = threading.Timer(BACKSTOP, self._end_now, (signum,))
+            timer = threading.Timer(BACKSTOP, self._end_now, (signum, self._at_exit_now))
             timer.daemon = True
             timer.start()
             raise Stopped(signum, at_once=True)
@@ -119,10 +124,12 @@ class GracefulStop:
             raise SystemExit(0)  # a clean exit: Paddle's worker loop frees its shared memory on the way out
 
     @staticmethod
-    def _end_now(signum):
+    def _end_now(signum, releases):
         """The unwinding after a second signal is stuck (e.g. in a collective whose peer is gone)."""
         for child in multiprocessing.active_children():
             child.kill()
+        for release in releases:
+            release()
         os._exit(128 + signum)
 
 
@@ -135,14 +142,16 @@ def die_with_parent():
 
 
 def launch_argv():
-    """The command that started this run: paddle.distributed.launch's when it is the parent, else ours."""
+    """The command that started this run: the launcher's when it is the parent (paddle.distributed.launch, or
+    scripts/paddle_launch.py, which runs it), else ours."""
     for pid in (os.getppid(), os.getpid()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = [a.decode() for a in f.read().split(b"\0")[:-1]]
         except OSError:
             continue
-        if pid == os.getpid() or any(a.startswith("paddle.distributed.launch") for a in argv):
+        if pid == os.getpid() or any(a.startswith("paddle.distributed.launch") or
+                                     os.path.basename(a) == "paddle_launch.py" for a in argv):
             return argv
     return [sys.executable, *sys.argv]
 

@@ -97,13 +97,15 @@ class LogFileHandler(logging.FileHandler):
         super().handleError(record)
 
 
-def make_logger(name, log_file, is_main):
-    """Rank 0 logs INFO to console and file; other ranks only warnings, to the console."""
+def make_logger(name, log_file, is_main, run_id=None):
+    """Rank 0 logs INFO to console and file; other ranks only warnings, to the console. With run_id, every
+    line reads `TIME [RUN_ID] MESSAGE`, so the lines of runs appending to one file stay attributable."""
     logger = logging.getLogger(name)
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    fmt = logging.Formatter("%(asctime)s " + (f"[{run_id}] " if run_id else "") + "%(message)s",
+                            "%Y-%m-%d %H:%M:%S")
     handlers = [logging.StreamHandler(sys.stdout)]
     if is_main and log_file:
         try:
@@ -169,7 +171,8 @@ class Scalars:
 
 class MetricsFile:
     """log_dir/metrics.jsonl on rank 0: the numbers of every train and val log line, one JSON object a line
-    (kind: train | val | best, and the time it was written, in seconds since the epoch).
+    (kind: train | val | best, the time it was written, in seconds since the epoch, and the `run` id of the
+    run that wrote it).
 
     Tools read these instead of the human log (tools/plot_curve.py, the tests). Lines are appended and flushed
     as they come; a resumed run appends too, so an (epoch, step) logged twice counts with its later line.
@@ -178,8 +181,9 @@ class MetricsFile:
 
     NAME = "metrics.jsonl"
 
-    def __init__(self, log_dir, enabled):
+    def __init__(self, log_dir, enabled, run_id=None):
         self.path = os.path.join(log_dir, self.NAME)
+        self.run_id = run_id
         self.file = None
         if enabled:
             try:
@@ -193,6 +197,8 @@ class MetricsFile:
             return
         record = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in numbers.items()}
         record["time"] = round(time.time(), 3)
+        if self.run_id:
+            record["run"] = self.run_id
         try:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
