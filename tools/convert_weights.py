@@ -14,11 +14,11 @@ import hashlib
 import io
 import os
 import sys
-import tempfile
 
 import numpy as np
 import paddle
 
+from t2tvit import atomic
 from t2tvit.checkpoint import load_file, match_state_dict, sha256_of
 from t2tvit.errors import UserError, cli
 from t2tvit.t2t import create_model, linear_weight_names
@@ -71,23 +71,10 @@ def encode(state, dst):
 
 
 def write_file(data, dst):
-    """Write bytes at dst through a temporary file in its folder: dst is whole or untouched.
-
-    A full or read-only disk is one UserError line; no partial file is left behind.
-    """
-    folder = os.path.dirname(os.path.abspath(dst))
-    tmp = None
+    """dst := data through atomic.py's exclusive temporary: whole or untouched; an OSError is one UserError line."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dst)}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
+        atomic.write_bytes(dst, data)
     except OSError as e:
-        if tmp and os.path.lexists(tmp):
-            os.remove(tmp)
         raise UserError(f"cannot write {dst}: {e.strerror or e}") from None
 
 
