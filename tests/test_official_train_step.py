@@ -125,10 +125,10 @@ def test_every_steps_loss_and_logits_are_the_officials_within_1e_5(runs, accum):
 def test_every_step_1_gradient_is_the_officials_within_3e_6_relative_l2(runs, accum):
     reference = np.load(os.path.join(FIXTURE, "grads_step1.npz"))
     errors = {n: _rel_l2(g, reference[n]) for n, g in runs[accum]["grads"].items()}
-    worst = max(errors, key=errors.get)
-    print(f"accum {accum}: worst gradient {worst} relative L2 {errors[worst]:.2e}")
+    print(f"accum {accum}: worst gradients", sorted(errors.items(), key=lambda kv: -kv[1])[:4])
     assert set(errors) == set(reference.files)
-    assert all(e <= OPEN_GRAD_TOL.get(n, GRAD_TOL) for n, e in errors.items()), (worst, errors[worst])
+    over = {n: e for n, e in errors.items() if e > OPEN_GRAD_TOL.get(n, GRAD_TOL)}
+    assert over == {}
 
 
 @pytest.mark.parametrize("accum", [1, 2])
