@@ -555,7 +555,7 @@ def test_rand_augment_from_spec():
     ra = RandAugment.from_spec("rand-n3-m7-p0.7-mstd101-mmax12")
     assert ra.num_layers == 3 and ra.ops[4].name == "Posterize"
     assert (ra.ops[0].prob, ra.ops[0].magnitude, ra.ops[0].magnitude_std, ra.ops[0].magnitude_max) == (
-        0.7, 7, float("inf"), 12)
+        0.7, 7, 101.0, 12)  # timm 0.3.4: mstd101 is a Gaussian std like any other
     bad = [("rand-m9-foo", "foo"), ("augmix-m3", "augmix"), ("rand-m", "'m'"), ("rand-tweights", "tweights")]
     for spec, culprit in bad:
         with pytest.raises(errors.UserError, match=culprit):
@@ -639,3 +639,22 @@ def test_png_still_decodes_when_a_command_imports_paddle_right_after_the_package
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=os.path.join(ROOT, "tools"))
     assert r.returncode == 0 and r.stdout.strip().endswith("(80, 60)"), r.stderr[-2000:]
+
+
+def test_rand_augment_specs_read_as_timm_0_3_4_reads_them():
+    # inc0 still selects the increasing ops: timm 0.3.4 tests bool('0'), a non-empty string
+    assert [op.name for op in RandAugment.from_spec("rand-m9-inc0").ops] == list(augment.RAND_INCREASING_OPS)
+    assert [op.name for op in RandAugment.from_spec("rand-m9").ops] == list(augment.RAND_OPS)
+    assert RandAugment.from_spec("rand-n3").num_layers == 3 and RandAugment.from_spec("rand").num_layers == 2
+    assert {op.magnitude for op in RandAugment.from_spec("rand-m0").ops} == {0}
+    assert {op.magnitude for op in RandAugment.from_spec("rand").ops} == {10}
+    with pytest.raises(errors.UserError, match="integer"):
+        RandAugment.from_spec("rand-m9.5")
+    # mstd0: no noise; mstd101: Gaussian noise of std 101 (then clipped to [0, 10]), never uniform
+    assert {AugmentOp("Rotate", magnitude=9, magnitude_std=0.0).sample_magnitude(random.Random(i))
+            for i in range(20)} == {9}
+    op = RandAugment.from_spec("rand-m10-mstd101").ops[0]
+    rng, ref = random.Random(3), random.Random(3)
+    draws = [op.sample_magnitude(rng) for _ in range(200)]
+    assert draws == [max(0.0, min(ref.gauss(10, 101), 10)) for _ in range(200)]
+    assert {0.0, 10.0} <= set(draws)  # the wide Gaussian clips at both ends, a uniform draw would not

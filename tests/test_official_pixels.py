@@ -5,6 +5,7 @@ tools/t2tvit/dataset.py: Image.open().convert('RGB'); eval: Resize(int) keeps th
 int(size * long / short) and leaves an image whose short side already has the size alone, CenterCrop starts at
 int(round((h - crop) / 2)); train: RandomResizedCrop crops the sampled box, then resizes the crop.
 """
+import glob
 import math
 import os
 import random
@@ -15,11 +16,12 @@ import pytest
 from PIL import Image
 
 from reference_pipeline import MEAN, STD, reference_eval, reference_normalize
-from runner import ROOT
+from runner import LIT_DATA, ROOT
 from t2tvit import dataset, transforms
 from t2tvit.augment import RandomErasing
 from t2tvit.batch_augment import ERASE_STREAM, BatchAugment
-from t2tvit.config import load_config
+from t2tvit.config import SCHEMA_PATH, load_config
+from t2tvit.errors import UserError
 from t2tvit.mixup import MixupCutmix
 from t2tvit.runtime import derived_seed
 
@@ -106,15 +108,53 @@ def test_eval_pixels_equal_the_reference_for_every_size_and_mode(images, img_siz
         assert x.dtype == np.float32 and np.abs(x - reference_normalize(reference_eval(path, img_size))).max() <= 1e-6
 
 
-def test_eval_center_crop_rounds_half_to_even_like_pythons_round(tmp_path):
-    # 253 x 249 -> short side 248, long side int(248 * 253 / 249) = 251: 27 spare columns, round(13.5) = 14.
+@pytest.mark.parametrize("rounding", ["half_up", "half_even"])
+def test_eval_center_crop_offsets_follow_the_chosen_torchvisions_rounding(tmp_path, rounding):
+    # 253 x 249 -> short side 248, long side int(248 * 253 / 249) = 251: 27 spare columns, round(13.5) = 14,
+    # int(28 * 0.5) = 14 too.
     path = make_image(tmp_path, "odd", (253, 249), "RGB", "PNG")
-    assert transforms.EvalTransform(224, 0.9).resized_size(253, 249) == (251, 248)
-    np.testing.assert_array_equal(transforms.EvalTransform(224, 0.9).pixels(path), reference_eval(path, 224))
-    # 252 x 249 -> 250 wide: round(13.0) = 13; 254 x 249 -> 252: round(14.0); 255 x 249 -> 253: round(14.5) = 14.
+    t = transforms.EvalTransform(224, 0.9, crop_rounding=rounding)
+    assert t.resized_size(253, 249) == (251, 248)
+    np.testing.assert_array_equal(t.pixels(path), reference_eval(path, 224, crop_rounding=rounding))
+    # 252 x 249 -> 250 wide: 13 either way; 254 x 249 -> 252: 14; 255 x 249 -> 253: round(14.5) = 14, half up 15.
     for w in (252, 254, 255, 256):
         path = make_image(tmp_path, f"odd{w}", (w, 249), "RGB", "PNG")
-        np.testing.assert_array_equal(transforms.EvalTransform(224, 0.9).pixels(path), reference_eval(path, 224))
+        np.testing.assert_array_equal(t.pixels(path), reference_eval(path, 224, crop_rounding=rounding))
+
+
+# (width, height, img_size) -> resized width, where the spare columns are 1 mod 4 and the two roundings differ.
+DIFFERING = [(500, 332, 224, 373), (666, 496, 224, 333), (401, 320, 288, 401)]
+
+
+@pytest.mark.parametrize("w, h, img_size, resized", DIFFERING)
+def test_half_up_and_half_even_crops_are_one_pixel_apart_where_torchvision_0_8_and_0_9_differ(tmp_path, w, h,
+                                                                                               img_size, resized):
+    path = make_image(tmp_path, f"{w}x{h}", (w, h), "RGB", "PNG")
+    spare = resized - img_size
+    assert spare % 4 == 1
+    assert transforms.CROP_OFFSET["half_up"](spare) == (spare + 1) // 2 == transforms.CROP_OFFSET["half_even"](spare) + 1
+    crops = {}
+    for rounding in ("half_up", "half_even"):
+        t = transforms.EvalTransform(img_size, 0.9, crop_rounding=rounding)
+        assert t.resized_size(w, h)[0] == resized
+        crops[rounding] = t.pixels(path)
+        np.testing.assert_array_equal(crops[rounding], reference_eval(path, img_size, crop_rounding=rounding))
+    np.testing.assert_array_equal(crops["half_up"][:, :, :-1], crops["half_even"][:, :, 1:])  # one column apart
+
+
+@pytest.mark.parametrize("rounding", ["half_up", "half_even"])
+def test_the_lit_data_photos_crop_as_the_reference_with_either_rounding(rounding):
+    t = transforms.EvalTransform(224, 0.9, crop_rounding=rounding)
+    photos = sorted(glob.glob(os.path.join(LIT_DATA, "val", "*", "*")))
+    assert len(photos) == 20
+    for path in photos:
+        np.testing.assert_array_equal(t.pixels(path), reference_eval(path, 224, crop_rounding=rounding), err_msg=path)
+
+
+def test_the_config_defaults_to_torchvision_0_8s_crop_and_rejects_other_roundings():
+    assert load_config(SCHEMA_PATH).Data.crop_rounding == "half_up"
+    with pytest.raises(UserError, match="Data.crop_rounding"):
+        load_config(SCHEMA_PATH, ["Data.crop_rounding=nearest"])
 
 
 def test_eval_never_decodes_at_reduced_scale(tmp_path, monkeypatch):

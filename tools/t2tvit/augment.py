@@ -230,9 +230,11 @@ class RandAugment:
     def from_spec(cls, spec, fill=IMAGENET_FILL, interpolation=None):
         """Build from a timm spec such as `rand-m9-mstd0.5-inc1`.
 
-        Parts after `rand`: m<int> magnitude (default 10), n<int> ops per image (2), p<float> probability
-        of each op (0.5), mstd<float> magnitude noise (0; > 100 means uniform), mmax<number> magnitude clip
-        (10), inc<0|1> use the ops whose severity increases with magnitude (0).
+        Parts after `rand`, read as timm 0.3.4 (the official recipe's) reads them: m<int> magnitude (default
+        10), n<int> ops per image (2), mstd<float> std of Gaussian magnitude noise at any size (0: none; the
+        `> 100 means uniform` rule came after 0.3.4), inc<digits> the ops whose severity increases with
+        magnitude, chosen by the part's presence: 0.3.4 tests bool('0'), so `inc0` selects them too. Beyond
+        0.3.4 (which rejects them): p<float> probability of each op (0.5), mmax<number> magnitude clip (10).
         """
         parts = spec.split("-")
         if parts[0] != "rand":
@@ -244,17 +246,19 @@ class RandAugment:
                 raise errors.UserError(f"unknown part {part!r} in RandAugment spec {spec!r}")
             key, val = m.group(1), float(m.group(2))
             if key == "m":
-                magnitude = val
+                if val != int(val):
+                    raise errors.UserError(f"RandAugment spec {spec!r}: the magnitude m must be an integer")
+                magnitude = int(val)
             elif key == "n":
                 num_layers = int(val)
             elif key == "p":
                 prob = val
             elif key == "mstd":
-                mstd = float("inf") if val > 100 else val
+                mstd = val
             elif key == "mmax":
                 mmax = val
             else:
-                increasing = bool(int(val))
+                increasing = True  # timm 0.3.4: `if bool(val)` on the digits' string, true for '0' too
         names = RAND_INCREASING_OPS if increasing else RAND_OPS
         ops = [AugmentOp(n, prob, magnitude, mstd, mmax, fill, interpolation) for n in names]
         return cls(ops, num_layers)

@@ -27,6 +27,7 @@ CHOICES = {
     "Scheduler.by": ("epoch", "step"),
     "Augment.train_interpolation": ("random", "bilinear", "bicubic"),
     "Data.interpolation": ("bilinear", "bicubic"),
+    "Data.crop_rounding": ("half_up", "half_even"),
 }
 
 # PyYAML reads `1e-3` (no dot) as a string; a float key accepts it rather than fail on a YAML 1.1 quirk.

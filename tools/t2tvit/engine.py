@@ -109,7 +109,14 @@ class Trainer:
         paddle.seed(derived_seed(seed, self.epoch, self.step, g))
         images, targets = self.augment(images, labels, seeds,
                                        np.random.RandomState(derived_seed(seed, self.epoch, self.step, g, 1)))
-        last = j == self.accum - 1
+        loss, logits = self.learn(images, targets, last=j == self.accum - 1)
+        acc = float((logits.argmax(axis=-1) == labels).astype("float32").mean())
+        return float(loss), acc
+
+    def learn(self, images, targets, last):
+        """Loss and backward of one augmented micro-batch, its gradient scaled by 1 / accum and accumulated;
+        returns (loss, logits). Apart from micro_step, the training-step parity test calls it with the official
+        code's batches (tests/test_official_train_step.py)."""
         sync = contextlib.nullcontext() if last or self.rt.world == 1 else self.net.no_sync()
         with sync:
             with self.autocast():
@@ -117,8 +124,7 @@ class Trainer:
             loss = soft_target_cross_entropy(logits.astype("float32"), targets)
             scaled = loss / self.accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        acc = float((logits.argmax(axis=-1) == labels).astype("float32").mean())
-        return float(loss), acc
+        return loss, logits
 
     def optimizer_step(self, loss_is_finite):
         # One all-reduce per step: do all ranks have a finite loss, and has any been asked to stop?

@@ -8,6 +8,7 @@ Parameter names and shapes equal the official PyTorch release's, so converted ch
 - the position table is the fixed 1-D sinusoid over cls + patches, never trained;
 - backbone attention scale is head_dim ** -0.5 and every LayerNorm uses eps 1e-5.
 """
+import contextlib
 import math
 
 import numpy as np
@@ -99,10 +100,9 @@ class _LayerNormGEMMGrad(paddle.autograd.PyLayer):
     """Paddle's layer_norm forward; its backward with every reduction as a GEMM with a constant vector.
 
     Paddle's CPU layer_norm_grad takes ~40x its forward at T2T-ViT's sizes (115 ms against 3 ms for 100k
-    tokens x 147 channels, 2 threads). Here the normalised input comes from the fast forward kernel, the
-    sums are GEMMs, and rstd follows from one of them: forward + backward take a third to a half of the native
-    time at every LayerNorm of T2T-ViT-7 (e.g. 51 against 113 ms for 25k tokens x 576 channels). Values equal
-    the native gradient's up to float rounding (~1e-6 relative).
+    tokens x 147 channels, 2 threads). Here every sum is a GEMM and the statistics are recomputed from two
+    centring passes, so the gradient is within float32 rounding of float64 on any input (mean / std up to 1e4,
+    variance below eps, constant rows, width 1; tests/test_model.py).
     """
 
     @staticmethod
@@ -117,26 +117,33 @@ class _LayerNormGEMMGrad(paddle.autograd.PyLayer):
         x, weight = ctx.saved_tensor()
         c, eps = x.shape[-1], ctx.epsilon
         x2, dy2 = x.reshape([-1, c]), dy.reshape([-1, c])
-        xhat = F.layer_norm(x2, [c], epsilon=eps)  # (x - mean) * rstd, by the forward's own fast kernel
-        ones = paddle.ones([1, x2.shape[0]], dtype=x.dtype)  # column sums as GEMMs
+        # Row means are GEMMs with 1 / c, and [rows, 1] or [c] factors are spread as rank-1 GEMMs (col @ row: one
+        # exact product per element): Paddle's CPU reductions and broadcasting elementwise kernels are 3-40x
+        # slower than GEMMs and same-shape kernels (0.55 against 0.13 ms at 6.3k x 256; the GEMM takes 0.06 ms).
+        by_c = paddle.full([c, 1], 1.0 / c, dtype=x.dtype)
+        across = paddle.ones([1, c], dtype=x.dtype)
+        # xhat and rstd from two centring passes rather than the forward's statistics: x - mean1 is exact
+        # (Sterbenz) whenever the mean is large against the spread, the second pass removes mean1's rounding, so
+        # the centred rows (and the variance, a GEMM of their squares) stay exact to float32 rounding at any
+        # mean / std; one-pass statistics cancel there (6e-4 relative error of dx at mean / std 100).
+        xc = x2 - paddle.matmul(paddle.matmul(x2, by_c), across)
+        xc = xc - paddle.matmul(paddle.matmul(xc, by_c), across)
+        rstd = paddle.rsqrt(paddle.matmul(xc * xc, by_c) + eps)
+        xhat = xc * paddle.matmul(rstd, across)
         dy_xhat = dy2 * xhat
-        dbias = paddle.matmul(ones, dy2).reshape([c])
-        dweight = paddle.matmul(ones, dy_xhat).reshape([c])
+        # Column sums as GEMMs, per sample and then over the batch: one float32 GEMM over all B * T rows (25k at
+        # the first Performer) drifts to 3.4e-6 relative from float64 at batch 8 (the reference's own: 1.7e-6).
+        lead = x.shape[0] if x.ndim == 3 else 1
+        ones = paddle.ones([1, 1, x2.shape[0] // lead], dtype=x.dtype)
+        dbias = paddle.matmul(ones, dy2.reshape([lead, -1, c])).sum(axis=0).reshape([c])
+        dweight = paddle.matmul(ones, dy_xhat.reshape([lead, -1, c])).sum(axis=0).reshape([c])
         if not ctx.needs_dx:  # the first Performer's input: the image's patches
             return None, dweight, dbias
-        # rstd = 1 / sqrt(var + eps) from s = mean(xhat * x) = rstd * var: rstd = 2 / (s + sqrt(s^2 + 4 eps)),
-        # an identity that needs no second pass over (x - mean) and has no cancellation.
-        s = paddle.matmul(xhat * x2, paddle.full([c, 1], 1.0 / c, dtype=x.dtype))
-        rstd = 2.0 / (s + paddle.sqrt(s * s + 4.0 * eps))
         # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight; both row means are GEMMs of
         # what is already there (dy, dy * xhat) with weight / c, and rstd scales the [rows, 1] means, not rows.
         weight_c = (weight / c).unsqueeze(-1)
         mean_g = paddle.matmul(dy2, weight_c) * rstd
         mean_gx = paddle.matmul(dy_xhat, weight_c) * rstd
-        # The [rows, 1] and [c] factors are spelled out as rank-1 GEMMs (col @ row: one exact product per
-        # element): Paddle's broadcasting elementwise kernels are 3-5x slower on CPU than same-shape ones
-        # (0.55 against 0.13 ms at 6.3k x 256; the GEMM takes 0.06 ms).
-        across = paddle.ones([1, c], dtype=x.dtype)
         dx = (dy2 * paddle.matmul(rstd, weight.unsqueeze(0)) - paddle.matmul(mean_g, across)
               - xhat * paddle.matmul(mean_gx, across))
         return dx.reshape(x.shape), dweight, dbias
@@ -238,17 +245,26 @@ class TokenPerformer(nn.Layer):
 
     def forward(self, x):
         k, q, v = paddle.split(self.kqv(self.norm1(x)), 3, axis=-1)
-        kp, qp = self.prm_exp(k), self.prm_exp(q)  # [B, T, m]
-        kp_sum = paddle.matmul(paddle.ones([1, 1, kp.shape[1]], dtype=kp.dtype), kp)  # [B, 1, m]
-        denom = paddle.matmul(qp, kp_sum, transpose_y=True)  # [B, T, 1]
-        kptv = paddle.matmul(kp, v, transpose_x=True)  # [B, m, emb]
-        # The official epsilon as a tensor, not a Python float: from Paddle 2.6 through paddle2onnx 1.3.1,
-        # `denom + 1e-8` lost its epsilon (the ONNX graph divided by denom itself), and tokens whose features
-        # all underflow (flat dark backgrounds of trained Fashion-MNIST models) gave 0 / 0 = NaN logits in ONNX
-        # Runtime and OpenVINO. tests/test_own_data.py runs every backend on such images.
-        y = paddle.matmul(qp, kptv) / (denom + paddle.full([1], 1e-8, dtype=denom.dtype))
-        x = v + self.dp(self.proj(y))
+        x = v + self.dp(self.proj(self.attend(k, q, v)))
         return x + self.mlp(self.norm2(x))
+
+    def attend(self, k, q, v):
+        """The Performer's attention, always in float32 (the official code's x.float()): under fp16 the
+        `+ 1e-8` below is 0 and flat images give 0 / 0 (official issue #69), so autocast is switched off here."""
+        dtype = v.dtype
+        k, q, v = (t if t.dtype == paddle.float32 else t.astype("float32") for t in (k, q, v))
+        island = paddle.amp.auto_cast(enable=False) if paddle.in_dynamic_mode() else contextlib.nullcontext()
+        with island:
+            kp, qp = self.prm_exp(k), self.prm_exp(q)  # [B, T, m]
+            kp_sum = paddle.matmul(paddle.ones([1, 1, kp.shape[1]], dtype=kp.dtype), kp)  # [B, 1, m]
+            denom = paddle.matmul(qp, kp_sum, transpose_y=True)  # [B, T, 1]
+            kptv = paddle.matmul(kp, v, transpose_x=True)  # [B, m, emb]
+            # The official epsilon as a tensor, not a Python float: from Paddle 2.6 through paddle2onnx 1.3.1,
+            # `denom + 1e-8` lost its epsilon (the ONNX graph divided by denom itself), and tokens whose features
+            # all underflow (flat dark backgrounds of trained Fashion-MNIST models) gave 0 / 0 = NaN logits in
+            # ONNX Runtime and OpenVINO. tests/test_own_data.py runs every backend on such images.
+            y = paddle.matmul(qp, kptv) / (denom + paddle.full([1], 1e-8, dtype=denom.dtype))
+        return y if dtype == paddle.float32 else y.astype(dtype)
 
 
 class TokenAttention(nn.Layer):

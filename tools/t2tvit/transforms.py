@@ -115,18 +115,26 @@ class TrainTransform:
         return to_chw(img)
 
 
+# The center crop's offset from the spare pixels of one side. torchvision 0.8.0-0.8.2 (the official numbers' era:
+# T2T-ViT-7's row was published two days before 0.9.0) compute int((spare + 1) * 0.5), halves up; 0.7, >= 0.9
+# and today's timm use round(spare / 2), halves to even. They differ where spare is 1 mod 4: e.g. 500x332 at
+# 224 px (resized to 373x248), 666x496 (333x248), 401x320 at 288 px: the crop moves by one pixel.
+CROP_OFFSET = {"half_up": lambda spare: int((spare + 1) * 0.5), "half_even": lambda spare: int(round(spare / 2.0))}
+
+
 class EvalTransform:
     """Image path -> Resize(short side floor(img_size / crop_pct)) + CenterCrop(img_size) -> normalised CHW.
 
     torchvision's arithmetic: the long side becomes int(size * long / short), an image whose short side
-    already has the size is not resized, and the crop starts at int(round((h - img_size) / 2)) (Python's
-    round, halves to even; torchvision 0.8.x alone rounded halves up). The whole image is resized, then
-    cropped: resampling only the crop's source box would change Pillow's filter coefficients slightly.
+    already has the size is not resized, and the crop's offset rounds half the spare pixels as `crop_rounding`
+    says (CROP_OFFSET). The whole image is resized, then cropped: resampling only the crop's source box would
+    change Pillow's filter coefficients slightly.
     """
 
     def __init__(self, img_size, crop_pct=0.9, interpolation=Image.Resampling.BICUBIC,
-                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_rounding="half_up"):
         self.size = img_size
+        self.offset = CROP_OFFSET[crop_rounding]
         self.resize_to = int(math.floor(img_size / crop_pct))
         self.interpolation = interpolation
         self.normalize = Normalize(mean, std)
@@ -144,8 +152,7 @@ class EvalTransform:
         size = self.resized_size(*img.size)
         if size != img.size:
             img = img.resize(size, self.interpolation)
-        left = int(round((size[0] - self.size) / 2.0))
-        top = int(round((size[1] - self.size) / 2.0))
+        left, top = self.offset(size[0] - self.size), self.offset(size[1] - self.size)
         return to_chw(img.crop((left, top, left + self.size, top + self.size)))
 
     def __call__(self, path):
@@ -161,7 +168,7 @@ def build_transform(cfg, split):
     """The transform of 'train' (uint8 out) or 'val' (normalised float32 out); values checked by config.py."""
     d, a, size = cfg.Data, cfg.Augment, cfg.Global.img_size
     if split != "train":
-        return EvalTransform(size, d.crop_pct, _interpolation(d.interpolation), d.mean, d.std)
+        return EvalTransform(size, d.crop_pct, _interpolation(d.interpolation), d.mean, d.std, d.crop_rounding)
     interpolation = _interpolation(a.train_interpolation, allow_random=True)
     rand_augment = None
     if a.rand_augment:
