@@ -115,16 +115,18 @@ def _paddle_model(args, paddle, **kwargs):
 
 
 def agreement_paths(args, cfg):
-    """(where, image paths) the logits are compared on: lit_data's photos, or the config's val split."""
+    """(where, image paths, their labels or None) the logits are compared on: lit_data's photos, or the
+    config's val split (whose labels give each measure's top-1 accuracy too)."""
     if args.agree_on == "photos":
         paths = sorted(glob.glob(os.path.join(PHOTOS, "*", "*.JPEG")))
         if not paths:
             raise UserError(f"no photos under {PHOTOS} to compare logits on")
-        return os.path.relpath(PHOTOS, ROOT), paths
+        return os.path.relpath(PHOTOS, ROOT), paths, None
     from t2tvit.dataset import build_dataset
     dataset = build_dataset(cfg, "val")
     picked = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), args.agree_limit)).round().astype(int))
-    return f"{cfg.Data.root} (val split, {len(picked)} of {len(dataset)} images)", [dataset.path(i) for i in picked]
+    return (f"{cfg.Data.root} (val split, {len(picked)} of {len(dataset)} images)", [dataset.path(i) for i in picked],
+            dataset.labels[picked])
 
 
 def prepare(args):
@@ -147,7 +149,9 @@ def prepare(args):
     linear = set(linear_weight_names(model))
     np.savez(os.path.join(args.work_dir, "weights_torch_layout.npz"),
              **{k: (v.numpy().T if k in linear else v.numpy()) for k, v in model.state_dict().items()})
-    where, paths = agreement_paths(args, cfg)
+    where, paths, labels = agreement_paths(args, cfg)
+    if labels is not None:
+        np.save(os.path.join(args.work_dir, "labels.npy"), labels)
     transform = build_transform(cfg, "val")
     # uint8 on disk, normalised a batch at a time by each worker: 10,000 crops of 224 px are 1.5 GB, not 6.
     crops = np.lib.format.open_memmap(os.path.join(args.work_dir, "crops.npy"), mode="w+", dtype=np.uint8,
@@ -163,10 +167,12 @@ def prepare(args):
 
     reference = np.concatenate([predict(x) for x in image_batches(args)])
     np.save(logits_path(args.work_dir, "reference"), reference)
-    if "engine" in args.only:
-        export(model, args.img_size, os.path.join(args.work_dir, "inference"))
     from t2tvit.deploy import available_backends, supported_precisions
     backends = {b: supported_precisions(b) for b in available_backends()} if "engine" in args.only else {}
+    if "engine" in args.only:
+        export(model, args.img_size, os.path.join(args.work_dir, "inference"))
+        if any("int8" in p for p in backends.values()):
+            quantize_for_benchmark(args, backends)
     top2 = np.sort(reference, axis=-1)[:, -2:]
     gap = top2[:, 1] - top2[:, 0] if reference.shape[-1] > 1 else np.zeros(len(reference))
     return {"weights": weights, "compared_on": where, "compared_images": len(paths), "backends": backends,
@@ -174,12 +180,27 @@ def prepare(args):
                                    "logit_std": float(reference.std())}}
 
 
-def image_batches(args):
-    """The compared images, normalised as the val transform does, in batches of --batch."""
+def quantize_for_benchmark(args, backends):
+    """The int8 models of the export, calibrated on (at most DEFAULT_CALIB_SIZE, evenly spaced of) the compared
+    images: with --agree-on val a calibration set of the same distribution as, but not disjoint from, the
+    images measured; tools/export_model.py --int8 --calib takes a separate set."""
+    from t2tvit.quantize import DEFAULT_CALIB_SIZE, quantize_export
+    crops, normalize = _crops(args)
+    picked = np.unique(np.linspace(0, len(crops) - 1, min(len(crops), DEFAULT_CALIB_SIZE)).round().astype(int))
+    quantize_export(os.path.join(args.work_dir, "inference"), np.stack([normalize(crops[i]) for i in picked]),
+                    tuple(b for b, p in backends.items() if "int8" in p))
+
+
+def _crops(args):
+    """(the compared images' uint8 crops, memory-mapped; the val transform's normalisation)."""
     from t2tvit.transforms import Normalize
     data = config_of(args).Data
-    normalize = Normalize(data.mean, data.std)
-    crops = np.load(os.path.join(args.work_dir, "crops.npy"), mmap_mode="r")
+    return np.load(os.path.join(args.work_dir, "crops.npy"), mmap_mode="r"), Normalize(data.mean, data.std)
+
+
+def image_batches(args):
+    """The compared images, normalised as the val transform does, in batches of --batch."""
+    crops, normalize = _crops(args)
     for start in range(0, len(crops), args.batch):
         yield np.stack([normalize(c) for c in crops[start:start + args.batch]])
 
@@ -493,12 +514,14 @@ def run_worker(args, name, work_dir, tag=None, extra=()):
 
 def agreement(work_dir, tag):
     """(max |logit difference|, top-1 agreement) of a measure's logits on the compared images vs the fp32
-    dynamic model's."""
+    dynamic model's, and its top-1 accuracy against the labels (None on the unlabelled photos)."""
     path = logits_path(work_dir, tag)
     if not os.path.exists(path):
-        return None, None
+        return None, None, None
     ref, got = np.load(logits_path(work_dir, "reference")), np.load(path)
-    return float(np.abs(got - ref).max()), float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+    labels = os.path.join(work_dir, "labels.npy")
+    top1 = float(np.mean(got.argmax(-1) == np.load(labels))) if os.path.exists(labels) else None
+    return float(np.abs(got - ref).max()), float(np.mean(got.argmax(-1) == ref.argmax(-1))), top1
 
 
 def finish(rows):
@@ -520,7 +543,7 @@ def print_table(rows, machine, args, prepared):
           f"{machine.get('cpu_model_number')}), {machine['usable_cores']} usable cores")
     print(f"CPU flags: {machine['cpu_flags']}")
     print(f"{'measure':<20}{'setting':<26}{'images/s':>10}{'ratio':>8}{'max|dlogit|':>13}{'top-1 agree':>13}"
-          f"{'peak MB':>9}")
+          f"{'top-1':>8}{'peak MB':>9}")
     for r in rows:
         if "error" in r:
             print(f"{r['measure']:<20}{r['setting']:<26}failed: {r['error']}")
@@ -528,8 +551,9 @@ def print_table(rows, machine, args, prepared):
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         diff = "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
         agree = "" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.1f}%"
+        top1 = "" if r.get("top1_vs_labels") is None else f"{100 * r['top1_vs_labels']:.2f}"
         print(f"{r['measure']:<20}{r['setting']:<26}{r['images_per_s']:>10.1f}{ratio:>8}{diff:>13}{agree:>13}"
-              f"{r['peak_mem_mb']:>9}")
+              f"{top1:>8}{r['peak_mem_mb']:>9}")
     print("ratio: eval rows to torch_eval, train to torch_train (PyTorch running the official model, this run); "
           f"logits vs Paddle's fp32 dynamic graph on {prepared['compared_images']} images of "
           f"{prepared['compared_on']}, weights: {prepared['weights']}; its top-2 logit gap: min "
@@ -597,7 +621,7 @@ def drive(args):
                 row["seconds_per_item"] += result["seconds_per_item"]
                 row["peak_mem_mb"] = max(row.get("peak_mem_mb", 0), result["peak_mem_mb"])
                 row["rounds_images_per_s"].append(round(1.0 / float(np.median(result["seconds_per_item"])), 2))
-                row["max_abs_diff"], row["top1_agreement"] = agreement(work_dir, tag)
+                row["max_abs_diff"], row["top1_agreement"], row["top1_vs_labels"] = agreement(work_dir, tag)
                 print(f"  {name} ({setting}): {row['rounds_images_per_s'][-1]:.1f} images/s", file=sys.stderr,
                       flush=True)
         stages = {}

@@ -1,6 +1,7 @@
 """Export a trained or converted T2T-ViT for deployment: Paddle Inference and ONNX, dynamic batch dimension.
 
     python tools/export_model.py -c CONFIG --weights FILE --out DIR [--format paddle|onnx|all] [-o Key=Value ...]
+                                 [--int8 --calib DIR_OR_LIST [DIR_OR_LIST ...] [--calib-size N]]
 
 Writes DIR/inference.json (Paddle 3.x) or DIR/inference.pdmodel (Paddle 2.6) with DIR/inference.pdiparams
 (format paddle: the `paddle` backend) and DIR/model.onnx (format onnx, through paddle2onnx: the `onnxruntime`
@@ -9,6 +10,12 @@ and onnxruntime are installed (requirements-deploy.txt), else paddle. Input `x`:
 normalised with Data.mean / Data.std, S = Global.img_size; output: [N, num_classes] logits. Before anything
 is written to DIR, each written model is run (Paddle Inference; ONNX Runtime for model.onnx) and must give
 the dynamic model's logits within 1e-4; a previous export's model files in DIR are replaced.
+
+--int8 also writes post-training int8 models quantised from model.onnx (t2tvit/quantize.py says what is int8
+and what stays float): DIR/model_int8.onnx (ONNX Runtime, static QDQ) and DIR/model_int8.xml/.bin (OpenVINO,
+NNCF), calibrated on --calib-size images (default 300, evenly spaced) of --calib (image files, folders, or
+.txt lists such as a Data split's list) through the config's eval transform. Run them with tools/predict.py
+--precision int8; their top-1 agreement with fp32 on the calibration images is printed.
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
@@ -20,7 +27,8 @@ import paddle
 from t2tvit.checkpoint import load_weights
 from t2tvit.config import add_config_args, config_from_args
 from t2tvit.deploy import FORMAT_CHOICES, RUNTIME_NAMES, export_checked, parse_formats
-from t2tvit.errors import cli
+from t2tvit.errors import UserError, cli
+from t2tvit.quantize import DEFAULT_CALIB_SIZE, calibration_images, int8_agreement_line
 from t2tvit.t2t import create_model
 
 
@@ -35,8 +43,21 @@ def main(argv=None):
     ap.add_argument("--format", choices=FORMAT_CHOICES, default=None,
                     help="paddle (Paddle Inference), onnx (model.onnx) or all; default: all where paddle2onnx "
                          "and onnxruntime are installed, else paddle")
+    ap.add_argument("--int8", action="store_true", help="also write int8 models (onnxruntime, openvino)")
+    ap.add_argument("--calib", nargs="+", default=[], metavar="DIR_OR_LIST",
+                    help="with --int8: calibration images (files, folders, or .txt lists)")
+    ap.add_argument("--calib-size", type=int, default=DEFAULT_CALIB_SIZE,
+                    help="with --int8: at most this many calibration images (default: %(default)s)")
     args = ap.parse_args(argv)
     formats = parse_formats(args.format)
+    if args.int8 and not args.calib:
+        raise UserError("--int8 needs calibration images: add --calib DIR_OR_LIST")
+    if args.calib and not args.int8:
+        raise UserError("--calib applies to --int8: add --int8")
+    if args.int8 and "onnx" not in formats:
+        raise UserError("--int8 quantises model.onnx: use --format onnx or all")
+    if args.calib_size < 1:
+        raise UserError("--calib-size must be at least 1")
     if args.format is None and "onnx" not in formats:
         print("note: paddle2onnx / onnxruntime not installed: writing the Paddle Inference model only "
               "(pip install -r requirements-deploy.txt for model.onnx)")
@@ -49,12 +70,15 @@ def main(argv=None):
         print(f"note: {note}")
     model.eval()
     out = os.path.abspath(args.out)
-    diffs = export_checked(model, g.img_size, out, formats)
+    calib = calibration_images(cfg, args.calib, args.calib_size) if args.int8 else None
+    diffs = export_checked(model, g.img_size, out, formats, calib)
     files = ", ".join(sorted(os.listdir(out)))
     source = args.weights if which == "weights" else f"{which} weights of {args.weights}"
     checks = ", ".join(f"{RUNTIME_NAMES[fmt]} {d:.2g}" for fmt, d in diffs.items())
     print(f"exported {g.model} ({source}) for [N, 3, {g.img_size}, {g.img_size}] inputs to {out}: {files}; "
           f"max |logits - dynamic logits|: {checks}")
+    if args.int8:
+        print(int8_agreement_line(out, calib))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python tools/predict.py PATH [PATH ...] [-c CONFIG] [--weights FILE] [--topk 5] [--batch-size 32]
                             [--output FILE.jsonl [--logits]] [-o Key=Value ...]
     python tools/predict.py PATH [PATH ...] --inference-dir DIR [--backend auto|paddle|onnxruntime|openvino]
-                            [--precision fp32|bf16] [--threads N] [--device cpu|gpu] [--trt fp32|fp16] ...
+                            [--precision fp32|bf16|int8] [--threads N] [--device cpu|gpu] [--trt fp32|fp16] ...
 
 PATH: image files, and folders searched recursively for images (the extensions of t2tvit.dataset.IMG_EXTENSIONS).
 Images are read and classified --batch-size at a time with tools/val.py's eval transform. Prints, per image,
@@ -47,6 +47,8 @@ def engine_forward(args, cfg):
         engine = create_predictor(args.inference_dir, args.backend, args.precision, args.threads, device)
     engine.check_img_size(cfg.Global.img_size)
     print(f"backend: {engine.backend} {engine.precision} on {device}", file=sys.stderr)
+    if args.verbose and engine.auto_reason:
+        print(f"auto picked {engine.backend}: {engine.auto_reason}", file=sys.stderr)
     return engine, class_names(cfg)
 
 
@@ -88,13 +90,15 @@ def main(argv=None, inference_only=False):
     ap.add_argument("--inference-dir", required=inference_only, default="",
                     help="an exported model (tools/export_model.py) to run instead of --weights")
     ap.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
-                    help="with --inference-dir: auto (the fastest fp32 backend installed), paddle (Paddle "
+                    help="with --inference-dir: auto (the fastest here, timed at first use), paddle (Paddle "
                          "Inference), onnxruntime or openvino")
     ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                    help="with --inference-dir: bf16 on paddle / openvino, on CPUs with AVX512_BF16 or AMX")
+                    help="with --inference-dir: bf16 on paddle / openvino, on CPUs with AVX512_BF16 or AMX; "
+                         "int8 on onnxruntime / openvino (export_model.py --int8), on CPUs with AVX2")
     ap.add_argument("--threads", type=int, default=None, help="with --inference-dir: CPU threads (default: all "
                                                               "cores this process may use)")
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None, help="default: Global.device")
+    ap.add_argument("-v", "--verbose", action="store_true", help="with --backend auto: say why it picked one")
     ap.add_argument("--trt", choices=("fp32", "fp16"), default=None, help="GPU: run through TensorRT")
     ap.add_argument("--topk", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32, help="images read and classified at a time")

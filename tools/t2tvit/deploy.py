@@ -3,21 +3,30 @@
     predictor = create_predictor(DIR, backend="auto", precision="fp32", threads=None, device="cpu")
     logits = predictor(images)          # [N, 3, S, S] float32, normalised -> [N, num_classes]
     available_backends()                # installed of: paddle, onnxruntime, openvino
-    supported_precisions(backend)       # fp32, and bf16 where the backend and this CPU have it
+    supported_precisions(backend)       # fp32, bf16 where the backend and this CPU have it, int8 (AVX2)
 
 Backends: `paddle` (Paddle Inference on DIR/inference.json or .pdmodel: oneDNN on CPU; CUDA, or TensorRT with
-trt=, on GPU), `onnxruntime` and `openvino` (both on DIR/model.onnx). "auto" is the fastest fp32 backend
-installed whose model file DIR holds (AUTO_ORDER). bf16 needs a CPU with AVX512_BF16 or AMX (read from
+trt=, on GPU), `onnxruntime` and `openvino` (both on DIR/model.onnx). "auto" on CPU is the fastest here of
+the installed backends that run the precision and whose model file DIR holds, by a batch-1 timing at first use
+cached per CPU (model name and flags), model (file digest), precision and threads in ~/.cache/t2tvit/
+auto_backend.json (measured_auto_backend); the documented order AUTO_ORDER where only one candidate remains. bf16 needs a CPU with AVX512_BF16 or AMX (read from
 /proc/cpuinfo, never assumed) and runs on paddle (oneDNN) and openvino; ONNX Runtime computes in fp32 on x86.
+int8 runs the post-training quantised models of t2tvit/quantize.py (export_model.py --int8) on onnxruntime and
+openvino, on CPUs with at least AVX2 (VNNI makes it faster; without it the int8 kernels use AVX2's u8 x s8
+multiply-add).
 
 export() writes those files from a dynamic model; tools/export_model.py checks each against the dynamic
 model (check_export) before it keeps any.
 """
+import hashlib
 import importlib.util
 import inspect
+import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 
 import numpy as np
 import yaml
@@ -25,6 +34,7 @@ import yaml
 from .cpu_env import usable_cores
 from .atomic import TEMP_MARK
 from .errors import StorageError, UserError
+from .quantize import INT8_FILES, INT8_MODEL
 from .runtime import keep_freed_memory
 
 PREFIX = "inference"
@@ -33,15 +43,21 @@ PARAMS_FILE = PREFIX + ".pdiparams"
 META_FILE = PREFIX + ".yml"  # what the graph takes: model name, input name, img_size, num_classes
 ONNX_FILE = "model.onnx"
 # Export formats and the files each one writes (with META_FILE, which every format needs).
-FORMATS = {"paddle": MODEL_FILES + (PARAMS_FILE,), "onnx": (ONNX_FILE,)}
+FORMATS = {"paddle": MODEL_FILES + (PARAMS_FILE,), "onnx": (ONNX_FILE,), "int8": INT8_FILES}
 BACKENDS = ("paddle", "onnxruntime", "openvino")  # also the names of their Python packages
 BACKEND_FORMAT = {"paddle": "paddle", "onnxruntime": "onnx", "openvino": "onnx"}
-# backend="auto": the first of these that is installed and whose model file is there. Measured on a 2-core
+# backend="auto" without a timing (on GPU, or one candidate): the first of these that is installed and whose
+# model file is there; ties of the timing are broken in this order too. Measured on a 2-core
 # AMD EPYC (cpu family 26: Zen 5), T2T-ViT-7, 224 px, 2 threads, fp32, images/s in two interleaved rounds:
 # batch 32: openvino 99-109, paddle 99-104, onnxruntime 81-84; batch 1: openvino 92-96, onnxruntime 74-75,
 # paddle 54. OpenVINO is the fastest at both; Paddle Inference is next at batch 32 and needs no model.onnx.
 AUTO_ORDER = ("openvino", "paddle", "onnxruntime")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
+INT8_BACKENDS = tuple(INT8_MODEL)
+# Paddle's own int8 needs paddleslim's post-training quantisation, whose latest release (2.6.0, January 2024)
+# predates Paddle 3 and its PIR programs; it is not pinned for Paddle 2.6 alone: int8 is quantised once, from
+# model.onnx, for both Paddle versions.
+PADDLE_INT8_MISSING = "Paddle Inference has no int8 path here (paddleslim 2.6.0 predates Paddle 3)"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of AVX512_BF16 and AMX-BF16
 BF16_BACKENDS = ("paddle", "openvino")
 # Fuses attention into one oneDNN kernel compiled for AVX-512; on AVX2-only CPUs it dies with SIGILL.
@@ -87,6 +103,8 @@ def precision_problem(backend, precision, device="cpu"):
         return None
     if device != "cpu":
         return f"{precision} is a CPU path here; on GPU use the paddle backend with trt='fp16' (--trt fp16)"
+    if precision == "int8":
+        return int8_problem(backend)
     if backend not in BF16_BACKENDS:
         return (f"{backend} has no {precision} on x86 CPUs (its CPU kernels compute in fp32); "
                 f"use --backend {' or '.join(BF16_BACKENDS)} for {precision}")
@@ -96,6 +114,26 @@ def precision_problem(backend, precision, device="cpu"):
         return ("Paddle Inference 2.6's bf16 passes break this model (elementwise_mul fails at run time); "
                 "use Paddle 3.x, or --backend openvino for bf16")
     return None
+
+
+def int8_problem(backend):
+    """Why `backend` cannot run int8 on this CPU, or None."""
+    if backend not in INT8_BACKENDS:
+        why = PADDLE_INT8_MISSING if backend == "paddle" else f"{backend} has no int8 model"
+        return f"{why}; use --backend {' or '.join(INT8_BACKENDS)} for int8"
+    if "avx2" not in cpu_flags():
+        return "int8 needs a CPU with AVX2 (its u8 x s8 kernels); this CPU has none"
+    return None
+
+
+def int8_file(model_dir, backend):
+    """Path of `backend`'s int8 model in model_dir (written by tools/export_model.py --int8)."""
+    read_meta(model_dir)
+    path = os.path.join(model_dir, INT8_MODEL[backend])
+    if not os.path.isfile(path):
+        raise UserError(f"{model_dir} holds no int8 model for {backend} ({INT8_MODEL[backend]}); write it with "
+                        f"tools/export_model.py --int8 --calib IMAGES")
+    return path
 
 
 def paddle_major():
@@ -142,24 +180,140 @@ def has_format(model_dir, fmt):
     return any(os.path.isfile(os.path.join(model_dir, name)) for name in FORMATS[fmt])
 
 
-def auto_backend(model_dir, device="cpu"):
-    """The fastest fp32 backend (AUTO_ORDER) that is installed and whose model file model_dir holds."""
+def runnable(model_dir, backend, precision):
+    """Whether model_dir holds `backend`'s model file at `precision` (int8: its quantised model)."""
+    if precision == "int8":
+        return backend in INT8_MODEL and os.path.isfile(os.path.join(model_dir, INT8_MODEL[backend]))
+    return has_format(model_dir, BACKEND_FORMAT[backend])
+
+
+def auto_backend(model_dir, device="cpu", precision="fp32"):
+    """The fastest backend (AUTO_ORDER) that is installed, runs `precision` here and whose model file
+    model_dir holds."""
     installed = available_backends()
     order = ("paddle",) if device != "cpu" else AUTO_ORDER
     for backend in order:
-        if backend in installed and has_format(model_dir, BACKEND_FORMAT[backend]):
+        if (backend in installed and precision_problem(backend, precision, device) is None
+                and runnable(model_dir, backend, precision)):
             return backend
     read_meta(model_dir)  # say what is missing in the directory itself, if anything
     raise UserError(f"no installed backend ({', '.join(installed) or 'none'}) can run the model in {model_dir} "
-                    f"on {device}: install one (pip install -r requirements-deploy.txt) or export its format")
+                    f"on {device} at {precision}: install one (pip install -r requirements-deploy.txt) or export "
+                    f"its format" + (" (--int8 --calib IMAGES)" if precision == "int8" else ""))
+
+
+# backend="auto" on CPU: a short timing of every candidate (batch 1, after warm-up) at first use, cached per
+# machine (CPU model and flags), model (digest of its files), precision and threads in AUTO_CACHE.
+AUTO_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "t2tvit",
+                          "auto_backend.json")
+AUTO_WARMUP, AUTO_RUNS = 2, 5
+
+
+def machine_key():
+    """A short hash of this CPU's model name and flags: a cached timing holds on this kind of CPU only."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return hashlib.sha256(f"{model}|{' '.join(sorted(cpu_flags()))}".encode()).hexdigest()[:16]
+
+
+def export_digest(model_dir):
+    """A hash of the exported model files in model_dir (a new export is a new model to time)."""
+    digest = hashlib.sha256()
+    for name in sorted(sum(FORMATS.values(), (META_FILE,))):
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            digest.update(name.encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def read_auto_cache(path):
+    """The cached timings ({key: {backend: seconds}}); an unreadable or corrupt file is ignored, with a
+    warning."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+        if not isinstance(cache, dict) or not all(isinstance(v, dict) for v in cache.values()):
+            raise ValueError("not a mapping of timings")
+        return cache
+    except (OSError, ValueError) as e:
+        print(f"warning: ignoring the corrupt backend timing cache {path} ({e}); timing again",
+              file=sys.stderr)
+        return {}
+
+
+def write_auto_cache(path, cache):
+    """Write the cache atomically: a temporary file in the same folder, then os.replace."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".auto_backend.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(cache, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def time_backend(model_dir, backend, precision, threads):
+    """Median seconds of a batch-1 run of `backend` on model_dir (after AUTO_WARMUP untimed runs)."""
+    engine = create_predictor(model_dir, backend, precision, threads)
+    x = np.random.RandomState(0).standard_normal((1, 3, engine.img_size, engine.img_size)).astype("float32")
+    for _ in range(AUTO_WARMUP):
+        engine(x)
+    times = []
+    for _ in range(AUTO_RUNS):
+        start = time.perf_counter()
+        engine(x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def measured_auto_backend(model_dir, precision="fp32", threads=None, cache_path=None, timer=time_backend):
+    """(backend, why): the fastest candidate on this machine by a batch-1 timing (cached in cache_path,
+    default AUTO_CACHE), among the installed backends that run `precision` and whose model file model_dir
+    holds; AUTO_ORDER when there is one candidate or the timing cannot be kept."""
+    cache_path = cache_path or AUTO_CACHE
+    installed = available_backends()
+    candidates = [b for b in AUTO_ORDER if b in installed and precision_problem(b, precision) is None
+                  and runnable(model_dir, b, precision)]
+    if len(candidates) < 2:
+        return auto_backend(model_dir, "cpu", precision), "the only installed backend that can run this model"
+    key = f"{machine_key()}/{export_digest(model_dir)}/{precision}/{threads or usable_cores()} threads"
+    cache = read_auto_cache(cache_path)
+    timings = cache.get(key)
+    source = f"cached in {cache_path}"
+    if not timings or set(timings) != set(candidates):
+        timings = {b: timer(model_dir, b, precision, threads) for b in candidates}
+        cache[key] = timings
+        source = f"timed now, cached in {cache_path}"
+        try:
+            write_auto_cache(cache_path, cache)
+        except OSError as e:
+            source = f"timed now, not cached ({e})"
+    best = min(candidates, key=lambda b: (timings[b], AUTO_ORDER.index(b)))
+    measured = ", ".join(f"{b} {1000 * timings[b]:.2f} ms" for b in sorted(candidates, key=timings.get))
+    return best, f"fastest at batch 1 on this CPU ({measured}; {source})"
 
 
 def create_predictor(model_dir, backend="auto", precision="fp32", threads=None, device="cpu"):
     """A callable mapping [N, 3, S, S] float32 images to [N, num_classes] logits with the exported model in
     model_dir, on `backend` (auto: fastest fp32 one installed) at `precision` with `threads` CPU threads
     (default: every core this process may use)."""
-    if backend == "auto":
-        backend = auto_backend(model_dir, device)
+    why = None
+    if backend == "auto" and device == "cpu":
+        backend, why = measured_auto_backend(model_dir, precision, threads)
+    elif backend == "auto":
+        backend, why = auto_backend(model_dir, device, precision), "the GPU backend"
     _check_backend(backend)
     if backend not in available_backends():
         raise UserError(f"backend {backend} is not installed: pip install -r requirements-deploy.txt")
@@ -167,18 +321,22 @@ def create_predictor(model_dir, backend="auto", precision="fp32", threads=None, 
     if problem:
         raise UserError(problem)
     if backend == "paddle":
-        return Predictor(model_dir, device, threads, precision=precision)
-    if backend == "onnxruntime":
-        return OnnxRuntimePredictor(model_dir, threads, device)
-    if device != "cpu":
+        engine = Predictor(model_dir, device, threads, precision=precision)
+    elif backend == "onnxruntime":
+        engine = OnnxRuntimePredictor(model_dir, threads, device, precision)
+    elif device != "cpu":
         raise UserError("the openvino backend runs on CPU here; use --backend paddle or onnxruntime on GPU")
-    return OpenVinoPredictor(model_dir, threads, precision)
+    else:
+        engine = OpenVinoPredictor(model_dir, threads, precision)
+    engine.auto_reason = why
+    return engine
 
 
 class Engine:
     """What every backend shares: the exported input size, and `engine(images) -> logits`."""
 
     backend = precision = None
+    auto_reason = None  # with backend="auto": why this backend was picked
 
     def __init__(self, meta):
         self.img_size = int(meta["img_size"])
@@ -290,15 +448,19 @@ class Predictor(Engine):
 
 
 class OnnxRuntimePredictor(Engine):
-    """The `onnxruntime` backend: ONNX Runtime on model.onnx, fp32 (CPU, or CUDA where this build has it)."""
+    """The `onnxruntime` backend: ONNX Runtime on model.onnx, fp32 (CPU, or CUDA where this build has it), or
+    on model_int8.onnx at int8."""
 
-    backend, precision = "onnxruntime", "fp32"
+    backend = "onnxruntime"
 
-    def __init__(self, model_dir, threads=None, device="cpu"):
+    def __init__(self, model_dir, threads=None, device="cpu", precision="fp32"):
         import onnxruntime as ort
 
         path, meta = onnx_file(model_dir)
         super().__init__(meta)
+        self.precision = precision
+        if precision == "int8":
+            path = int8_file(model_dir, self.backend)
         providers = ["CPUExecutionProvider"]
         if device != "cpu":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -317,9 +479,10 @@ class OnnxRuntimePredictor(Engine):
 
 
 class OpenVinoPredictor(Engine):
-    """The `openvino` backend: OpenVINO on model.onnx, on CPU, fp32 or bf16.
+    """The `openvino` backend: OpenVINO on model.onnx, on CPU, fp32 or bf16; int8 on NNCF's model_int8.xml.
 
-    OpenVINO runs bf16 by default on CPUs that have it; fp32 is asked for explicitly."""
+    OpenVINO runs bf16 by default on CPUs that have it; fp32 is asked for explicitly (also at int8: the
+    layers left in float then compute in fp32)."""
 
     backend = "openvino"
 
@@ -329,6 +492,8 @@ class OpenVinoPredictor(Engine):
         path, meta = onnx_file(model_dir)
         super().__init__(meta)
         self.precision = precision
+        if precision == "int8":
+            path = int8_file(model_dir, self.backend)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "INFERENCE_NUM_THREADS": threads or usable_cores(),
@@ -432,11 +597,12 @@ def replace_files(src_dir, dst_dir, formats):
             os.replace(os.path.join(src_dir, name), os.path.join(dst_dir, name))
 
 
-def export_checked(model, img_size, out_dir, formats):
+def export_checked(model, img_size, out_dir, formats, calib=None):
     """export() into a fresh temporary folder beside out_dir (mkdtemp: private, unpredictable), check every
-    format against `model`, and only then replace out_dir's model files. Returns {format: max |logits
-    difference|}; raises UserError, writing nothing, when a format differs by more than CHECK_TOL, and
-    StorageError (nothing partial left) when a write fails."""
+    format against `model`, quantise int8 models calibrated on the images `calib` (if given; t2tvit/quantize.py),
+    and only then replace out_dir's model files. Returns {format: max |logits difference|}; raises UserError,
+    writing nothing, when a format differs by more than CHECK_TOL, and StorageError (nothing partial left)
+    when a write fails."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} exists and is not a directory")
@@ -451,6 +617,10 @@ def export_checked(model, img_size, out_dir, formats):
             raise UserError("nothing written: the exported model's logits differ from the dynamic model's by "
                             + ", ".join(f"{d:.3g} ({RUNTIME_NAMES[fmt]})" for fmt, d in bad.items())
                             + f" > {CHECK_TOL}: a converter or runtime fault on this version and CPU")
+        if calib is not None:
+            from .quantize import quantize_export
+            quantize_export(tmp, calib)
+            formats = (*formats, "int8")
         replace_files(tmp, out_dir, formats)
     except OSError as e:
         raise StorageError(e.filename or out_dir, e) from None
