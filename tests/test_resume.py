@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import numpy as np
-import paddle
 import pytest
 
 from runner import (ENV, ROOT, children, error_lines, fast_overrides, free_port, losses, processes_mentioning, start,

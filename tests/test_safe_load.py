@@ -106,6 +106,8 @@ def test_what_paddle_save_writes_loads_as_paddle_load_gives_it(tmp_path):
             assert a == b and type(a) is type(b), where
 
     same(ours, theirs, "")
+    paddle.save(model.state_dict(), path)  # a bare state dict, to which paddle.save adds its name table
+    same(load_file(path), paddle.load(path), "")
     assert len(ours["optimizer"]) > 10  # moments, beta powers and the LR scheduler's state
     again = paddle.optimizer.AdamW(learning_rate=paddle.optimizer.lr.LinearWarmup(1e-3, 2, 0.0, 1e-3),
                                    parameters=model.parameters())

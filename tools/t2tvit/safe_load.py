@@ -39,6 +39,9 @@ ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
               for name, f in _ARRAYS.items()}}
 
 
+NAME_TABLE = "StructuredToParameterName@@"
+
+
 class Refused(pickle.UnpicklingError):
     def __init__(self, what):
         super().__init__(what)
@@ -58,17 +61,29 @@ def _is_saved_tensor(obj):
     return isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray)
 
 
-def _rebuild(obj, tensor):
-    if _is_saved_tensor(obj):
-        return tensor(obj[1])
+def _walk(obj, is_tensor, tensor):
+    """obj with every value is_tensor(value) replaced by tensor(value), through dicts, lists and tuples."""
+    if is_tensor(obj):
+        return tensor(obj)
     if isinstance(obj, dict):
-        out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
-        for k, v in obj.items():
-            out[k] = _rebuild(v, tensor)
-        return out
+        return type(obj)((k, _walk(v, is_tensor, tensor)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_rebuild(v, tensor) for v in obj)
+        return type(obj)(_walk(v, is_tensor, tensor) for v in obj)
     return obj
+
+
+def _as_paddle_load_returns(obj, to_tensor):
+    """paddle.load's rules for where the tensors are. A top-level state dict comes with paddle.save's
+    {structured name: parameter name} table: its arrays are the tensors, and the table is dropped. Else
+    every (name, ndarray) pair is a tensor, or, in files holding none (Paddle 2.0's), every ndarray."""
+    if isinstance(obj, dict) and isinstance(obj.get(NAME_TABLE), dict):
+        table = obj.pop(NAME_TABLE)
+        return type(obj)((k, to_tensor(v) if k in table and isinstance(v, np.ndarray) else v) for k, v in obj.items())
+    pairs = []
+    _walk(obj, _is_saved_tensor, pairs.append)
+    if pairs:
+        return _walk(obj, _is_saved_tensor, lambda pair: to_tensor(pair[1]))
+    return _walk(obj, lambda v: isinstance(v, np.ndarray), to_tensor)
 
 
 def load_paddle_file(f, path):
@@ -88,6 +103,6 @@ def load_paddle_file(f, path):
         raise UserError(f"cannot read {path} as Paddle weights or checkpoint ({type(e).__name__}: {e})") from None
     import paddle  # here, so that the allow-list itself can be read without Paddle
     try:
-        return _rebuild(obj, paddle.to_tensor)
+        return _as_paddle_load_returns(obj, paddle.to_tensor)
     except RecursionError:
         raise UserError(f"cannot read {path}: nested too deeply for a weights file or checkpoint") from None
