@@ -105,6 +105,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, one_process_run):
     resumed = run_tool("train.py", *args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {latest}: epoch {state['epoch'] + 1}, step {state['step']}" in resumed.stdout
+    assert f"warning: {tmp_path / 'out' / LOCK_NAME} was left by a run that is gone" in resumed.stdout  # taken over
     assert_resumed_exactly(losses(tmp_path / "log"), one_process_run[1], tmp_path / "out",
                            one_process_run[0] / "out")
 
