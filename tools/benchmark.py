@@ -286,8 +286,9 @@ def gemm_rates(args):
 
 def model_macs(model, img_size):
     """Multiply-accumulates of one image through `model`: every Linear layer (tokens x in x out, counted by
-    a forward hook on a batch of 1). The attention products (q k^T, attn v) and the Performer's are left out
-    (about a tenth of T2T-ViT-7's); one place to swap in a full counter."""
+    a forward hook on a batch of 1): 0.614 G for T2T-ViT-7 at 224 px. The attention products are left out (the
+    backbone's q k^T and attn v add 7 x 2 x 197^2 x 256 = 0.14 G there), so the limit is optimistic by up to
+    that share; one place to swap in a full counter (issue 18)."""
     import paddle
     macs = []
 
