@@ -9,7 +9,8 @@ from benchmark import JSON_PREFIX, MEASURES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")
-TINY = ("--batch", "2", "--img-size", "32", "--warmup", "0", "--repeat", "2", "--threads", "1")
+TINY = ("--batch", "2", "--img-size", "32", "--warmup", "0", "--repeat", "2", "--threads", "1", "--latency-runs", "3",
+        "--throughput-batches", "1", "2")
 
 
 def run(*args):
@@ -46,6 +47,15 @@ def test_one_run_measures_everything_side_by_side():
         assert rows["torch_eval"]["ratio"] == 1.0 and rows["torch_train"]["ratio"] == 1.0
         assert rows["train"]["ratio"] == round(rows["train"]["images_per_s"] / rows["torch_train"]["images_per_s"], 2)
         assert rows["eval_dynamic"]["ratio"] > 0
+    # Every eval row: batch-1 latency, throughput at each batch, and its share of the compute-bound limit.
+    assert report["gemm_gflops"]["fp32"] > 0 and report["model_macs"] > 0
+    for row in [rows["eval_dynamic"], *engines] + ([rows["torch_eval"]] if has_torch else []):
+        lat = row["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p99"] and lat["runs"] == 3, row
+        assert sorted(row["throughput_images_per_s"]) == ["1", "2"] and min(row["throughput_images_per_s"].values()) > 0
+        rate = report["gemm_gflops"].get(row["setting"].rsplit(" ", 1)[-1], report["gemm_gflops"]["fp32"])
+        assert row["compute_bound_fraction"] == round(row["images_per_s"] * 2 * report["model_macs"] / (rate * 1e9), 3)
+    assert {row["setting"] for row in engines} >= {"onnxruntime int8", "openvino int8"}
     machine = report["machine"]
     assert machine["cpu_model"] and machine["usable_cores"] >= 1 and "CPU flags:" in r.stdout
     assert report["settings"]["img_size"] == 32 and report["settings"]["threads"] == 1

@@ -26,6 +26,14 @@ difference| and top-1 agreement are against Paddle's float32 dynamic-graph model
 with trained weights: the report gives the reference's top-2 gaps). Threads default to the cores of this
 process, as every tool sets them (tools/t2tvit/cpu_env.py). Records the CPU model and flags; prints a table and
 one JSON line (prefix `BENCHMARK_JSON `).
+
+Every eval measure (PyTorch, Paddle dynamic, each backend x precision, int8 included) also gets its batch-1
+latency (p50 / p99 over --latency-runs runs after the warm-up; default 200) and its throughput at each of
+--throughput-batches (default 1 8 32). The run measures the machine's GEMM rate (gemm_rates: a 1024^2 fp32
+matmul in PyTorch, bf16 too where the CPU has it) and reports each eval row as a fraction of the model's
+compute-bound limit, GEMM rate / (2 x MACs per image) (model_macs: the Linear layers' MACs). With --agree-on
+val each row's top-1 against the split's labels is reported too (int8 models: calibrated on up to 300 of the
+compared images, evenly spaced).
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
@@ -145,6 +153,7 @@ def prepare(args):
         load_weights(model, args.weights)
         weights = args.weights
     model.eval()
+    macs = model_macs(model, args.img_size)  # before export: to_static turns the model's forward static
     paddle.save(model.state_dict(), os.path.join(args.work_dir, "weights.pdparams"))
     linear = set(linear_weight_names(model))
     np.savez(os.path.join(args.work_dir, "weights_torch_layout.npz"),
@@ -176,6 +185,7 @@ def prepare(args):
     top2 = np.sort(reference, axis=-1)[:, -2:]
     gap = top2[:, 1] - top2[:, 0] if reference.shape[-1] > 1 else np.zeros(len(reference))
     return {"weights": weights, "compared_on": where, "compared_images": len(paths), "backends": backends,
+            "model_macs": macs,
             "reference_top2_gap": {"min": float(gap.min()), "median": float(np.median(gap)),
                                    "logit_std": float(reference.std())}}
 
@@ -211,14 +221,94 @@ def logits_path(work_dir, tag):
 
 
 def _time_eval(args, to_input, predict):
-    """Time predict (input -> numpy logits) on the random batch; save its logits on the compared images (in
-    the first round only: they are the same in every round)."""
+    """Time predict (input -> numpy logits) on the random batch; save its logits on the compared images and
+    its latency profile (in the first round only: they are the same in every round)."""
     x = to_input(random_batch(args))
     times = timed(lambda: predict(x), args.warmup, args.repeat)
     path = logits_path(args.work_dir, args.tag)
     if not os.path.exists(path):
         np.save(path, np.concatenate([predict(to_input(b)) for b in image_batches(args)]).astype("float32"))
+        if args.latency_runs:
+            with open(profile_path(args.work_dir, args.tag), "w") as f:
+                json.dump(latency_profile(args, to_input, predict), f)
     return times
+
+
+def profile_path(work_dir, tag):
+    return os.path.join(work_dir, f"profile_{tag}.json")
+
+
+def latency_profile(args, to_input, predict):
+    """Batch-1 latency (p50 / p99 ms of --latency-runs runs after --warmup) and images/s at each of
+    --throughput-batches (median of --repeat runs), on random images."""
+    rng = np.random.RandomState(0)
+
+    def batch_of(n):
+        return to_input(rng.standard_normal((n, 3, args.img_size, args.img_size)).astype("float32"))
+
+    one = batch_of(1)
+    latency = np.asarray(timed(lambda: predict(one), args.warmup, args.latency_runs)) * 1e3
+    throughput = {}
+    for n in args.throughput_batches:
+        x = batch_of(n)
+        throughput[str(n)] = round(n / float(np.median(timed(lambda: predict(x), args.warmup, args.repeat))), 2)
+    return {"latency_ms": {"p50": round(float(np.percentile(latency, 50)), 3),
+                           "p99": round(float(np.percentile(latency, 99)), 3), "runs": len(latency)},
+            "throughput_images_per_s": throughput}
+
+
+# ---- the machine's GEMM rate and the model's compute-bound limit ------------------------------------------
+
+GEMM_SIZE = 1024  # square matrices: large enough to reach the library's peak on a few cores, timed in ~10 ms
+
+
+def gemm_rates(args):
+    """{precision: GFLOP/s} of one square matmul (2 n^3 FLOPs) in PyTorch (oneDNN/MKL, as its eval uses) with
+    --threads threads, or numpy's BLAS without torch: fp32 always; bf16 where the CPU has AVX512_BF16 or AMX.
+    No int8 rate: torch's CPU int8 matmul (torch._int_mm) is a reference kernel (0.3 GFLOP/s on a Zen 3 core,
+    40x below its fp32), no measure of the hardware; int8 rows are held to the fp32 limit."""
+    from t2tvit.deploy import cpu_has_bf16
+    n = GEMM_SIZE
+    rng = np.random.RandomState(0)
+    a, b = (rng.standard_normal((n, n)).astype("float32") for _ in range(2))
+    if importlib.util.find_spec("torch") is None:
+        runs = {"fp32 (numpy)": lambda: a @ b}
+    else:
+        import torch
+        torch.set_num_threads(args.threads)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        runs = {"fp32": lambda: ta @ tb}
+        if cpu_has_bf16():
+            ha, hb = ta.bfloat16(), tb.bfloat16()
+            runs["bf16"] = lambda: ha @ hb
+    repeat = max(args.repeat, 5)
+    return {k: round(2 * n ** 3 / float(np.median(timed(fn, 2, repeat))) / 1e9, 1) for k, fn in runs.items()}
+
+
+def model_macs(model, img_size):
+    """Multiply-accumulates of one image through `model`: every Linear layer (tokens x in x out, counted by
+    a forward hook on a batch of 1): 0.614 G for T2T-ViT-7 at 224 px. The attention products are left out (the
+    backbone's q k^T and attn v add 7 x 2 x 197^2 x 256 = 0.14 G there), so the limit is optimistic by up to
+    that share; one place to swap in a full counter (issue 18)."""
+    import paddle
+    macs = []
+
+    def hook(layer, inputs, output):
+        macs.append(int(np.prod(output.shape[:-1])) * layer.weight.shape[0] * layer.weight.shape[1])
+
+    handles = [m.register_forward_post_hook(hook) for m in model.sublayers() if isinstance(m, paddle.nn.Linear)]
+    try:
+        with paddle.no_grad():
+            model(paddle.zeros([1, 3, img_size, img_size]))
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(macs)
+
+
+def compute_bound_fraction(images_per_s, macs, rate_gflops):
+    """images/s as a fraction of the compute-bound limit rate / (2 x MACs)."""
+    return round(images_per_s * 2 * macs / (rate_gflops * 1e9), 3)
 
 
 def measure_eval_dynamic(args):
@@ -433,9 +523,9 @@ def print_stages(stages):
 def worker(args):
     """Run one measurement; print the seconds per image of each timed run and the peak memory (or, for
     `prepare`, what it prepared)."""
-    if args.worker in ("prepare", "stages_paddle", "stages_torch"):
+    if args.worker in ("prepare", "stages_paddle", "stages_torch", "gemm"):
         print(JSON_PREFIX + json.dumps({"prepare": prepare, "stages_paddle": measure_stages_paddle,
-                                        "stages_torch": measure_stages_torch}[args.worker](args)))
+                                        "stages_torch": measure_stages_torch, "gemm": gemm_rates}[args.worker](args)))
         return 0
     if args.worker in DATA_SETTINGS:
         per_image = measure_data(args, args.worker)
@@ -501,7 +591,8 @@ def run_worker(args, name, work_dir, tag=None, extra=()):
            "--batch", str(args.batch), "--img-size", str(args.img_size), "--threads", str(threads),
            "--device", args.device, "--warmup", str(args.warmup), "--repeat", str(args.repeat),
            "--work-dir", work_dir, "--tag", tag or name, "--config", args.config, "--agree-on", args.agree_on,
-           "--agree-limit", str(args.agree_limit), "--only", *args.only, *extra]
+           "--agree-limit", str(args.agree_limit), "--latency-runs", str(args.latency_runs),
+           "--throughput-batches", *map(str, args.throughput_batches), "--only", *args.only, *extra]
     cmd += ["-o", *args.override] if args.override else []
     cmd += ["--weights", args.weights] if args.weights else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -534,6 +625,31 @@ def finish(rows):
         base = ips.get(YARDSTICK.get(r["measure"]))
         r["ratio"] = round(r["images_per_s"] / base, 2) if base and r.get("images_per_s") else None
     return rows
+
+
+def add_compute_bound(rows, macs, gemm):
+    """Each eval row's images/s (at --batch) as a fraction of the compute-bound limit at the GEMM rate of its
+    precision (int8 rows, and bf16 where its rate was not measured: the fp32 rate)."""
+    fp32 = gemm.get("fp32") or gemm.get("fp32 (numpy)")
+    for r in rows:
+        if "images_per_s" in r and YARDSTICK.get(r["measure"]) == "torch_eval" and fp32:
+            precision = r["setting"].rsplit(" ", 1)[-1]
+            rate = gemm.get(precision, fp32)
+            r["compute_bound_fraction"] = compute_bound_fraction(r["images_per_s"], macs, rate)
+
+
+def print_latency(rows, macs, gemm):
+    print(f"batch-1 latency and throughput; model {macs / 1e9:.3f} GMACs per image (Linear layers); GEMM "
+          f"GFLOP/s: {', '.join(f'{k} {v}' for k, v in gemm.items()) or 'not measured'}")
+    print(f"{'measure':<20}{'setting':<26}{'p50 ms':>9}{'p99 ms':>9}" + "".join(
+        f"{'b' + b + ' img/s':>12}" for b in next((r["throughput_images_per_s"] for r in rows
+                                                    if "throughput_images_per_s" in r), {})) + f"{'of limit':>10}")
+    for r in rows:
+        if "latency_ms" in r:
+            frac = r.get("compute_bound_fraction")
+            print(f"{r['measure']:<20}{r['setting']:<26}{r['latency_ms']['p50']:>9.2f}{r['latency_ms']['p99']:>9.2f}"
+                  + "".join(f"{v:>12.1f}" for v in r["throughput_images_per_s"].values())
+                  + (f"{100 * frac:>9.1f}%" if frac is not None else ""))
 
 
 def print_table(rows, machine, args, prepared):
@@ -622,8 +738,16 @@ def drive(args):
                 row["peak_mem_mb"] = max(row.get("peak_mem_mb", 0), result["peak_mem_mb"])
                 row["rounds_images_per_s"].append(round(1.0 / float(np.median(result["seconds_per_item"])), 2))
                 row["max_abs_diff"], row["top1_agreement"], row["top1_vs_labels"] = agreement(work_dir, tag)
+                if os.path.exists(profile_path(work_dir, tag)):
+                    with open(profile_path(work_dir, tag)) as f:
+                        row.update(json.load(f))
                 print(f"  {name} ({setting}): {row['rounds_images_per_s'][-1]:.1f} images/s", file=sys.stderr,
                       flush=True)
+        gemm = {}
+        if any(m in args.only for m in YARDSTICK if YARDSTICK[m] == "torch_eval"):
+            gemm = run_worker(args, "gemm", work_dir)
+            if "error" in gemm:
+                report_notes.append(f"GEMM rate not measured: {gemm.pop('error')}")
         stages = {}
         if args.stages:
             for framework in ("paddle", "torch"):
@@ -634,14 +758,17 @@ def drive(args):
                     raise UserError(f"--stages ({framework}) failed: {result['error']}")
                 stages[framework] = result
     finish(rows)
+    add_compute_bound(rows, prepared["model_macs"], gemm)
     machine = machine_info()
     settings = {k: getattr(args, k) for k in ("config", "override", "model", "batch", "img_size", "threads",
                                               "device", "warmup", "repeat", "rounds")}
     settings["weights"] = prepared["weights"]
     report = {"machine": machine, "load_average_before": load_before, "load_average_after": load_average(),
               "settings": settings, "notes": report_notes, "results": rows, "stages_seconds": stages,
+              "gemm_gflops": gemm, "model_macs": prepared["model_macs"],
               **{k: prepared[k] for k in ("compared_on", "compared_images", "reference_top2_gap")}}
     print_table(rows, machine, args, prepared)
+    print_latency(rows, prepared["model_macs"], gemm)
     if stages:
         print_stages(stages)
     print(JSON_PREFIX + json.dumps(report))
@@ -677,7 +804,11 @@ def main(argv=None):
     ap.add_argument("--stages", action="store_true",
                     help="also time each stage of the model (eval forward; training forward + backward), in "
                          "Paddle and PyTorch")
-    ap.add_argument("--worker", choices=("prepare", "stages_paddle", "stages_torch") + MEASURES,
+    ap.add_argument("--latency-runs", type=int, default=200,
+                    help="batch-1 runs timed for the latency p50 / p99 of each eval measure (0: none)")
+    ap.add_argument("--throughput-batches", type=int, nargs="+", default=[1, 8, 32], metavar="N",
+                    help="batch sizes of each eval measure's throughput (images/s)")
+    ap.add_argument("--worker", choices=("prepare", "stages_paddle", "stages_torch", "gemm") + MEASURES,
                     help=argparse.SUPPRESS)
     ap.add_argument("--work-dir", help=argparse.SUPPRESS)
     ap.add_argument("--tag", help=argparse.SUPPRESS)
@@ -692,6 +823,8 @@ def main(argv=None):
     for key in ("batch", "threads", "repeat", "rounds", "data_images", "agree_limit"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")
+    if args.latency_runs < 0 or min(args.throughput_batches) < 1:
+        raise UserError("--latency-runs must be at least 0 and --throughput-batches at least 1")
     if args.img_size % 16:
         raise UserError(f"--img-size {args.img_size} is not a multiple of 16")
     unknown = sorted(set(args.only) - set(MEASURES))
