@@ -135,3 +135,9 @@ def test_the_losss_gradient_is_within_1e_7_of_float64_on_mixed_smoothed_targets(
     expected = (p * t64.sum(1, keepdims=True) - t64) / len(x64)  # d/dx of mean(-sum t log_softmax(x))
     err = np.linalg.norm(x.grad.numpy() - expected) / np.linalg.norm(expected)
     assert err <= 1e-7  # measured 3e-8 to 8e-8 on Paddle 3.3.1 and 2.6.2; the spelled-out formula: 7e-7
+
+
+def test_a_non_finite_logit_makes_the_loss_non_finite():
+    logits = paddle.to_tensor(np.random.RandomState(0).randn(4, 1000).astype("float32"))
+    logits[1, 7] = float("nan")
+    assert not np.isfinite(float(soft_target_cross_entropy(logits, paddle.full([4, 1000], 1e-3))))

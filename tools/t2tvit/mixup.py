@@ -87,4 +87,7 @@ def soft_target_cross_entropy(logits, targets):
     Paddle's fused soft-label kernel, not the formula spelled out: its backward (softmax - targets, for targets
     that sum to 1 as every smoothed, mixed target does) is within 8e-8 relative of float64, where autograd
     through (-t * log_softmax).sum() is off by 7e-7 on both Paddles (tests/test_mixup.py)."""
-    return F.cross_entropy(logits, targets, soft_label=True, reduction="mean")
+    loss = F.cross_entropy(logits, targets, soft_label=True, reduction="mean")
+    # The fused CPU kernel returns a finite loss for NaN logits at 1000 classes; 0 * sum(logits) carries any
+    # NaN / inf into the loss (so the Trainer skips or stops) and adds an exact 0 to every gradient.
+    return loss + 0.0 * logits.sum()
