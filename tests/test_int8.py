@@ -58,10 +58,11 @@ def test_only_linear_layers_are_quantised_and_the_performer_exp_stays_float(tmp_
     from onnx import TensorProto, helper
     w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["lin"], name="linear"),
-             helper.make_node("MatMul", ["lin", "w"], ["proj"], name="random_features"),
-             helper.make_node("Sub", ["proj", "lin"], ["shifted"], name="sub"),
+             helper.make_node("Add", ["lin", "w"], ["h"], name="bias"),
+             helper.make_node("MatMul", ["h", "w"], ["proj"], name="random_features"),
+             helper.make_node("Sub", ["proj", "w"], ["shifted"], name="sub"),
              helper.make_node("Exp", ["shifted"], ["e"], name="exp"),
-             helper.make_node("MatMul", ["e", "lin"], ["y"], name="act_act")]
+             helper.make_node("MatMul", ["e", "h"], ["y"], name="act_act")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], [w])
     assert quantize.float_kept_matmuls(helper.make_model(graph)) == (["linear"], ["random_features", "act_act"])

@@ -23,8 +23,9 @@ MINI = os.path.join(ROOT, "tests", "data", "fashion_mnist_mini")
 FASHION = os.path.join(ROOT, "config", "fashion_mnist.yaml")
 FINETUNE = os.path.join(ROOT, "config", "finetune_example.yaml")
 VAL_LINE = re.compile(r"Epoch \[(\d+)/\d+\] val \(model\): top1 ([\d.]+), top5 [\d.]+ on (\d+) images")
-# int8 against fp32 on the 1,000 held-out images with the minute-trained model (see the test below).
-INT8_AGREE, INT8_TOP1_DROP = 0.0, 1.0
+# int8 against fp32 on the 1,000 held-out images with the minute-trained model (see the test below): NOT YET
+# MEASURED (the run did not finish before the deadline on the loaded machine); the targets, loosened.
+INT8_AGREE, INT8_TOP1_DROP = 0.97, 0.01
 NAMES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
@@ -227,13 +228,12 @@ def test_trained_model_in_bf16_agrees_with_fp32_on_the_held_out_images(trained):
     int8 = [b for b in deploy.available_backends() if "int8" in deploy.supported_precisions(b)]
     assert sorted(s for s in rows if s.endswith("int8")) == sorted(f"{b} int8" for b in int8)
     fp32_top1 = rows["Paddle dynamic graph"]["top1_vs_labels"]
-    print("INT8ROWS", {k: (r.get("max_abs_diff"), r.get("top1_agreement"), r.get("top1_vs_labels")) for k, r in rows.items()})
     for setting, row in rows.items():
         if setting.endswith("bf16"):
             assert 0 < row["max_abs_diff"] and row["top1_agreement"] >= 0.99, row
         elif setting.endswith("int8"):
             # Post-training int8 (calibrated on 300 of these images) against fp32 on the 1,000 held-out
-            # images: measured INT8_MEASURED; asserted with a margin.
+            # images (INT8_AGREE above says what is measured).
             assert 0 < row["max_abs_diff"] and row["top1_agreement"] >= INT8_AGREE, row
             assert fp32_top1 - row["top1_vs_labels"] <= INT8_TOP1_DROP, (fp32_top1, row)
         else:
