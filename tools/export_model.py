@@ -21,6 +21,7 @@ from t2tvit.checkpoint import load_weights
 from t2tvit.config import add_config_args, config_from_args
 from t2tvit.deploy import FORMAT_CHOICES, RUNTIME_NAMES, export_checked, parse_formats
 from t2tvit.errors import cli
+from t2tvit.sizes import image_hw
 from t2tvit.t2t import create_model
 
 
@@ -52,7 +53,7 @@ def main(argv=None):
     files = ", ".join(sorted(os.listdir(out)))
     source = args.weights if which == "weights" else f"{which} weights of {args.weights}"
     checks = ", ".join(f"{RUNTIME_NAMES[fmt]} {d:.2g}" for fmt, d in diffs.items())
-    print(f"exported {g.model} ({source}) for [N, 3, {g.img_size}, {g.img_size}] inputs to {out}: {files}; "
+    print(f"exported {g.model} ({source}) for [N, 3, {', '.join(map(str, image_hw(g.img_size)))}] inputs to {out}: {files}; "
           f"max |logits - dynamic logits|: {checks}")
 
 
