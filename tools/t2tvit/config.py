@@ -262,7 +262,7 @@ RANGES = (
     (lambda v: 0 <= v < 2**63, "must be in [0, 2**63)", ("Global.seed",)),
     (lambda v: 0 <= v <= 1, "is not a probability in [0, 1]",
      ("Augment.mixup_prob", "Augment.switch_prob", "Augment.hflip", "Augment.reprob")),
-    (lambda v: 0 < v <= 1, "must be in (0, 1]", ("Data.crop_pct",)),
+    (lambda v: 0 < v <= 1, "must be in (0, 1]", ("Data.crop_pct", "Optimizer.layer_decay")),
     (lambda v: 0 < v[0] <= v[1], "must be [low, high] with 0 < low <= high", ("Augment.scale", "Augment.ratio")),
     (lambda v: min(v) > 0, "must all be > 0", ("Data.std",)),
     (lambda v: 0 <= v < 1, "must be in [0, 1)",

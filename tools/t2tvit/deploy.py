@@ -185,7 +185,8 @@ class Engine:
 
     def check_img_size(self, img_size):
         if self.img_size != image_hw(img_size):
-            size = "x".join(map(str, self.img_size))
+            h, w = self.img_size
+            size = h if h == w else f"{h}x{w}"
             raise UserError(f"the exported model takes {size} px images but the config says "
                             f"Global.img_size={img_size}: pass the config it was exported with")
 
