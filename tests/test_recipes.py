@@ -39,3 +39,9 @@ def test_impossible_splits_are_refused():
         batch_plan(512, 64, 3)
     with pytest.raises(UserError, match="Data.batch_size 0"):
         batch_plan(512, 0, 1)
+
+
+def test_the_fine_tuning_recipe_follows_the_authors_weight_decay_advice_and_leaves_layer_decay_off():
+    cfg = load_config(f"{ROOT}/config/finetune_example.yaml")
+    assert 1e-5 <= cfg.Optimizer.weight_decay <= 5e-5  # official issue #44
+    assert cfg.Optimizer.layer_decay == 1.0

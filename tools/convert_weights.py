@@ -1,7 +1,7 @@
 """Convert an official PyTorch T2T-ViT checkpoint (e.g. 71.7_T2T_ViT_7.pth.tar) to Paddle weights.
 
     python tools/convert_weights.py --src 71.7_T2T_ViT_7.pth.tar --dst weights/t2t_vit_7.safetensors \
-        --model t2t_vit_7 [--img-size 224] [--num-classes 1000] [--sha256 HEX]
+        --model t2t_vit_7 [--img-size 224 | HxW | H W] [--num-classes 1000] [--sha256 HEX]
 
 Names are identical in both frameworks; only Linear weights change layout ([out, in] -> [in, out]).
 The result is checked key by key against the Paddle model and re-loaded strictly before it is kept.
@@ -21,6 +21,7 @@ import paddle
 from t2tvit import atomic
 from t2tvit.checkpoint import load_file, match_state_dict, sha256_of
 from t2tvit.errors import UserError, cli
+from t2tvit.sizes import parse_size
 from t2tvit.t2t import create_model, linear_weight_names
 
 STATE_KEYS = ("state_dict_ema", "state_dict", "model")
@@ -102,15 +103,17 @@ def main(argv=None):
     ap.add_argument("--src", required=True, help="official .pth / .pth.tar file")
     ap.add_argument("--dst", required=True, help="output .safetensors (to publish) or .pdparams file")
     ap.add_argument("--model", required=True, help="model name, e.g. t2t_vit_7")
-    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--img-size", nargs="+", default=["224"], metavar="S",
+                    help="target size: S, HxW or H W (multiples of 16); re-makes the position table for it")
     ap.add_argument("--num-classes", type=int, default=1000,
                     help="classes of the target model; another count drops the 1000-class head (fine-tuning)")
     ap.add_argument("--sha256", default="", help="hex sha256 --src must have (refused otherwise)")
     args = ap.parse_args(argv)
+    args.img_size = parse_size(args.img_size)
     notes, digest = convert(args.src, args.dst, args.model, args.img_size, args.num_classes, args.sha256)
     for note in notes:
         print(f"note: {note}")
-    print(f"wrote {args.dst} ({args.model}, img_size {args.img_size}, {args.num_classes} classes), "
+    print(f"wrote {args.dst} ({args.model}, img_size {'x'.join(map(str, args.img_size))}, {args.num_classes} classes), "
           f"sha256 {digest}")
 
 

@@ -29,6 +29,7 @@ from t2tvit.config import add_config_args, config_from_args
 from t2tvit.deploy import FORMAT_CHOICES, RUNTIME_NAMES, export_checked, parse_formats
 from t2tvit.errors import UserError, cli
 from t2tvit.quantize import DEFAULT_CALIB_SIZE, calibration_images, int8_agreement_line
+from t2tvit.sizes import image_hw
 from t2tvit.t2t import create_model
 
 
@@ -75,7 +76,7 @@ def main(argv=None):
     files = ", ".join(sorted(os.listdir(out)))
     source = args.weights if which == "weights" else f"{which} weights of {args.weights}"
     checks = ", ".join(f"{RUNTIME_NAMES[fmt]} {d:.2g}" for fmt, d in diffs.items())
-    print(f"exported {g.model} ({source}) for [N, 3, {g.img_size}, {g.img_size}] inputs to {out}: {files}; "
+    print(f"exported {g.model} ({source}) for [N, 3, {', '.join(map(str, image_hw(g.img_size)))}] inputs to {out}: {files}; "
           f"max |logits - dynamic logits|: {checks}")
     if args.int8:
         print(int8_agreement_line(out, calib))

@@ -14,3 +14,11 @@ import zlib  # noqa: F401
 import warnings
 
 warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+
+
+def __getattr__(name):
+    # t2tvit.create_model without importing Paddle on `import t2tvit` (see above): resolved on first use.
+    if name == "create_model":
+        from .pretrained import create_model
+        return create_model
+    raise AttributeError(f"module 't2tvit' has no attribute {name!r}")

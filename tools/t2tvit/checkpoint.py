@@ -148,7 +148,13 @@ def match_state_dict(model, state, source, drop_head=False):
             notes.append(f"{k} {got} dropped: re-initialised for {model.num_classes} classes")
         else:
             misshaped.append(f"{k} (file {got}, model {want})")
-    missing = [k for k in missing if not (drop_head and k.startswith("head."))]
+    # A headless model (num_classes=0) and a headless file are fine for fine-tuning too: nothing to re-make.
+    headless = [k for k in missing + unexpected if drop_head and k.startswith("head.")]
+    if headless:
+        notes.append(f"{', '.join(headless)}: not in {'the file' if headless[0] in own else 'the model'}, "
+                     f"{'initialised fresh' if headless[0] in own else 'left out'}")
+    missing = [k for k in missing if k not in headless]
+    unexpected = [k for k in unexpected if k not in headless]
     if missing or unexpected or misshaped:
         parts = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
                  for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))

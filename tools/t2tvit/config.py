@@ -14,6 +14,7 @@ import yaml
 
 from . import errors
 from .augment import RandAugment
+from .sizes import image_hw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMA_PATH = os.path.join(ROOT, "config", "default.yaml")
@@ -222,13 +223,17 @@ def _coerce(value, default):
     raise ValueError
 
 
+# Keys that take one integer S (an S x S image) or [H, W].
+SIZE_KEYS = ("Global.img_size",)
+
+
 def _check_value(dotted, value, default, source):
     try:
-        value = _coerce(value, default)
+        value = _coerce(value, [default, default] if dotted in SIZE_KEYS and isinstance(value, list) else default)
     except ValueError:
         hint = " (quote it to make it a string)" if isinstance(default, str) else ""
-        raise errors.UserError(f"config key '{dotted}' (in {source}): {value!r} is not {_type_name(default)}"
-                               f"{hint}") from None
+        what = "an integer or [height, width]" if dotted in SIZE_KEYS else _type_name(default)
+        raise errors.UserError(f"config key '{dotted}' (in {source}): {value!r} is not {what}{hint}") from None
     choices = CHOICES.get(dotted)
     if choices and value not in choices:
         raise errors.UserError(f"config key '{dotted}' (in {source}): {value!r} is not one of "
@@ -303,7 +308,7 @@ def _parse_override(text, schema):
 # Cheap sanity checks, each a value that would crash or silently waste a run.
 RANGES = (
     (lambda v: v > 0, "must be > 0",
-     ("Global.img_size", "Global.num_classes", "Global.epochs", "Global.eval_every", "Global.print_every",
+     ("Global.num_classes", "Global.epochs", "Global.eval_every", "Global.print_every",
       "Data.batch_size", "Data.global_batch_size", "Optimizer.lr", "Optimizer.eps")),
     (lambda v: v >= 0, "must be >= 0",
      ("Global.save_every_steps", "Global.keep_last", "Global.max_skips", "Data.num_workers",
@@ -312,7 +317,7 @@ RANGES = (
     (lambda v: 0 <= v < 2**63, "must be in [0, 2**63)", ("Global.seed",)),
     (lambda v: 0 <= v <= 1, "is not a probability in [0, 1]",
      ("Augment.mixup_prob", "Augment.switch_prob", "Augment.hflip", "Augment.reprob")),
-    (lambda v: 0 < v <= 1, "must be in (0, 1]", ("Data.crop_pct",)),
+    (lambda v: 0 < v <= 1, "must be in (0, 1]", ("Data.crop_pct", "Optimizer.layer_decay")),
     (lambda v: 0 < v[0] <= v[1], "must be [low, high] with 0 < low <= high", ("Augment.scale", "Augment.ratio")),
     (lambda v: min(v) > 0, "must all be > 0", ("Data.std",)),
     (lambda v: 0 <= v < 1, "must be in [0, 1)",
@@ -330,6 +335,11 @@ def _check_ranges(cfg, origin):
         for key in keys:
             if not ok(_lookup(cfg, key)):
                 fail(key, message)
+    for key in SIZE_KEYS:
+        try:
+            image_hw(_lookup(cfg, key))
+        except errors.UserError:
+            fail(key, "is not a multiple of 16 (the T2T module reduces by 16), nor [height, width] of such")
     if cfg.Augment.rand_augment:
         try:
             RandAugment.from_spec(cfg.Augment.rand_augment)

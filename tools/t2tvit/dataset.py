@@ -87,7 +87,7 @@ class ImageDataset(paddle.io.Dataset):
         except errors.UserError:
             if not self.defer_errors:
                 raise
-        size = (3, self.transform.size, self.transform.size)
+        size = (3, *self.transform.size)
         blank = {"image": np.zeros(size, np.uint8 if self.train else np.float32), "label": np.int64(0),
                  "failed": np.int64(index)}
         if self.train:

@@ -36,6 +36,7 @@ from .atomic import TEMP_MARK
 from .errors import StorageError, UserError
 from .quantize import INT8_FILES, INT8_MODEL
 from .runtime import keep_freed_memory
+from .sizes import image_hw
 
 PREFIX = "inference"
 MODEL_FILES = (PREFIX + ".json", PREFIX + ".pdmodel")  # Paddle 3.x (PIR) writes .json, 2.6 .pdmodel
@@ -339,18 +340,20 @@ class Engine:
     auto_reason = None  # with backend="auto": why this backend was picked
 
     def __init__(self, meta):
-        self.img_size = int(meta["img_size"])
+        self.img_size = image_hw(meta["img_size"])  # (H, W); older exports wrote one integer
         self.num_classes = int(meta["num_classes"])
 
     def check_img_size(self, img_size):
-        if self.img_size != img_size:
-            raise UserError(f"the exported model takes {self.img_size} px images but the config says "
+        if self.img_size != image_hw(img_size):
+            h, w = self.img_size
+            size = h if h == w else f"{h}x{w}"
+            raise UserError(f"the exported model takes {size} px images but the config says "
                             f"Global.img_size={img_size}: pass the config it was exported with")
 
     def __call__(self, images):
         images = np.ascontiguousarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1:] != (3, self.img_size, self.img_size):
-            raise UserError(f"the exported model takes [N, 3, {self.img_size}, {self.img_size}] images, "
+        if images.ndim != 4 or images.shape[1:] != (3, *self.img_size):
+            raise UserError(f"the exported model takes [N, 3, {', '.join(map(str, self.img_size))}] images, "
                             f"got {list(images.shape)}")
         return self.run(images)
 
@@ -432,7 +435,7 @@ class Predictor(Engine):
         super().__init__(meta)
         self.precision = precision
         if device == "gpu":
-            trt_input = (meta["input"], [3, self.img_size, self.img_size])
+            trt_input = (meta["input"], [3, *self.img_size])
             config = gpu_config(model_file, params_file, trt, trt_input, max_batch, gpu_id)
         else:
             config = cpu_config(model_file, params_file, threads, kernels, precision)
@@ -531,16 +534,18 @@ def parse_formats(choice=None):
 
 
 def export(model, img_size, out_dir, formats=None):
-    """Trace `model` (in eval mode) for [N, 3, img_size, img_size] inputs and save it under out_dir: the
+    """Trace `model` (in eval mode) for [N, 3, H, W] inputs (img_size S or (H, W)) and save it under out_dir: the
     Paddle program always (it is also what model.onnx is converted from), model.onnx if "onnx" is in
     `formats` (default: parse_formats())."""
     import paddle
 
-    spec = [paddle.static.InputSpec([None, 3, img_size, img_size], "float32", INPUT_NAME)]
+    h, w = image_hw(img_size)
+    spec = [paddle.static.InputSpec([None, 3, h, w], "float32", INPUT_NAME)]
     # full_graph: one whole static program (Paddle 3.x would otherwise trace through SOT with fallbacks).
     static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
     paddle.jit.save(static, os.path.join(out_dir, PREFIX))
-    meta = {"model": model.arch_name, "input": INPUT_NAME, "img_size": img_size, "num_classes": model.num_classes}
+    meta = {"model": model.arch_name, "input": INPUT_NAME, "img_size": h if h == w else [h, w],
+            "num_classes": model.num_classes}
     with open(os.path.join(out_dir, META_FILE), "w") as f:
         yaml.safe_dump(meta, f, sort_keys=False)
     if "onnx" in (formats or parse_formats()):
@@ -576,7 +581,7 @@ def check_export(model, model_dir, img_size, formats, batch=2):
     """{format: max |logits difference| between its runtime and `model`} on a random batch."""
     import paddle
 
-    x = np.random.RandomState(0).standard_normal((batch, 3, img_size, img_size)).astype("float32")
+    x = np.random.RandomState(0).standard_normal((batch, 3, *image_hw(img_size))).astype("float32")
     with paddle.no_grad():
         expected = model(paddle.to_tensor(x)).numpy()
     return {fmt: float(np.abs(CHECKERS[fmt](model_dir, threads=1)(x) - expected).max()) for fmt in formats}

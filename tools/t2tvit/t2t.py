@@ -17,6 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .errors import UserError
+from .sizes import image_hw
 
 _normal_02 = nn.initializer.Normal(mean=0.0, std=0.02)
 _zeros = nn.initializer.Constant(0.0)
@@ -313,19 +314,22 @@ class T2TModule(nn.Layer):
         else:
             raise UserError(f"unknown tokens_type {tokens_type!r}; use 'performer' or 'transformer'")
         self.project = Linear(token_dim * 3 * 3, embed_dim)
-        self.num_patches = (img_size // 16) ** 2
+        # The official code folds tokens back with a side of int(sqrt(T)), so it only takes square images; the
+        # grids after the first two soft splits are H/4 x W/4 and H/8 x W/8, which is the same for a square.
+        h, w = image_hw(img_size)
+        self.grids = ((h // 4, w // 4), (h // 8, w // 8))
+        self.num_patches = (h // 16) * (w // 16)
 
     @staticmethod
-    def _reshape_to_image(x):
+    def _reshape_to_image(x, grid):
         B, T, C = x.shape
-        side = int(math.isqrt(T))
-        return x.transpose([0, 2, 1]).reshape([B, C, side, side])
+        return x.transpose([0, 2, 1]).reshape([B, C, *grid])
 
     def forward(self, x):
         x = F.unfold(x, [7, 7], strides=4, paddings=2).transpose([0, 2, 1])
-        x = self._reshape_to_image(self.attention1(x))
+        x = self._reshape_to_image(self.attention1(x), self.grids[0])
         x = F.unfold(x, [3, 3], strides=2, paddings=1).transpose([0, 2, 1])
-        x = self._reshape_to_image(self.attention2(x))
+        x = self._reshape_to_image(self.attention2(x), self.grids[1])
         x = F.unfold(x, [3, 3], strides=2, paddings=1).transpose([0, 2, 1])
         return self.project(x)
 
@@ -335,8 +339,7 @@ class T2T_ViT(nn.Layer):
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=False, qk_scale=None, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.0, token_dim=64):
         super().__init__()
-        if img_size % 16:
-            raise UserError(f"img_size {img_size} is not a multiple of 16 (the T2T module reduces by 16)")
+        self.img_size = image_hw(img_size)
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.tokens_to_token = T2TModule(img_size, tokens_type, in_chans, embed_dim, token_dim)

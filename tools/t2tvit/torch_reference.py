@@ -107,17 +107,20 @@ class TokensToToken(nn.Module):
         self.attention1 = TokenPerformer(in_chans * 49, token_dim)
         self.attention2 = TokenPerformer(token_dim * 9, token_dim)
         self.project = nn.Linear(token_dim * 9, embed_dim)
-        self.num_patches = (img_size // 16) ** 2
+        # The official code folds back with side int(sqrt(T)) and so takes square images only; an (H, W) pair
+        # is the natural extension (fold to H/4 x W/4, then H/8 x W/8), identical to it for a square.
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        self.grids = ((h // 4, w // 4), (h // 8, w // 8))
+        self.num_patches = (h // 16) * (w // 16)
 
     @staticmethod
-    def to_image(x):
+    def to_image(x, grid):
         B, T, C = x.shape
-        side = math.isqrt(T)
-        return x.transpose(1, 2).reshape(B, C, side, side)
+        return x.transpose(1, 2).reshape(B, C, *grid)
 
     def forward(self, x):
-        x = self.to_image(self.attention1(self.soft_split0(x).transpose(1, 2)))
-        x = self.to_image(self.attention2(self.soft_split1(x).transpose(1, 2)))
+        x = self.to_image(self.attention1(self.soft_split0(x).transpose(1, 2)), self.grids[0])
+        x = self.to_image(self.attention2(self.soft_split1(x).transpose(1, 2)), self.grids[1])
         return self.project(self.soft_split2(x).transpose(1, 2))
 
 

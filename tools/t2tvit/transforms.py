@@ -62,7 +62,7 @@ class TrainTransform:
 
     def __init__(self, img_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=None, hflip=0.5,
                  rand_augment=None, reduced_decode=False):
-        self.size = img_size
+        self.size = _hw(img_size)
         self.scale = scale
         self.ratio = ratio
         self.interpolation = interpolation
@@ -95,7 +95,7 @@ class TrainTransform:
         return left, top, left + w, top + h
 
     def __call__(self, path, rng=random):
-        size = (self.size, self.size)
+        size = self.size[::-1]  # Pillow's (width, height)
         if self.reduced_decode:
             img, box = read_reduced(path, lambda w, h: self.crop_box(w, h, rng), size)
         else:
@@ -133,15 +133,20 @@ class EvalTransform:
 
     def __init__(self, img_size, crop_pct=0.9, interpolation=Image.Resampling.BICUBIC,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_rounding="half_up"):
-        self.size = img_size
+        self.size = _hw(img_size)
         self.offset = CROP_OFFSET[crop_rounding]
-        self.resize_to = int(math.floor(img_size / crop_pct))
+        h, w = self.size
+        # timm's eval transform for a tuple size: a square resizes the short side to floor(S / crop_pct) (as for
+        # one integer); H x W resizes the whole image to int(H / crop_pct) x int(W / crop_pct), then crops.
+        self.resize_to = int(math.floor(h / crop_pct)) if h == w else (int(h / crop_pct), int(w / crop_pct))
         self.interpolation = interpolation
         self.normalize = Normalize(mean, std)
 
     def resized_size(self, width, height):
         """(width, height) after the short-side resize."""
         r = self.resize_to
+        if isinstance(r, tuple):
+            return r[1], r[0]
         if width <= height:
             return r, int(r * height / width)
         return int(r * width / height), r
@@ -152,11 +157,17 @@ class EvalTransform:
         size = self.resized_size(*img.size)
         if size != img.size:
             img = img.resize(size, self.interpolation)
-        left, top = self.offset(size[0] - self.size), self.offset(size[1] - self.size)
-        return to_chw(img.crop((left, top, left + self.size, top + self.size)))
+        h, w = self.size
+        left, top = self.offset(size[0] - w), self.offset(size[1] - h)
+        return to_chw(img.crop((left, top, left + w, top + h)))
 
     def __call__(self, path):
         return self.normalize(self.pixels(path))
+
+
+def _hw(size):
+    """(height, width) of an img_size: S or [H, W] (checked by config.py)."""
+    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def _interpolation(name, allow_random=False):
