@@ -1,6 +1,6 @@
 """End to end: the official checkpoint, converted and run by predict.py on real photos, gives the logits that the
 official pipeline gives in PyTorch (its eval transform written out in reference_pipeline.py, the official model in
-t2tvit/torch_reference.py, itself proven against ../shared/fixtures): pixels, normalisation, weights and model.
+tools/torch_reference.py, itself proven against ../shared/fixtures): pixels, normalisation, weights and model.
 """
 import json
 import os
@@ -17,7 +17,7 @@ TOL = 1e-5
 
 
 def official_logits(paths):
-    from t2tvit.torch_reference import create_reference
+    from torch_reference import create_reference
 
     model = create_reference("t2t_vit_7")
     release = torch.load(os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), map_location="cpu", weights_only=True)

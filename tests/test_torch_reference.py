@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(FIX), reason=f"no reference fi
 
 
 def test_logits_and_intermediates_match_the_official_code():
-    from t2tvit.torch_reference import create_reference, load_torch_layout
+    from torch_reference import create_reference, load_torch_layout
     model = load_torch_layout(create_reference("t2t_vit_7"), np.load(os.path.join(FIX, "state_dict_torch_layout.npz")))
     model.eval()
     ref = np.load(os.path.join(FIX, "intermediates.npz"))
@@ -30,7 +30,7 @@ def test_logits_and_intermediates_match_the_official_code():
 
 
 def test_parameter_count_and_frozen_tensors_are_the_official_ones():
-    from t2tvit.torch_reference import create_reference
+    from torch_reference import create_reference
     model = create_reference("t2t_vit_7")
     assert sum(p.numel() for p in model.parameters()) == 4310222
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4255694
@@ -46,7 +46,7 @@ def test_a_non_square_image_gives_the_reference_logits_with_the_official_table_f
     """
     import paddle
     from t2tvit.t2t import create_model, linear_weight_names, sinusoid_table
-    from t2tvit.torch_reference import create_reference, load_torch_layout
+    from torch_reference import create_reference, load_torch_layout
     paddle.seed(3)
     model = create_model("t2t_vit_7", img_size=(224, 160), num_classes=10)
     model.eval()

@@ -5,7 +5,7 @@
                               [--agree-on photos|val] [--only MEASURE ...]
 
 In one run, each measure in a fresh process (so that its environment applies and its peak memory is its own):
-  torch_eval     PyTorch (if installed) running the official T2T-ViT (tools/t2tvit/torch_reference.py, proven
+  torch_eval     PyTorch (if installed) running the official T2T-ViT (tools/torch_reference.py, proven
                  against the official code by the tests) under no_grad: the yardstick of every eval ratio
   torch_train    its training step: forward, soft-target loss, backward, AdamW (drop path 0.1)
   eval_dynamic   Paddle's dynamic-graph model under no_grad
@@ -360,7 +360,7 @@ def measure_train(args):
 def _torch_model(args, **kwargs):
     import torch
 
-    from t2tvit.torch_reference import create_reference, load_torch_layout
+    from torch_reference import create_reference, load_torch_layout
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_reference(args.model, img_size=args.img_size, num_classes=config_of(args).Global.num_classes,
@@ -705,7 +705,7 @@ def drive(args):
         args.only = [m for m in args.only if m not in TORCH_MEASURES]
         report_notes.append("PyTorch measures run on CPU only")
     if any(m in args.only for m in TORCH_MEASURES):
-        from t2tvit.torch_reference import PERFORMER_VARIANTS
+        from torch_reference import PERFORMER_VARIANTS
         if args.model not in PERFORMER_VARIANTS:
             raise UserError(f"the PyTorch reference has the Performer variants only "
                             f"({', '.join(PERFORMER_VARIANTS)}); for {args.model} use --only without "
