@@ -457,7 +457,7 @@ def measure_stages_paddle(args):
     import paddle.nn.functional as F
     model = _paddle_model(args, paddle, drop_path_rate=0.1)
     t2t = model.tokens_to_token
-    image = t2t._reshape_to_image
+    grids = t2t.grids  # the token grids after the first and the second soft split
 
     def blocks(x):
         for blk in model.blocks:
@@ -465,8 +465,10 @@ def measure_stages_paddle(args):
         return x
 
     stages = [lambda x: F.unfold(x, [7, 7], strides=4, paddings=2).transpose([0, 2, 1]), t2t.attention1,
-              lambda x: F.unfold(image(x), [3, 3], strides=2, paddings=1).transpose([0, 2, 1]), t2t.attention2,
-              lambda x: t2t.project(F.unfold(image(x), [3, 3], strides=2, paddings=1).transpose([0, 2, 1])),
+              lambda x: F.unfold(t2t._reshape_to_image(x, grids[0]), [3, 3], strides=2, paddings=1).transpose([0, 2, 1]),
+              t2t.attention2,
+              lambda x: t2t.project(F.unfold(t2t._reshape_to_image(x, grids[1]), [3, 3], strides=2,
+                                             paddings=1).transpose([0, 2, 1])),
               blocks, lambda x: model.head(model.norm(x)[:, 0]), model]
 
     def run_eval(fn, x):
@@ -493,8 +495,8 @@ def measure_stages_torch(args):
         return x
 
     stages = [lambda x: t2t.soft_split0(x).transpose(1, 2), t2t.attention1,
-              lambda x: t2t.soft_split1(t2t.to_image(x)).transpose(1, 2), t2t.attention2,
-              lambda x: t2t.project(t2t.soft_split2(t2t.to_image(x)).transpose(1, 2)),
+              lambda x: t2t.soft_split1(t2t.to_image(x, t2t.grids[0])).transpose(1, 2), t2t.attention2,
+              lambda x: t2t.project(t2t.soft_split2(t2t.to_image(x, t2t.grids[1])).transpose(1, 2)),
               blocks, lambda x: model.head(model.norm(x)[:, 0]), model]
 
     def run_eval(fn, x):

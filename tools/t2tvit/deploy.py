@@ -268,7 +268,7 @@ def write_auto_cache(path, cache):
 def time_backend(model_dir, backend, precision, threads):
     """Median seconds of a batch-1 run of `backend` on model_dir (after AUTO_WARMUP untimed runs)."""
     engine = create_predictor(model_dir, backend, precision, threads)
-    x = np.random.RandomState(0).standard_normal((1, 3, engine.img_size, engine.img_size)).astype("float32")
+    x = np.random.RandomState(0).standard_normal((1, 3, *engine.img_size)).astype("float32")
     for _ in range(AUTO_WARMUP):
         engine(x)
     times = []
