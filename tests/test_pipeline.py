@@ -54,7 +54,7 @@ def test_metrics_file_holds_the_numbers_of_every_log_line(trained):
     train = [r for r in records if r["kind"] == "train"]
     assert [(r["epoch"], r["step"]) for r in train] == [(e, s) for e in (1, 2, 3) for s in range(1, 6)]
     assert set(train[0]) == {"kind", "epoch", "epochs", "step", "steps", "loss", "acc", "read_time", "train_time",
-                             "lr", "ips", "eta", "time"}
+                             "lr", "ips", "eta", "time", "run"}
     for r in train:  # the human line shows the same numbers, rounded
         assert (f"Epoch [{r['epoch']}/3], Step [{r['step']}/5], Loss: {r['loss']:.4f}, acc: {r['acc']:.4f}, "
                 f"read_time: {r['read_time']:.4f}, train_time: {r['train_time']:.4f}, lr: {r['lr']:.6f}") in out
