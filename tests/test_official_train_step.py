@@ -24,6 +24,7 @@ from runner import REFERENCE, ROOT
 torch = pytest.importorskip("torch", reason="torch is not installed (requirements-test.txt installs it)")
 
 from convert_weights import convert  # noqa: E402  (tools/ is on sys.path, see conftest.py)
+from t2tvit.checkpoint import load_file  # noqa: E402
 from t2tvit.config import load_config  # noqa: E402
 from t2tvit.engine import Trainer  # noqa: E402
 from t2tvit.optim import build_optimizer, decay_groups  # noqa: E402
@@ -62,7 +63,7 @@ def _run(tmp_path, accum):
     for layer in model.sublayers():  # the Performer's dropout is 0.1 whatever the config says, as upstream
         if isinstance(layer, paddle.nn.Dropout):
             layer.p = 0.0
-    model.set_state_dict(paddle.load(weights))
+    model.set_state_dict(load_file(weights))
     model.train()
     opt = build_optimizer(model, cfg)
     opt.set_lr(lr)  # held constant, as the fixture's
