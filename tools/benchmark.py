@@ -31,7 +31,7 @@ Every eval measure (PyTorch, Paddle dynamic, each backend x precision, int8 incl
 latency (p50 / p99 over --latency-runs runs after the warm-up; default 200) and its throughput at each of
 --throughput-batches (default 1 8 32). The run measures the machine's GEMM rate (gemm_rates: a 1024^2 fp32
 matmul in PyTorch, bf16 too where the CPU has it) and reports each eval row as a fraction of the model's
-compute-bound limit, GEMM rate / (2 x MACs per image) (model_macs: the Linear layers' MACs). With --agree-on
+compute-bound limit, GEMM rate / (2 x MACs per image) (model_macs: every matrix product and LayerNorm, as tools/count_macs.py counts them). With --agree-on
 val each row's top-1 against the split's labels is reported too (int8 models: calibrated on up to 300 of the
 compared images, evenly spaced).
 """
@@ -286,24 +286,11 @@ def gemm_rates(args):
 
 
 def model_macs(model, img_size):
-    """Multiply-accumulates of one image through `model`: every Linear layer (tokens x in x out, counted by
-    a forward hook on a batch of 1): 0.614 G for T2T-ViT-7 at 224 px. The attention products are left out (the
-    backbone's q k^T and attn v add 7 x 2 x 197^2 x 256 = 0.14 G there), so the limit is optimistic by up to
-    that share; one place to swap in a full counter (issue 18)."""
-    import paddle
-    macs = []
-
-    def hook(layer, inputs, output):
-        macs.append(int(np.prod(output.shape[:-1])) * layer.weight.shape[0] * layer.weight.shape[1])
-
-    handles = [m.register_forward_post_hook(hook) for m in model.sublayers() if isinstance(m, paddle.nn.Linear)]
-    try:
-        with paddle.no_grad():
-            model(paddle.zeros([1, 3, img_size, img_size]))
-    finally:
-        for h in handles:
-            h.remove()
-    return sum(macs)
+    """Multiply-accumulates of one image through `model`, every kind counted as fvcore counts the official model
+    (t2tvit/macs.py: Linear layers, attention matmuls, Performer einsums, LayerNorm): 1.156 G for T2T-ViT-7 at
+    224 px."""
+    from t2tvit.macs import count_macs  # here, not at the top: the torch workers never load Paddle
+    return sum(count_macs(model, img_size).values())
 
 
 def compute_bound_fraction(images_per_s, macs, rate_gflops):
