@@ -125,6 +125,20 @@ def test_the_configuration_page_is_what_default_yaml_renders_to():
         assert f.read() == render(), "docs/configuration.md is stale: run python tools/config_doc.py"
 
 
+def test_the_config_doc_command_rewrites_a_stale_page_and_check_says_so(tmp_path, monkeypatch, capsys):
+    import config_doc
+
+    page = tmp_path / "configuration.md"
+    page.write_text("# stale\n")
+    monkeypatch.setattr(config_doc, "DOC_PATH", str(page))
+    with pytest.raises(SystemExit) as stopped:
+        config_doc.main(["--check"])
+    assert stopped.value.code == 1 and "is stale: run python tools/config_doc.py" in capsys.readouterr().err
+    config_doc.main([])
+    assert page.read_text() == render()
+    config_doc.main(["--check"])
+
+
 def test_the_docs_are_split_by_job():
     assert {os.path.basename(d) for d in DOCS[1:]} >= {"training.md", "evaluation.md", "finetuning.md",
                                                        "deployment.md", "faithfulness.md", "configuration.md",
