@@ -48,11 +48,11 @@ def read(doc):
 
 
 def bash_blocks(doc):
-    """(line number, the line before the fence, [command lines]) of each ```bash block of doc."""
+    """(line number, the line before the fence, [command lines]) of each shell block (```bash, ```sh...) of doc."""
     lines = read(doc).splitlines()
     blocks = []
     for i, line in enumerate(lines):
-        if line.strip() == "```bash":
+        if re.match(r"^```(bash|sh|shell|console)$", line.strip()):  # any shell block, however it is tagged
             end = lines.index("```", i + 1)
             blocks.append((i + 1, lines[i - 1].strip() if i else "", lines[i + 1:end]))
     return blocks
