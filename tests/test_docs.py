@@ -2,7 +2,7 @@
 README.md or docs/*.md is run by a test or marked as needing what the tests do not have, and every repo file or
 relative link a doc names exists.
 
-The convention (checked below): the line before each ```bash fence is a marker,
+The convention (checked below): the line before each shell fence (```bash) is a marker,
     <!-- tested by: tests/test_a.py, tests/test_b.py (what it runs there) -->
     <!-- needs: ImageNet, a GPU -->
     <!-- tested by: tests/test_a.py; needs: a network install -->
