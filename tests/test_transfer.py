@@ -28,7 +28,7 @@ def call(main, capsys, *args):
 
 @pytest.fixture
 def tiny(tmp_path):
-    """4 classes (a, b, c, d) of 6, 6, 3, 6 one-pixel PNGs, as class folders and as train.txt, with classes.txt."""
+    """Classes a, b, c, d of 6, 6, 3, 6 one-pixel PNGs, as class folders and as train.txt, and e of none."""
     root = tmp_path / "ds"
     lines = []
     for label, (name, n) in enumerate([("a", 6), ("b", 6), ("c", 3), ("d", 6)]):
@@ -37,7 +37,7 @@ def tiny(tmp_path):
             Image.new("RGB", (1, 1)).save(root / "train" / name / f"{i}.png")
             lines.append(f"train/{name}/{i}.png {label}\n")
     (root / "train.txt").write_text("".join(lines))
-    (root / "classes.txt").write_text("a\nb\nc\nd\n")
+    (root / "classes.txt").write_text("a\nb\nc\nd\ne\n")
     return root
 
 
@@ -71,7 +71,8 @@ def test_per_class_subsets_are_deterministic_nested_and_the_same_from_folders_an
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--classes", "1-7"], "class 4 is outside [0, 4)"),
+    (["--classes", "1-7"], "class 5 is outside [0, 5)"),
+    (["--classes", "3-4"], "class 4 (e) has no images in"),
     (["--classes", "0,x"], "is not a list of class indices"),
     (["--classes", "2-1"], "runs backwards"),
     (["--classes", "0,0-1"], "names a class twice"),

@@ -63,9 +63,11 @@ def choose(paths, labels, classes, per_class, seed, names, source):
     chosen = []
     for new, old in enumerate(classes):
         members = [p for p, label in zip(paths, labels) if label == old]
-        if not members or (per_class and len(members) < per_class):
-            raise errors.UserError(f"class {old} ({names[old]}) has {len(members)} images in {source}, "
-                                   f"{'none' if not members else f'fewer than --per-class {per_class}'}")
+        if not members:
+            raise errors.UserError(f"class {old} ({names[old]}) has no images in {source}")
+        if len(members) < per_class:
+            raise errors.UserError(f"class {old} ({names[old]}) has {len(members)} images in {source}, fewer than "
+                                   f"--per-class {per_class}")
         if per_class:
             keep = set(sorted(members, key=lambda p: hash_rank(seed, p))[:per_class])
             members = [p for p in members if p in keep]
