@@ -85,7 +85,8 @@ def main(argv=None):
     ap.add_argument("--names", default="classes.txt",
                     help="the dataset's class names as Data.classes takes them: a file (under --root or a path), "
                          "folders (sorted names of root/train) or imagenet1k")
-    ap.add_argument("--classes", required=True, help="class indices to keep, e.g. 5-9 or 0,2,4; the i-th becomes label i")
+    ap.add_argument("--classes", required=True,
+                    help="class indices to keep, e.g. 5-9 or 0,2,4; the i-th becomes label i")
     ap.add_argument("--per-class", type=int, default=0, help="images per class (default 0: all of them)")
     ap.add_argument("--seed", type=int, default=0, help="which --per-class images (default 0)")
     ap.add_argument("--out", required=True, help="list file to write, relative to --root (Data.<split>_list)")
