@@ -107,9 +107,10 @@ def transfer(tmp_path_factory):
 
     At this size the recipe is short and sharp: 100 steps of 10 images at lr 1e-3 with layer decay 0.75 (the
     lower blocks keep most of what they learnt). Measured with Global.seed 0-3: fine-tuned 57.6/59.4/59.8/55.2%,
-    scratch 45.0/56.2/57.0/50.6% (gaps +12.6/+3.2/+2.8/+4.6 points); without layer decay, at lr 5e-4, the gap
-    ranged from -9 to +10 points over the seeds: the minute of pretraining learns too little to transfer reliably
-    through the change of size unless the fine-tuning keeps it.
+    scratch 45.0/56.2/57.0/50.6% (gaps +12.6/+3.2/+2.8/+4.6 points). Without layer decay (20 images per class,
+    50 steps, lr 5e-4 or 1e-3; or 10 per class, 100 steps, lr 5e-4) the gap ranged from -9 to +10 points over
+    seeds 0-2: the minute of pretraining learns too little to transfer reliably through the change of size
+    unless the fine-tuning spares the lower blocks.
     """
     tmp = tmp_path_factory.mktemp("transfer")
     root = tmp / "fashion"
@@ -159,7 +160,8 @@ def test_fine_tuning_from_other_classes_at_another_size_beats_the_same_recipe_fr
     assert "head.weight [256, 5] dropped: re-initialised for 5 new classes (reset_head)" in line
     assert "fine-tuning from" not in runs["scratch"]
     tuned, scratch = top1(runs["finetune"], 20, 500), top1(runs["scratch"], 20, 500)
-    # seed 0 (this test, twice) measured 57.6% against 45.0%; the smallest gap over seeds 0-3 was 2.8 points (see the fixture)
+    # seed 0 (this test, twice) measured 57.6% against 45.0%; the smallest gap over seeds 0-3 was 2.8 points
+    # (see the fixture)
     assert tuned >= scratch + 0.02, (tuned, scratch)
 
 
