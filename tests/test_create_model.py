@@ -97,3 +97,17 @@ def test_the_readme_example_fine_tunes_converted_weights_at_a_non_square_size(tm
     assert model.head.weight.shape == [256, 5]
     np.testing.assert_array_equal(model.pos_embed.numpy(), sinusoid_table(141, 256))
     assert not np.allclose(model.blocks[0].mlp.fc1.weight.numpy(), official.blocks[0].mlp.fc1.weight.numpy())
+
+
+def test_reset_head_re_makes_a_head_of_the_same_class_count_for_other_classes(tmp_path):
+    # Pretrained on 5 classes, fine-tuned on 5 others: shapes match, so only reset_head re-makes the head.
+    path, src = _saved(tmp_path, "five.pdparams", 5, 32)
+    kept = t2tvit.create_model("t2t_vit_7", pretrained=path, num_classes=5, img_size=32)
+    np.testing.assert_array_equal(kept.head.weight.numpy(), src["head.weight"])
+    assert kept.pretrained_notes == []
+    paddle.seed(3)
+    fresh = t2tvit.create_model("t2t_vit_7", pretrained=path, num_classes=5, img_size=32, reset_head=True)
+    assert not np.allclose(fresh.head.weight.numpy(), src["head.weight"])
+    np.testing.assert_array_equal(fresh.blocks[0].attn.qkv.weight.numpy(), src["blocks.0.attn.qkv.weight"])
+    assert fresh.pretrained_notes == ["head.weight [256, 5] dropped: re-initialised for 5 new classes (reset_head)",
+                                      "head.bias [5] dropped: re-initialised for 5 new classes (reset_head)"]

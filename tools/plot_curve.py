@@ -1,11 +1,14 @@
 """Draw a training run's learning curve from its metrics file (log_dir/metrics.jsonl, written by tools/train.py).
 
     python tools/plot_curve.py log/fashion_mnist [--out log/fashion_mnist/curve.png]
+    python tools/plot_curve.py log/run_a log/run_b --label A --label B --out compare.png
 
-The argument may be the run's log folder, its metrics.jsonl, or its train.log (the metrics file beside it is
-read). Left: the training loss of every log line, at its fractional epoch. Right: validation top-1 of the model
-and of its EMA after each validated epoch, with the training accuracy of the log lines behind them. A resumed
-run appends to the same file and may repeat steps; the last value logged for a step wins.
+Each argument may be a run's log folder, its metrics.jsonl, or its train.log (the metrics file beside it is
+read). One run: left, the training loss of every log line, at its fractional epoch; right, validation top-1 of
+the model and of its EMA after each validated epoch, with the training accuracy of the log lines behind them.
+Several runs: their validation top-1 against epoch in one chart (model solid, EMA dashed), named by --label
+(default: the log folder's name). A resumed run appends to the same file and may repeat steps; the last value
+logged for a step wins.
 """
 import argparse
 import datetime
@@ -42,6 +45,12 @@ def metrics_path(path):
     return os.path.join(os.path.dirname(os.path.abspath(path)), MetricsFile.NAME)
 
 
+def save(fig, out):
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot(curves, out, title):
     train = [curves["train"][k] for k in sorted(curves["train"])]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -59,19 +68,28 @@ def plot(curves, out, title):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, out)
 
 
-@errors.cli
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("log", help="a run's log folder (Global.log_dir), its metrics.jsonl or its train.log")
-    ap.add_argument("--out", default="", help="PNG to write (default: curve.png in the log folder)")
-    ap.add_argument("--title", default="", help="figure title (default: the log folder's name)")
-    args = ap.parse_args(argv)
-    path = metrics_path(args.log)
+def compare(runs, out, title):
+    """runs: [(label, curves)]; their validation top-1 against epoch in one chart."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (label, curves), color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(runs)):
+        for which, style in (("model", "o-"), ("ema", "s--")):
+            points = sorted(curves[which].items())
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color, ms=4,
+                        label=f"{label} ({which}), last {points[-1][1]:.4f}")
+    ax.set(xlabel="epoch", ylabel="val top-1", title=title, ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    save(fig, out)
+
+
+def read_curves(log):
+    """(metrics file, curves) of a run's log folder, metrics.jsonl or train.log; UserError if it is none."""
+    path = metrics_path(log)
     try:
         curves = curves_of(read_metrics(path))
     except OSError as e:
@@ -80,14 +98,45 @@ def main(argv=None):
         raise errors.UserError(f"{path} is not a metrics file of tools/train.py ({type(e).__name__}: {e})") from None
     if not curves["train"]:
         raise errors.UserError(f"{path} has no training records")
-    folder = os.path.dirname(os.path.abspath(path))
-    out = args.out or os.path.join(folder, "curve.png")
-    plot(curves, out, args.title or os.path.basename(folder))
-    span = curves["times"][-1] - curves["times"][0] if curves["times"] else "?"
+    return path, curves
+
+
+def summary(curves):
     last = {w: sorted(curves[w].items())[-1] for w in ("model", "ema") if curves[w]}
-    summary = ", ".join(f"val top-1 ({w}) {v:.4f} at epoch {e}" for w, (e, v) in last.items())
+    return ", ".join(f"val top-1 ({w}) {v:.4f} at epoch {e}" for w, (e, v) in last.items())
+
+
+@errors.cli
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("log", nargs="+", help="a run's log folder (Global.log_dir), its metrics.jsonl or its "
+                                           "train.log; several runs are compared in one chart")
+    ap.add_argument("--label", action="append", default=[],
+                    help="a run's name in the chart, once per run in order (default: its log folder's name)")
+    ap.add_argument("--out", default="", help="PNG to write (default: curve.png in the log folder; "
+                                              "required for several runs)")
+    ap.add_argument("--title", default="", help="figure title (default: the log folder's name)")
+    args = ap.parse_args(argv)
+    if args.label and len(args.label) != len(args.log):
+        raise errors.UserError(f"--label: {len(args.label)} labels for {len(args.log)} runs (one per run)")
+    if len(args.log) > 1 and not args.out:
+        raise errors.UserError("--out: several runs make one chart; name the PNG to write")
+    runs = [read_curves(log) for log in args.log]
+    folders = [os.path.dirname(os.path.abspath(path)) for path, _ in runs]
+    labels = args.label or [os.path.basename(f) for f in folders]
+    if len(runs) > 1:
+        compare([(label, curves) for label, (_, curves) in zip(labels, runs)], args.out,
+                args.title or " vs ".join(labels))
+        print(f"wrote {args.out}: " + "; ".join(f"{label}: {summary(curves) or 'no validation'}"
+                                                for label, (_, curves) in zip(labels, runs)))
+        return
+    [(path, curves)] = runs
+    out = args.out or os.path.join(folders[0], "curve.png")
+    plot(curves, out, args.title or labels[0])
+    span = curves["times"][-1] - curves["times"][0] if curves["times"] else "?"
+    last = summary(curves)
     print(f"wrote {out}: {max(e for e, _ in curves['train'])} epochs, {span} from first to last record"
-          + (f", {summary}" if summary else ""))
+          + (f", {last}" if last else ""))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def build_trainer(cfg, stop, run_id):
     if path is not None:
         trainer.restore(path, state)
     elif g.pretrained:
-        which, notes = load_weights(model, g.pretrained, drop_head=True)
+        which, notes = load_weights(model, g.pretrained, drop_head=True, new_head=g.reset_head)
         log.info(f"fine-tuning from {g.pretrained} ({which}); " + "; ".join(notes))
         if ema:
             ema.set_state_dict(model.state_dict())

@@ -123,13 +123,14 @@ def weights_from(obj, path, prefer="best"):
     raise UserError(f"{path} is neither a weights file nor a training checkpoint of this repo")
 
 
-def match_state_dict(model, state, source, drop_head=False):
+def match_state_dict(model, state, source, drop_head=False, new_head=False):
     """Check `state` against `model` by name and shape; return the dict to load.
 
     The fixed sinusoid position table is taken from the model when the token count differs (it is a
     function of img_size, not learned). With drop_head, a classifier of another class count is left out
-    (reported) so the model keeps its fresh head for fine-tuning. Anything else that does not fit is a
-    UserError listing every missing, unexpected and mis-shaped key.
+    (reported) so the model keeps its fresh head for fine-tuning; new_head leaves out one of the same count
+    too (its classes are other ones: Global.reset_head). Anything else that does not fit is a UserError
+    listing every missing, unexpected and mis-shaped key.
     """
     own = model.state_dict()
     out, notes = {}, []
@@ -140,7 +141,9 @@ def match_state_dict(model, state, source, drop_head=False):
         if k not in own:
             continue
         want, got = list(own[k].shape), list(v.shape)
-        if want == got:
+        if new_head and k.startswith("head."):
+            notes.append(f"{k} {got} dropped: re-initialised for {model.num_classes} new classes (reset_head)")
+        elif want == got:
             out[k] = v
         elif k == "pos_embed":
             notes.append(f"pos_embed {got} -> {want}: regenerated for this img_size")
@@ -164,21 +167,23 @@ def match_state_dict(model, state, source, drop_head=False):
     return out, notes
 
 
-def set_checked(model, state, source, drop_head=False):
+def set_checked(model, state, source, drop_head=False, new_head=False):
     """Load `state` into model after checking its names, shapes and values; returns what was adapted."""
-    state, notes = match_state_dict(model, state, source, drop_head=drop_head)
+    state, notes = match_state_dict(model, state, source, drop_head=drop_head, new_head=new_head)
     refuse_nonfinite(state, source)
     model.set_state_dict({k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()})
     return notes
 
 
-def load_weights(model, path, prefer="best", drop_head=False, loaded=None, sha256=None):
+def load_weights(model, path, prefer="best", drop_head=False, loaded=None, sha256=None, new_head=False):
     """Load a weights file or training checkpoint (or its already `loaded` content) into model.
+
+    drop_head and new_head: as match_state_dict takes them.
 
     Returns (which, notes): which weights were taken ('model', 'ema' or 'weights') and what was adapted.
     """
     state, which = weights_from(load_file(path, sha256) if loaded is None else loaded, path, prefer)
-    return which, set_checked(model, state, path, drop_head=drop_head)
+    return which, set_checked(model, state, path, drop_head=drop_head, new_head=new_head)
 
 
 PROGRESS_KEYS = ("epoch", "step", "best", "skips")
