@@ -1,9 +1,12 @@
 """MACs counted as fvcore counts the official model, and the parameter counts of the release."""
+import os
+import re
+
 import pytest
 
-from runner import run_tool
+from runner import ROOT, run_tool
 from t2tvit.macs import count_macs, count_parameters
-from t2tvit.t2t import create_model
+from t2tvit.t2t import VARIANTS, create_model
 
 FVCORE_T2T_VIT_7_224 = 1.157e9  # fvcore on the official T2T-ViT-7 at 224, attention matmuls included (issue 18)
 
@@ -31,3 +34,11 @@ def test_the_command_prints_the_counts_and_says_flops_are_twice_the_macs():
     assert r.returncode == 0, r.stderr
     assert "FLOPs = 2 x MACs" in r.stdout
     assert "| t2t_vit_7 | 4.310 | 4.256 | 0.055 | 1.156 |" in r.stdout
+
+
+def test_the_readme_model_table_gives_every_variant_s_counted_macs_at_224():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    rows = dict(re.findall(r"^\| `(\w+)` \|(?: [^|]* \|){6} ([\d.]+) \|", readme, flags=re.M))
+    assert sorted(rows) == sorted(VARIANTS)
+    for name, gmacs in rows.items():
+        assert gmacs == f"{sum(count_macs(create_model(name), 224).values()) / 1e9:.3f}", name
