@@ -24,9 +24,11 @@ def report_of(r):
 
 
 def test_one_run_measures_everything_side_by_side():
-    r = run(*TINY, "--data-images", "3")
+    calib = os.path.join(ROOT, "lit_data", "train")  # int8 calibrated on other images than the compared ones
+    r = run(*TINY, "--data-images", "3", "--calib", calib)
     assert r.returncode == 0, r.stderr
     report = report_of(r)
+    assert report["settings"]["calib"] == [calib]
     rows = {row["measure"]: row for row in report["results"]}
     has_torch = importlib.util.find_spec("torch") is not None
     expected = [m for m in MEASURES if has_torch or not m.startswith("torch_")]
@@ -49,6 +51,7 @@ def test_one_run_measures_everything_side_by_side():
         assert rows["eval_dynamic"]["ratio"] > 0
     # Every eval row: batch-1 latency, throughput at each batch, and its share of the compute-bound limit.
     assert report["gemm_gflops"]["fp32"] > 0 and report["model_macs"] > 0
+    assert set(report["gemm_engine"]) == set(report["gemm_gflops"]) and "int8" in report["gemm_gflops"]
     for row in [rows["eval_dynamic"], *engines] + ([rows["torch_eval"]] if has_torch else []):
         lat = row["latency_ms"]
         assert 0 < lat["p50"] <= lat["p99"] and lat["runs"] == 3, row

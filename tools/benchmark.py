@@ -29,11 +29,12 @@ one JSON line (prefix `BENCHMARK_JSON `).
 
 Every eval measure (PyTorch, Paddle dynamic, each backend x precision, int8 included) also gets its batch-1
 latency (p50 / p99 over --latency-runs runs after the warm-up; default 200) and its throughput at each of
---throughput-batches (default 1 8 32). The run measures the machine's GEMM rate (gemm_rates: a 1024^2 fp32
-matmul in PyTorch, bf16 too where the CPU has it) and reports each eval row as a fraction of the model's
-compute-bound limit, GEMM rate / (2 x MACs per image) (model_macs: every matrix product and LayerNorm, as tools/count_macs.py counts them). With --agree-on
-val each row's top-1 against the split's labels is reported too (int8 models: calibrated on up to 300 of the
-compared images, evenly spaced).
+--throughput-batches (default 1 8 32). The run measures the machine's GEMM rate (gemm_rates: a 1024^2
+matmul, the faster of PyTorch and OpenVINO, in fp32, and in bf16 and int8 where the CPU has them) and reports
+each eval row as a fraction of the model's compute-bound limit, GEMM rate / (2 x MACs per image) (model_macs:
+every matrix product and LayerNorm, as tools/count_macs.py counts them). With --agree-on val each row's top-1
+against the split's labels is reported too. int8 models are calibrated on --calib DIR_OR_LIST (e.g. training
+images: up to 300, evenly spaced, through the val transform), else on up to 300 of the compared images.
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
@@ -181,7 +182,7 @@ def prepare(args):
     if "engine" in args.only:
         export(model, args.img_size, os.path.join(args.work_dir, "inference"))
         if any("int8" in p for p in backends.values()):
-            quantize_for_benchmark(args, backends)
+            quantize_for_benchmark(args, cfg, backends)
     top2 = np.sort(reference, axis=-1)[:, -2:]
     gap = top2[:, 1] - top2[:, 0] if reference.shape[-1] > 1 else np.zeros(len(reference))
     return {"weights": weights, "compared_on": where, "compared_images": len(paths), "backends": backends,
@@ -190,15 +191,18 @@ def prepare(args):
                                    "logit_std": float(reference.std())}}
 
 
-def quantize_for_benchmark(args, backends):
-    """The int8 models of the export, calibrated on (at most DEFAULT_CALIB_SIZE, evenly spaced of) the compared
-    images: with --agree-on val a calibration set of the same distribution as, but not disjoint from, the
-    images measured; tools/export_model.py --int8 --calib takes a separate set."""
-    from t2tvit.quantize import DEFAULT_CALIB_SIZE, quantize_export
-    crops, normalize = _crops(args)
-    picked = np.unique(np.linspace(0, len(crops) - 1, min(len(crops), DEFAULT_CALIB_SIZE)).round().astype(int))
-    quantize_export(os.path.join(args.work_dir, "inference"), np.stack([normalize(crops[i]) for i in picked]),
-                    tuple(b for b, p in backends.items() if "int8" in p))
+def quantize_for_benchmark(args, cfg, backends):
+    """The int8 models of the export, calibrated on --calib (at most DEFAULT_CALIB_SIZE images, evenly spaced,
+    through the val transform), else on as many of the compared images: with --agree-on val a calibration set
+    of the same distribution as, but not disjoint from, the images measured."""
+    from t2tvit.quantize import DEFAULT_CALIB_SIZE, calibration_images, quantize_export
+    if args.calib:
+        images = calibration_images(cfg, args.calib, DEFAULT_CALIB_SIZE)
+    else:
+        crops, normalize = _crops(args)
+        picked = np.unique(np.linspace(0, len(crops) - 1, min(len(crops), DEFAULT_CALIB_SIZE)).round().astype(int))
+        images = np.stack([normalize(crops[i]) for i in picked])
+    quantize_export(os.path.join(args.work_dir, "inference"), images, tuple(b for b, p in backends.items() if "int8" in p))
 
 
 def _crops(args):
@@ -262,27 +266,71 @@ def latency_profile(args, to_input, predict):
 GEMM_SIZE = 1024  # square matrices: large enough to reach the library's peak on a few cores, timed in ~10 ms
 
 
-def gemm_rates(args):
-    """{precision: GFLOP/s} of one square matmul (2 n^3 FLOPs) in PyTorch (oneDNN/MKL, as its eval uses) with
-    --threads threads, or numpy's BLAS without torch: fp32 always; bf16 where the CPU has AVX512_BF16 or AMX.
-    No int8 rate: torch's CPU int8 matmul (torch._int_mm) is a reference kernel (0.3 GFLOP/s on a Zen 3 core,
-    40x below its fp32), no measure of the hardware; int8 rows are held to the fp32 limit."""
-    from t2tvit.deploy import cpu_has_bf16
-    n = GEMM_SIZE
+def _torch_gemms(n, threads, precisions):
+    """{precision: callable running one n x n x n product in PyTorch (MKL / oneDNN, as its eval uses)}."""
+    import torch
+    torch.set_num_threads(threads)
     rng = np.random.RandomState(0)
-    a, b = (rng.standard_normal((n, n)).astype("float32") for _ in range(2))
-    if importlib.util.find_spec("torch") is None:
-        runs = {"fp32 (numpy)": lambda: a @ b}
+    a, b = (torch.from_numpy(rng.standard_normal((n, n)).astype("float32")) for _ in range(2))
+    runs = {"fp32": lambda: a @ b}
+    if "bf16" in precisions:
+        ha, hb = a.bfloat16(), b.bfloat16()
+        runs["bf16"] = lambda: ha @ hb
+    return runs
+
+
+def _openvino_gemm(n, threads, precision):
+    """A callable running one n x n x n product in OpenVINO's CPU plugin (the oneDNN FullyConnected kernels its
+    models run on): fp32, bf16 (by the inference precision hint), or int8 (u8 activations from a FakeQuantize
+    times s8 weights, which its low-precision transformations run as an integer GEMM); None when the compiled
+    layer does not run in the precision asked for."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.RandomState(0)
+    x = ops.parameter([n, n], ov.Type.f32)
+    w = rng.standard_normal((n, n)).astype("float32")
+    if precision == "int8":
+        lo, hi = ops.constant(np.float32(-4.0)), ops.constant(np.float32(4.0))
+        weight = ops.multiply(ops.convert(ops.constant(np.clip(np.round(w * 32), -127, 127).astype(np.int8)),
+                                          ov.Type.f32), ops.constant(np.float32(1 / 32)))
+        y = ops.matmul(ops.fake_quantize(x, lo, hi, lo, hi, 256), weight, False, True)
     else:
-        import torch
-        torch.set_num_threads(args.threads)
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        runs = {"fp32": lambda: ta @ tb}
-        if cpu_has_bf16():
-            ha, hb = ta.bfloat16(), tb.bfloat16()
-            runs["bf16"] = lambda: ha @ hb
-    repeat = max(args.repeat, 5)
-    return {k: round(2 * n ** 3 / float(np.median(timed(fn, 2, repeat))) / 1e9, 1) for k, fn in runs.items()}
+        y = ops.matmul(x, ops.constant(w), False, True)
+    compiled = ov.Core().compile_model(ov.Model([y], [x]), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
+    ran = {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ops()
+           if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"}
+    if ran != {{"fp32": "f32", "bf16": "bf16", "int8": "u8"}[precision]}:
+        return None
+    request, a = compiled.create_infer_request(), rng.standard_normal((n, n)).astype("float32")
+    return lambda: request.infer([a])
+
+
+def gemm_rates(args):
+    """{"rates": {precision: GFLOP/s}, "by": {precision: engine}}: the machine's GEMM rate, the faster of PyTorch
+    and OpenVINO on one square product (2 n^3 operations) with --threads threads: fp32 always; bf16 where the
+    CPU has AVX512_BF16 or AMX; int8 (OpenVINO only: torch's CPU int8 matmul is a reference kernel, 0.3 GFLOP/s
+    on a Zen 3 core) where it has AVX2. Both engines count: on AMD CPUs PyTorch's fp32 matmul (MKL) was 185.6
+    GFLOP/s where OpenVINO ran the whole model at 268 GFLOP/s (Zen 5), so one engine alone is no limit."""
+    from t2tvit.deploy import cpu_has_bf16, cpu_flags
+    n, repeat = GEMM_SIZE, max(args.repeat, 5)
+    precisions = ["fp32"] + (["bf16"] if cpu_has_bf16() else []) + (["int8"] if "avx2" in cpu_flags() else [])
+    engines = {}
+    if importlib.util.find_spec("torch") is not None:
+        engines["torch"] = _torch_gemms(n, args.threads, precisions)
+    else:
+        a = np.random.RandomState(0).standard_normal((n, n)).astype("float32")
+        engines["numpy"] = {"fp32": lambda: a @ a}
+    if importlib.util.find_spec("openvino") is not None:
+        engines["openvino"] = {p: fn for p in precisions if (fn := _openvino_gemm(n, args.threads, p))}
+    rates, by = {}, {}
+    for engine, runs in engines.items():
+        for precision, fn in runs.items():
+            rate = round(2 * n ** 3 / float(np.median(timed(fn, 2, repeat))) / 1e9, 1)
+            if rate > rates.get(precision, 0):
+                rates[precision], by[precision] = rate, engine
+    return {"rates": rates, "by": by}
 
 
 def model_macs(model, img_size):
@@ -584,6 +632,7 @@ def run_worker(args, name, work_dir, tag=None, extra=()):
            "--throughput-batches", *map(str, args.throughput_batches), "--only", *args.only, *extra]
     cmd += ["-o", *args.override] if args.override else []
     cmd += ["--weights", args.weights] if args.weights else []
+    cmd += ["--calib", *args.calib] if args.calib else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_PREFIX)]
     if proc.returncode != 0 or not lines:
@@ -618,8 +667,8 @@ def finish(rows):
 
 def add_compute_bound(rows, macs, gemm):
     """Each eval row's images/s (at --batch) as a fraction of the compute-bound limit at the GEMM rate of its
-    precision (int8 rows, and bf16 where its rate was not measured: the fp32 rate)."""
-    fp32 = gemm.get("fp32") or gemm.get("fp32 (numpy)")
+    precision (where that precision's rate was not measured: the fp32 rate)."""
+    fp32 = gemm.get("fp32")
     for r in rows:
         if "images_per_s" in r and YARDSTICK.get(r["measure"]) == "torch_eval" and fp32:
             precision = r["setting"].rsplit(" ", 1)[-1]
@@ -627,9 +676,10 @@ def add_compute_bound(rows, macs, gemm):
             r["compute_bound_fraction"] = compute_bound_fraction(r["images_per_s"], macs, rate)
 
 
-def print_latency(rows, macs, gemm):
-    print(f"batch-1 latency and throughput; model {macs / 1e9:.3f} GMACs per image (Linear layers); GEMM "
-          f"GFLOP/s: {', '.join(f'{k} {v}' for k, v in gemm.items()) or 'not measured'}")
+def print_latency(rows, macs, gemm, gemm_by):
+    print(f"batch-1 latency and throughput; model {macs / 1e9:.3f} GMACs per image (every matrix product); GEMM "
+          f"GFLOP/s (int8: GOP/s), the faster of PyTorch and OpenVINO: "
+          f"{', '.join(f'{k} {v} ({gemm_by[k]})' for k, v in gemm.items()) or 'not measured'}")
     print(f"{'measure':<20}{'setting':<26}{'p50 ms':>9}{'p99 ms':>9}" + "".join(
         f"{'b' + b + ' img/s':>12}" for b in next((r["throughput_images_per_s"] for r in rows
                                                     if "throughput_images_per_s" in r), {})) + f"{'of limit':>10}")
@@ -732,11 +782,13 @@ def drive(args):
                         row.update(json.load(f))
                 print(f"  {name} ({setting}): {row['rounds_images_per_s'][-1]:.1f} images/s", file=sys.stderr,
                       flush=True)
-        gemm = {}
+        gemm, gemm_by = {}, {}
         if any(m in args.only for m in YARDSTICK if YARDSTICK[m] == "torch_eval"):
-            gemm = run_worker(args, "gemm", work_dir)
-            if "error" in gemm:
-                report_notes.append(f"GEMM rate not measured: {gemm.pop('error')}")
+            result = run_worker(args, "gemm", work_dir)
+            if "error" in result:
+                report_notes.append(f"GEMM rate not measured: {result['error']}")
+            else:
+                gemm, gemm_by = result["rates"], result["by"]
         stages = {}
         if args.stages:
             for framework in ("paddle", "torch"):
@@ -750,14 +802,14 @@ def drive(args):
     add_compute_bound(rows, prepared["model_macs"], gemm)
     machine = machine_info()
     settings = {k: getattr(args, k) for k in ("config", "override", "model", "batch", "img_size", "threads",
-                                              "device", "warmup", "repeat", "rounds")}
+                                              "device", "warmup", "repeat", "rounds", "calib")}
     settings["weights"] = prepared["weights"]
     report = {"machine": machine, "load_average_before": load_before, "load_average_after": load_average(),
               "settings": settings, "notes": report_notes, "results": rows, "stages_seconds": stages,
-              "gemm_gflops": gemm, "model_macs": prepared["model_macs"],
+              "gemm_gflops": gemm, "gemm_engine": gemm_by, "model_macs": prepared["model_macs"],
               **{k: prepared[k] for k in ("compared_on", "compared_images", "reference_top2_gap")}}
     print_table(rows, machine, args, prepared)
-    print_latency(rows, prepared["model_macs"], gemm)
+    print_latency(rows, prepared["model_macs"], gemm, gemm_by)
     if stages:
         print_stages(stages)
     print(JSON_PREFIX + json.dumps(report))
@@ -781,6 +833,8 @@ def main(argv=None):
     ap.add_argument("--agree-on", choices=("photos", "val"), default="photos",
                     help="images the logits are compared on: the 20 lit_data/val photos, or the config's "
                          "validation split (e.g. the Fashion-MNIST test set)")
+    ap.add_argument("--calib", nargs="+", metavar="DIR_OR_LIST",
+                    help="int8 calibration images (default: up to 300 of the compared images)")
     ap.add_argument("--agree-limit", type=int, default=10000,
                     help="with --agree-on val: at most this many images, evenly spaced over the split")
     ap.add_argument("--warmup", type=int, default=2)
