@@ -183,6 +183,15 @@ def test_export_onnx_only_replaces_a_previous_export(exported, tmp_path):
 
 
 @pytest.mark.slow
+def test_openvino_profile_says_where_the_time_goes_by_layer_type(exported):
+    _, out, x, _ = exported
+    rows = deploy.openvino_profile(str(out), x[:2], runs=2)
+    kinds = [kind for kind, _, _, _ in rows]
+    assert "FullyConnected" in kinds and "MVN" in kinds  # the Linear GEMMs and LayerNorm
+    assert all(ms >= 0 for _, _, ms, _ in rows) and sum(share for *_, share in rows) == pytest.approx(1.0)
+    assert [ms for _, _, ms, _ in rows] == sorted((ms for _, _, ms, _ in rows), reverse=True)
+
+
 def test_predictor_rejects_images_of_another_size(exported):
     with pytest.raises(UserError, match=rf"\[N, 3, {SIZE}, {SIZE}\]"):
         create_predictor(exported[1], "onnxruntime", threads=1)(np.zeros((1, 3, 32, 32), np.float32))

@@ -489,7 +489,7 @@ class OpenVinoPredictor(Engine):
 
     backend = "openvino"
 
-    def __init__(self, model_dir, threads=None, precision="fp32"):
+    def __init__(self, model_dir, threads=None, precision="fp32", profile=False):
         import openvino as ov
 
         path, meta = onnx_file(model_dir)
@@ -500,13 +500,39 @@ class OpenVinoPredictor(Engine):
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "INFERENCE_NUM_THREADS": threads or usable_cores(),
-                  "PERFORMANCE_HINT": "LATENCY"}  # one stream: every thread on the one request
+                  "PERFORMANCE_HINT": "LATENCY",  # one stream: every thread on the one request
+                  "PERF_COUNT": profile}
         self.compiled = core.compile_model(core.read_model(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
 
     def run(self, images):
         return self.request.infer({0: images})[self.output].copy()
+
+    def time_by_layer_type(self):
+        """{(OpenVINO layer type, kernel): ms} of the last run (PERF_COUNT on): the plugin's per-node counters,
+        summed by the type of the node it executed (FullyConnected = the Linear GEMMs, MatMul = the
+        activation x activation products, Subgraph = fused element-wise chains, MVN = LayerNorm, ...)."""
+        times = {}
+        for node in self.request.get_profiling_info():
+            if node.status.name == "EXECUTED":
+                key = (node.node_type, node.exec_type)
+                times[key] = times.get(key, 0.0) + node.real_time.total_seconds() * 1e3
+        return times
+
+
+def openvino_profile(model_dir, images, precision="fp32", threads=None, runs=10):
+    """[(layer type, kernel, ms per run, share)] of OpenVINO running `images` (one batch) through the export,
+    the median over `runs` runs after one warm-up, largest first."""
+    predictor = OpenVinoPredictor(model_dir, threads, precision, profile=True)
+    predictor(images)
+    samples = []
+    for _ in range(runs):
+        predictor(images)
+        samples.append(predictor.time_by_layer_type())
+    median = {k: float(np.median([s.get(k, 0.0) for s in samples])) for k in samples[0]}
+    total = sum(median.values())
+    return sorted(((kind, kernel, ms, ms / total) for (kind, kernel), ms in median.items()), key=lambda r: -r[2])
 
 
 # ---------------------------------------------------------------------------------------------- export
