@@ -28,7 +28,7 @@ from t2tvit.checkpoint import load_weights
 from t2tvit.config import add_config_args, config_from_args
 from t2tvit.deploy import FORMAT_CHOICES, RUNTIME_NAMES, export_checked, parse_formats
 from t2tvit.errors import UserError, cli
-from t2tvit.quantize import DEFAULT_CALIB_SIZE, calibration_images, int8_agreement_line, openvino_int8_line
+from t2tvit.quantize import DEFAULT_CALIB_SIZE, calibration_images, int8_agreement_line, int8_matmuls_line
 from t2tvit.sizes import image_hw
 from t2tvit.t2t import create_model
 
@@ -80,7 +80,7 @@ def main(argv=None):
           f"max |logits - dynamic logits|: {checks}")
     if args.int8:
         print(int8_agreement_line(out, calib))
-        print(openvino_int8_line(out))
+        print(int8_matmuls_line(out))
 
 
 if __name__ == "__main__":

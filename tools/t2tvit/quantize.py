@@ -108,8 +108,10 @@ def float_kept_matmuls(onnx_model):
     return quantised, kept
 
 
-def quantize_onnxruntime(fp32_path, out_path, images, nodes):
-    """Static QDQ int8 model of fp32_path at out_path, quantising only `nodes`, calibrated on `images`."""
+def quantize_onnxruntime(fp32_path, out_path, images):
+    """Static QDQ int8 model of fp32_path at out_path, calibrated on `images`, quantising the Linear MatMuls
+    (float_kept_matmuls) of the pre-processed graph: its fusions rename nodes (the head's MatMul + Add becomes
+    a Gemm), and a name of the unprocessed graph would leave that node float."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -126,6 +128,7 @@ def quantize_onnxruntime(fp32_path, out_path, images, nodes):
     prepared = out_path + ".pre.onnx"
     try:
         quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+        nodes, _ = float_kept_matmuls(onnx.load(prepared))
         quantize_static(prepared, out_path, Reader(name), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         reduce_range=not cpu_has_vnni(), nodes_to_quantize=nodes,
@@ -213,7 +216,7 @@ def quantize_export(model_dir, images, backends=("onnxruntime", "openvino")):
         raise UserError(f"{fp32} has no Linear MatMul to quantise")
     written = {}
     if "onnxruntime" in backends:
-        quantize_onnxruntime(fp32, os.path.join(model_dir, ORT_INT8_FILE), images, quantised)
+        quantize_onnxruntime(fp32, os.path.join(model_dir, ORT_INT8_FILE), images)
         written["onnxruntime"] = ORT_INT8_FILE
     if "openvino" in backends:
         quantize_openvino(fp32, os.path.join(model_dir, OV_INT8_FILE), images, kept)
@@ -245,8 +248,27 @@ def int8_agreement_line(model_dir, images):
     return f"int8 top-1 agreement with fp32 on the {len(images)} calibration images: {', '.join(parts)}"
 
 
-def openvino_int8_line(model_dir):
-    """One line: how many of the OpenVINO int8 model's MatMuls run in int8 and which stay float."""
-    c = openvino_matmul_precisions(os.path.join(model_dir, OV_INT8_FILE))
-    return (f"openvino int8 model: {c['int8']} MatMuls int8 (the Linear layers), float: {c['float, into Exp']} "
-            f"into Exp (the Performer's random features), {c['float']} activation x activation")
+def onnx_int8_matmuls(path):
+    """How many MatMul / Gemm nodes of a QDQ ONNX model take both operands from a DequantizeLinear (run in int8
+    by ONNX Runtime)."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    return sum(all(made_by.get(name) == "DequantizeLinear" for name in node.input[:2])
+               for node in graph.node if node.op_type in ("MatMul", "Gemm"))
+
+
+def int8_matmuls_line(model_dir):
+    """One line: how many MatMuls each int8 model of model_dir runs in int8, and which stay float."""
+    counts, parts = None, []
+    if os.path.isfile(os.path.join(model_dir, OV_INT8_FILE)):
+        counts = openvino_matmul_precisions(os.path.join(model_dir, OV_INT8_FILE))
+        parts.append(f"openvino {counts['int8']}")
+    if os.path.isfile(os.path.join(model_dir, ORT_INT8_FILE)):
+        parts.append(f"onnxruntime {onnx_int8_matmuls(os.path.join(model_dir, ORT_INT8_FILE))}")
+    line = f"int8 MatMuls (the Linear layers): {', '.join(parts)}"
+    if counts:
+        line += (f"; float: {counts['float, into Exp']} into Exp (the Performer's random features), "
+                 f"{counts['float']} activation x activation")
+    return line
