@@ -4,7 +4,7 @@ import os
 import numpy as np
 
 from .settings import config_of, random_batch, soft_targets, timed
-from .timing import time_eval
+from .timing import time_eval, time_model_eval
 
 
 def start_paddle(args):
@@ -34,12 +34,7 @@ def measure_eval_dynamic(args):
     paddle = start_paddle(args)
     model = shared_paddle_model(args, paddle)
     model.eval()
-
-    def predict(x):
-        with paddle.no_grad():
-            return model(x).numpy()
-
-    return time_eval(args, paddle.to_tensor, predict)
+    return time_model_eval(args, model, paddle.no_grad, paddle.to_tensor)
 
 
 def measure_engine(args):

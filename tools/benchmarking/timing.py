@@ -39,3 +39,12 @@ def latency_profile(args, to_input, predict):
     return {"latency_ms": {"p50": round(float(np.percentile(latency, 50)), 3),
                            "p99": round(float(np.percentile(latency, 99)), 3), "runs": len(latency)},
             "throughput_images_per_s": throughput}
+
+
+def time_model_eval(args, model, no_grad, to_input):
+    """time_eval of a framework's model (Paddle's or PyTorch's) called under its no_grad on its tensors."""
+    def predict(x):
+        with no_grad():
+            return model(x).numpy()
+
+    return time_eval(args, to_input, predict)

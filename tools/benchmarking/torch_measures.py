@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from .settings import config_of, random_batch, soft_targets, timed
-from .timing import time_eval
+from .timing import time_model_eval
 
 
 def shared_torch_model(args, **kwargs):
@@ -24,12 +24,7 @@ def shared_torch_model(args, **kwargs):
 def measure_torch_eval(args):
     torch, model = shared_torch_model(args)
     model.eval()
-
-    def predict(x):
-        with torch.no_grad():
-            return model(x).numpy()
-
-    return time_eval(args, torch.from_numpy, predict)
+    return time_model_eval(args, model, torch.no_grad, torch.from_numpy)
 
 
 def measure_torch_train(args):
