@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from benchmark import JSON_PREFIX, MEASURES
+from benchmarking.settings import JSON_PREFIX, MEASURES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")

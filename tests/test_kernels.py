@@ -1,11 +1,13 @@
-"""The custom CPU training kernels of t2tvit/t2t.py against float64 on adversarial inputs: the LayerNorm backward
-(GEMM sums, recomputed statistics), the bias added as a GEMM, the integer-draw dropout and the Performer's sums.
-Each gradient is within 1e-5 relative L2 of a float64 computation on the same float32 inputs."""
+"""The custom CPU training kernels of t2tvit/cpu_training.py against float64 on adversarial inputs: the LayerNorm
+backward (GEMM sums, recomputed statistics), the bias added as a GEMM, the integer-draw dropout; and the
+Performer's sums (t2t.py). Each gradient is within 1e-5 relative L2 of a float64 computation on the same float32
+inputs."""
 import numpy as np
 import paddle
 import pytest
 
-from t2tvit.t2t import Dropout, LayerNorm, Linear, TokenPerformer
+from t2tvit.cpu_training import Dropout, LayerNorm, Linear
+from t2tvit.t2t import TokenPerformer
 
 TOL = 1e-5
 

@@ -222,7 +222,7 @@ def test_converter_bad_input_one_line_and_nothing_written(tmp_path, case):
 
 @pytest.mark.parametrize("input_needs_grad", [True, False])
 def test_training_layer_norm_gradients_equal_paddles(input_needs_grad):
-    from t2tvit.t2t import LayerNorm
+    from t2tvit.cpu_training import LayerNorm
     rng = np.random.RandomState(0)
     x0, dy = rng.randn(2, 50, 147).astype("float32") * 3 + 1, rng.randn(2, 50, 147).astype("float32")
     x0[0, :3] = 0.25  # constant rows: variance 0, rstd = 1 / sqrt(eps)
@@ -242,7 +242,7 @@ def test_training_layer_norm_gradients_equal_paddles(input_needs_grad):
 
 
 def test_training_dropout_drops_p_keeps_and_rescales_the_rest_and_follows_paddle_seed():
-    from t2tvit.t2t import Dropout
+    from t2tvit.cpu_training import Dropout
     layer = Dropout(0.1)
     layer.train()
     x = paddle.ones([16, 3136, 64])

@@ -3,7 +3,6 @@
 Used by tools/predict.py with a dynamic model or a deployment backend; the records are the JSONL lines:
 {"path", "class_id", "class_name", "topk": [[id, name, prob], ...]} (+ "logits"), or {"path", "error"}.
 """
-import fcntl
 import itertools
 import json
 import os
@@ -16,6 +15,7 @@ import numpy as np
 from .dataset import IMG_EXTENSIONS
 from .decode import BadImage
 from .errors import StorageError, UserError, shown
+from .lockfile import LockFile
 
 
 def image_paths(paths):
@@ -80,53 +80,37 @@ def print_prediction(record):
     print(f"top-{len(record['topk'])}: " + ", ".join(f"{c} {n} ({p:.4f})" for c, n, p in record["topk"]))
 
 
-class OutputLock:
-    """An advisory lock on an output file: PATH.lock holds "pid host", created exclusively and flock()ed.
+class OutputLock(LockFile):
+    """An advisory lock on an output file, taken on creation: PATH.lock holds "pid host" (lockfile.LockFile).
 
     A second writer of the same output is refused with one line naming the holder. The flock ends with its
-    process, so a lock file left by a process that died (SIGKILL, power loss) is taken over with a warning.
+    process, so a lock file left by a process that died (SIGKILL, power loss) is taken over with a warning,
+    whichever host wrote it: the flock alone decides.
     """
 
-    def __init__(self, path, what):
-        self.path = path + ".lock"
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-                created = True
-            except FileExistsError:
-                try:
-                    fd, created = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW), False
-                except FileNotFoundError:  # its holder just released it: try again
-                    continue
-                except OSError as e:
-                    raise UserError(f"{what}: cannot open the lock {shown(self.path)}: {e.strerror}") from None
-            except OSError as e:
-                raise UserError(f"{what}: cannot create the lock {shown(self.path)}: {e.strerror}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?", "?"]
-                os.close(fd)
-                raise UserError(f"{what} is being written by another run (pid {holder[0]} on host "
-                                f"{holder[-1]}, lock {shown(self.path)}): wait for it or choose another output")
-            # A holder may have unlinked the file between our open and our flock: lock the file on disk.
-            try:
-                same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        if not created:
-            print(f"warning: taking over {shown(self.path)}, left by a run that is no longer alive",
-                  file=sys.stderr)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        self.fd = fd
+    judges_other_hosts = True
 
-    def release(self):
-        os.unlink(self.path)  # before closing: a waiting run then never locks a file already gone
-        os.close(self.fd)
+    def __init__(self, path, what):
+        self.what = what
+        super().__init__(path + ".lock", f"{os.getpid()} {socket.gethostname()}\n")
+        self.acquire(warn=lambda message: print(message, file=sys.stderr))
+
+    def parse(self, text):
+        words = text.split() or ["?"]
+        return {"pid": words[0], "host": words[-1]}
+
+    def refusal(self, holder):
+        return UserError(f"{self.what} is being written by another run (pid {holder['pid']} on host "
+                         f"{holder['host']}, lock {shown(self.path)}): wait for it or choose another output")
+
+    def unopenable(self, error):
+        return UserError(f"{self.what}: cannot open the lock {shown(self.path)}: {error.strerror}")
+
+    def uncreatable(self, error):
+        return UserError(f"{self.what}: cannot create the lock {shown(self.path)}: {error.strerror}")
+
+    def taken_over(self, holder):
+        return f"warning: taking over {shown(self.path)}, left by a run that is no longer alive"
 
 
 class JsonLines:

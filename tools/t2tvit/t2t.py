@@ -7,6 +7,7 @@ Parameter names and shapes equal the official PyTorch release's, so converted ch
   features scaled by sqrt(m), and its residual goes through v (the input has another width);
 - the position table is the fixed 1-D sinusoid over cls + patches, never trained;
 - backbone attention scale is head_dim ** -0.5 and every LayerNorm uses eps 1e-5.
+Linear, Dropout and LayerNorm are Paddle's layers with faster kernels for training on CPU (cpu_training.py).
 """
 import contextlib
 import math
@@ -16,6 +17,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .cpu_training import Dropout, LayerNorm, Linear
 from .errors import UserError
 from .sizes import image_hw
 
@@ -50,174 +52,6 @@ class DropPath(nn.Layer):
 
     def forward(self, x):
         return drop_path(x, self.p, self.training)
-
-
-def _cpu_training(layer, x):
-    """True where the GEMM formulations below pay: training in Paddle's dynamic graph, on CPU."""
-    return layer.training and paddle.in_dynamic_mode() and x.place.is_cpu_place()
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters) whose bias gradient is a GEMM when training on CPU.
-
-    Paddle's CPU backward of a broadcast add sums the output gradient over rows with a kernel ~40x slower
-    than a matrix-vector product; adding the bias as ones[rows, 1] @ bias[1, out] gives the same values
-    (each product is 1 * b) and turns that sum into a GEMM. Inference keeps the plain add, which the
-    inference engine fuses into its fc kernel.
-    """
-
-    def forward(self, x):
-        return self.add_bias(paddle.matmul(x, self.weight))
-
-    def add_bias(self, y):
-        if self.bias is None:
-            return y
-        bias = self.bias if self.bias.dtype == y.dtype else self.bias.astype(y.dtype)  # under AMP
-        if _cpu_training(self, y):
-            return y + paddle.matmul(paddle.ones(y.shape[:-1] + [1], dtype=y.dtype), bias.unsqueeze(0))
-        return y + bias
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout whose mask comes from integer random numbers when training on CPU.
-
-    Paddle's CPU dropout draws one float per element through a slow path and takes ~50 ms forward + backward for
-    the 6.4M activations of the first T2T Performer (PyTorch: ~35 ms). A uniform integer in [0, 2^24) per
-    element, kept where it is >= round(p * 2^24), is the same Bernoulli draw (a float32 uniform has 24 bits
-    too): P(drop) = p to within 3e-8, kept values scaled by 1 / (1 - p) as upscale_in_train does, all from
-    Paddle's generator, so paddle.seed fixes it. ~20 ms forward + backward (measured side by side).
-    """
-
-    def forward(self, x):
-        if not 0.0 < self.p < 1.0 or self.axis is not None or self.mode != "upscale_in_train" \
-                or not _cpu_training(self, x):
-            return nn.Dropout.forward(self, x)
-        draw = paddle.randint(0, 1 << 24, x.shape, dtype="int32")
-        keep = (draw >= round(self.p * (1 << 24))).astype(x.dtype) * (1.0 / (1.0 - self.p))
-        return x * keep
-
-
-class _LayerNormGEMMGrad(paddle.autograd.PyLayer):
-    """Paddle's layer_norm forward; its backward with every reduction as a GEMM with a constant vector.
-
-    Paddle's CPU layer_norm_grad takes ~40x its forward at T2T-ViT's sizes (115 ms against 3 ms for 100k
-    tokens x 147 channels, 2 threads). Here every sum is a GEMM and the statistics are recomputed from two
-    centring passes, so the gradient is within float32 rounding of float64 on any input (mean / std up to 1e4,
-    variance below eps, constant rows, width 1; tests/test_model.py).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, epsilon):
-        ctx.save_for_backward(x, weight)
-        ctx.epsilon = epsilon
-        ctx.needs_dx = not x.stop_gradient
-        return F.layer_norm(x, x.shape[-1:], weight, bias, epsilon)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensor()
-        c, eps = x.shape[-1], ctx.epsilon
-        x2, dy2 = x.reshape([-1, c]), dy.reshape([-1, c])
-        # Row means are GEMMs with 1 / c, and [rows, 1] or [c] factors are spread as rank-1 GEMMs (col @ row: one
-        # exact product per element): Paddle's CPU reductions and broadcasting elementwise kernels are 3-40x
-        # slower than GEMMs and same-shape kernels (0.55 against 0.13 ms at 6.3k x 256; the GEMM takes 0.06 ms).
-        by_c = paddle.full([c, 1], 1.0 / c, dtype=x.dtype)
-        across = paddle.ones([1, c], dtype=x.dtype)
-        # xhat and rstd from two centring passes rather than the forward's statistics: x - mean1 is exact
-        # (Sterbenz) whenever the mean is large against the spread, the second pass removes mean1's rounding, so
-        # the centred rows (and the variance, a GEMM of their squares) stay exact to float32 rounding at any
-        # mean / std; one-pass statistics cancel there (6e-4 relative error of dx at mean / std 100).
-        xc = x2 - paddle.matmul(paddle.matmul(x2, by_c), across)
-        xc = xc - paddle.matmul(paddle.matmul(xc, by_c), across)
-        rstd = paddle.rsqrt(paddle.matmul(xc * xc, by_c) + eps)
-        xhat = xc * paddle.matmul(rstd, across)
-        dy_xhat = dy2 * xhat
-        # Column sums as GEMMs, per sample and then over the batch: one float32 GEMM over all B * T rows (25k at
-        # the first Performer) drifts to 3.4e-6 relative from float64 at batch 8 (the reference's own: 1.7e-6).
-        lead = x.shape[0] if x.ndim == 3 else 1
-        ones = paddle.ones([1, 1, x2.shape[0] // lead], dtype=x.dtype)
-        dbias = paddle.matmul(ones, dy2.reshape([lead, -1, c])).sum(axis=0).reshape([c])
-        dweight = paddle.matmul(ones, dy_xhat.reshape([lead, -1, c])).sum(axis=0).reshape([c])
-        if not ctx.needs_dx:  # the first Performer's input: the image's patches
-            return None, dweight, dbias
-        # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight; both row means are GEMMs of
-        # what is already there (dy, dy * xhat) with weight / c, and rstd scales the [rows, 1] means, not rows.
-        weight_c = (weight / c).unsqueeze(-1)
-        mean_g = paddle.matmul(dy2, weight_c) * rstd
-        mean_gx = paddle.matmul(dy_xhat, weight_c) * rstd
-        dx = (dy2 * paddle.matmul(rstd, weight.unsqueeze(0)) - paddle.matmul(mean_g, across)
-              - xhat * paddle.matmul(mean_gx, across))
-        return dx.reshape(x.shape), dweight, dbias
-
-
-class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same parameters, same forward kernel) with a faster backward when training on CPU."""
-
-    def forward(self, x):
-        if not _cpu_training(self, x) or self.weight is None or self.bias is None:
-            return nn.LayerNorm.forward(self, x)  # not super(): Paddle 2.6 to_static cannot compile it
-        return _LayerNormGEMMGrad.apply(x, self.weight, self.bias, self._epsilon)
-
-
-class Mlp(nn.Layer):
-    def __init__(self, in_features, hidden_features, out_features=None, drop=0.0):
-        super().__init__()
-        self.fc1 = Linear(in_features, hidden_features)
-        self.act = nn.GELU()
-        self.fc2 = Linear(hidden_features, out_features or in_features)
-        self.drop = Dropout(drop)
-
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class Attention(nn.Layer):
-    """Multi-head self-attention of the ViT backbone."""
-
-    def __init__(self, dim, num_heads, qkv_bias=False, qk_scale=None, attn_drop=0.0, proj_drop=0.0):
-        super().__init__()
-        self.num_heads = num_heads
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.qkv = Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
-        self.attn_drop = Dropout(attn_drop)
-        self.proj = Linear(dim, dim)
-        self.proj_drop = Dropout(proj_drop)
-
-    def forward(self, x):
-        # Heads are computed channels-first, [B, heads, head_dim, N], so that every transpose of the usual
-        # formulation becomes a GEMM flag instead of a copy: op by op, Paddle's copies cost as much as the
-        # GEMMs. The scale goes into the (small) query weight and bias.
-        B, N, C = x.shape
-        shape = [B, self.num_heads, C // self.num_heads, N]
-        weights = paddle.split(self.qkv.weight, 3, axis=1)
-        biases = paddle.split(self.qkv.bias, 3) if self.qkv.bias is not None else [None] * 3
-        scales = (self.scale, 1.0, 1.0)
-        q, k, v = [self._heads(x, w, b, s, shape) for w, b, s in zip(weights, biases, scales)]
-        attn = F.softmax(paddle.matmul(q, k, transpose_x=True), axis=-1)
-        out = paddle.matmul(v, self.attn_drop(attn), transpose_y=True).reshape([B, C, N])
-        return self.proj_drop(self.proj.add_bias(paddle.matmul(out, self.proj.weight, transpose_x=True)))
-
-    @staticmethod
-    def _heads(x, weight, bias, scale, shape):
-        y = paddle.matmul(weight * scale if scale != 1.0 else weight, x, transpose_x=True, transpose_y=True)
-        if bias is not None:
-            y = y + (bias * scale).unsqueeze(-1)
-        return y.reshape(shape)  # [B, C, N] -> [B, heads, head_dim, N]
-
-
-class Block(nn.Layer):
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, qk_scale=None, drop=0.0, attn_drop=0.0,
-                 drop_path=0.0):
-        super().__init__()
-        self.norm1 = LayerNorm(dim, epsilon=1e-5)
-        self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
-        self.drop_path = DropPath(drop_path)
-        self.norm2 = LayerNorm(dim, epsilon=1e-5)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-
-    def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class TokenPerformer(nn.Layer):
@@ -332,6 +166,67 @@ class T2TModule(nn.Layer):
         x = self._reshape_to_image(self.attention2(x), self.grids[1])
         x = F.unfold(x, [3, 3], strides=2, paddings=1).transpose([0, 2, 1])
         return self.project(x)
+
+
+class Attention(nn.Layer):
+    """Multi-head self-attention of the ViT backbone."""
+
+    def __init__(self, dim, num_heads, qkv_bias=False, qk_scale=None, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.qkv = Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
+        self.attn_drop = Dropout(attn_drop)
+        self.proj = Linear(dim, dim)
+        self.proj_drop = Dropout(proj_drop)
+
+    def forward(self, x):
+        # Heads are computed channels-first, [B, heads, head_dim, N], so that every transpose of the usual
+        # formulation becomes a GEMM flag instead of a copy: op by op, Paddle's copies cost as much as the
+        # GEMMs. The scale goes into the (small) query weight and bias.
+        B, N, C = x.shape
+        shape = [B, self.num_heads, C // self.num_heads, N]
+        weights = paddle.split(self.qkv.weight, 3, axis=1)
+        biases = paddle.split(self.qkv.bias, 3) if self.qkv.bias is not None else [None] * 3
+        scales = (self.scale, 1.0, 1.0)
+        q, k, v = [self._heads(x, w, b, s, shape) for w, b, s in zip(weights, biases, scales)]
+        attn = F.softmax(paddle.matmul(q, k, transpose_x=True), axis=-1)
+        out = paddle.matmul(v, self.attn_drop(attn), transpose_y=True).reshape([B, C, N])
+        return self.proj_drop(self.proj.add_bias(paddle.matmul(out, self.proj.weight, transpose_x=True)))
+
+    @staticmethod
+    def _heads(x, weight, bias, scale, shape):
+        y = paddle.matmul(weight * scale if scale != 1.0 else weight, x, transpose_x=True, transpose_y=True)
+        if bias is not None:
+            y = y + (bias * scale).unsqueeze(-1)
+        return y.reshape(shape)  # [B, C, N] -> [B, heads, head_dim, N]
+
+
+class Mlp(nn.Layer):
+    def __init__(self, in_features, hidden_features, out_features=None, drop=0.0):
+        super().__init__()
+        self.fc1 = Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = Linear(hidden_features, out_features or in_features)
+        self.drop = Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Layer):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, qk_scale=None, drop=0.0, attn_drop=0.0,
+                 drop_path=0.0):
+        super().__init__()
+        self.norm1 = LayerNorm(dim, epsilon=1e-5)
+        self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = LayerNorm(dim, epsilon=1e-5)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class T2T_ViT(nn.Layer):

@@ -1,0 +1,140 @@
+"""The driver: prepare, then every measure in a fresh worker process (rounds interleaved), then the report."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from t2tvit.errors import UserError
+
+from .data_measures import make_jpegs
+from .machine import load_average, machine_info
+from .report import add_compute_bound, agreement, finish, print_latency, print_stages, print_table
+from .settings import BENCHMARK, JSON_PREFIX, MEASURES, TORCH_MEASURES, YARDSTICK
+from .workdir import profile_path
+
+
+def run_worker(args, name, work_dir, tag=None, extra=()):
+    """Run one worker process; its JSON result, or {'error': ...}."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", GLOG_minloglevel="2")
+    threads = 1 if name.startswith("data_") else args.threads
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, BENCHMARK, "--worker", name, "--model", args.model,
+           "--batch", str(args.batch), "--img-size", str(args.img_size), "--threads", str(threads),
+           "--device", args.device, "--warmup", str(args.warmup), "--repeat", str(args.repeat),
+           "--work-dir", work_dir, "--tag", tag or name, "--config", args.config, "--agree-on", args.agree_on,
+           "--agree-limit", str(args.agree_limit), "--latency-runs", str(args.latency_runs),
+           "--throughput-batches", *map(str, args.throughput_batches), "--only", *args.only, *extra]
+    cmd += ["-o", *args.override] if args.override else []
+    cmd += ["--weights", args.weights] if args.weights else []
+    cmd += ["--calib", *args.calib] if args.calib else []
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1][len(JSON_PREFIX):])
+
+
+def plan(args, prepared):
+    """(measure, tag, setting, extra worker arguments) of every worker to run, in table order."""
+    runs = []
+    for name in MEASURES:
+        if name not in args.only:
+            continue
+        if name == "engine":
+            for backend, precisions in prepared["backends"].items():
+                for precision in precisions:
+                    runs.append((name, f"engine_{backend}_{precision}", f"{backend} {precision}",
+                                 ["--engine-backend", backend, "--precision", precision]))
+        elif name.startswith("data_"):
+            runs.append((name, name, "1 thread", []))
+        else:
+            runs.append((name, name, "PyTorch" if name in TORCH_MEASURES else "Paddle dynamic graph", []))
+    return runs
+
+
+def drive(args):
+    report_notes = []
+    if importlib.util.find_spec("torch") is None:
+        skipped = [m for m in TORCH_MEASURES if m in args.only]
+        args.only = [m for m in args.only if m not in TORCH_MEASURES]
+        if skipped:
+            report_notes.append("torch is not installed: no PyTorch measures, so no ratios")
+    if args.device != "cpu" and any(m in args.only for m in TORCH_MEASURES):
+        args.only = [m for m in args.only if m not in TORCH_MEASURES]
+        report_notes.append("PyTorch measures run on CPU only")
+    if any(m in args.only for m in TORCH_MEASURES):
+        from torch_reference import PERFORMER_VARIANTS
+        if args.model not in PERFORMER_VARIANTS:
+            raise UserError(f"the PyTorch reference has the Performer variants only "
+                            f"({', '.join(PERFORMER_VARIANTS)}); for {args.model} use --only without "
+                            f"{' '.join(TORCH_MEASURES)}")
+    if not args.only:
+        raise UserError("nothing left to measure")
+    for note in report_notes:
+        print(f"note: {note}", file=sys.stderr)
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as work_dir:
+        if any(m.startswith("data_") for m in args.only):
+            make_jpegs(os.path.join(work_dir, "jpeg"), args.data_images)
+        prepared = run_worker(args, "prepare", work_dir)
+        if "error" in prepared:
+            raise UserError(f"benchmark preparation failed: {prepared['error']}")
+        runs = plan(args, prepared)
+        rows = [{"measure": name, "setting": setting, "seconds_per_item": [], "rounds_images_per_s": []}
+                for name, _, setting, _ in runs]
+        # Rounds interleave the measures, so that a passing load on a shared machine hits them alike.
+        for _ in range(args.rounds):
+            for row, (name, tag, setting, extra) in zip(rows, runs):
+                if "error" in row:
+                    continue
+                result = run_worker(args, name, work_dir, tag, extra)
+                if "error" in result:
+                    row["error"] = result["error"]
+                    print(f"  {name} ({setting}): failed: {result['error']}", file=sys.stderr, flush=True)
+                    continue
+                row["seconds_per_item"] += result["seconds_per_item"]
+                row["peak_mem_mb"] = max(row.get("peak_mem_mb", 0), result["peak_mem_mb"])
+                row["rounds_images_per_s"].append(round(1.0 / float(np.median(result["seconds_per_item"])), 2))
+                row["max_abs_diff"], row["top1_agreement"], row["top1_vs_labels"] = agreement(work_dir, tag)
+                if os.path.exists(profile_path(work_dir, tag)):
+                    with open(profile_path(work_dir, tag)) as f:
+                        row.update(json.load(f))
+                print(f"  {name} ({setting}): {row['rounds_images_per_s'][-1]:.1f} images/s", file=sys.stderr,
+                      flush=True)
+        gemm, gemm_by = {}, {}
+        if any(m in args.only for m in YARDSTICK if YARDSTICK[m] == "torch_eval"):
+            result = run_worker(args, "gemm", work_dir)
+            if "error" in result:
+                report_notes.append(f"GEMM rate not measured: {result['error']}")
+            else:
+                gemm, gemm_by = result["rates"], result["by"]
+        stages = {}
+        if args.stages:
+            for framework in ("paddle", "torch"):
+                if framework == "torch" and importlib.util.find_spec("torch") is None:
+                    continue
+                result = run_worker(args, f"stages_{framework}", work_dir)
+                if "error" in result:
+                    raise UserError(f"--stages ({framework}) failed: {result['error']}")
+                stages[framework] = result
+    finish(rows)
+    add_compute_bound(rows, prepared["model_macs"], gemm)
+    machine = machine_info()
+    settings = {k: getattr(args, k) for k in ("config", "override", "model", "batch", "img_size", "threads",
+                                              "device", "warmup", "repeat", "rounds", "calib")}
+    settings["weights"] = prepared["weights"]
+    report = {"machine": machine, "load_average_before": load_before, "load_average_after": load_average(),
+              "settings": settings, "notes": report_notes, "results": rows, "stages_seconds": stages,
+              "gemm_gflops": gemm, "gemm_engine": gemm_by, "model_macs": prepared["model_macs"],
+              **{k: prepared[k] for k in ("compared_on", "compared_images", "reference_top2_gap")}}
+    print_table(rows, machine, args, prepared)
+    print_latency(rows, prepared["model_macs"], gemm, gemm_by)
+    if stages:
+        print_stages(stages)
+    print(JSON_PREFIX + json.dumps(report))
+    return 1 if any("error" in r for r in rows) else 0
