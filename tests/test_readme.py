@@ -7,6 +7,7 @@ import re
 import yaml
 
 from runner import ROOT
+from t2tvit.config import load_config
 
 README = open(os.path.join(ROOT, "README.md")).read()
 DOCS = {name: open(os.path.join(ROOT, "docs", name)).read() for name in sorted(os.listdir(os.path.join(ROOT, "docs")))
@@ -40,7 +41,20 @@ def test_fashion_mnist_figures_are_those_of_the_committed_run():
     [val] = re.findall(r"ImageNet final val acc is:([\d.]+), top5: ([\d.]+), images: 10000", text)
     records = [json.loads(line) for line in open(f"{log}/metrics.jsonl")]
     best = max(r["top1"] for r in records if r["kind"] == "val" and r["model"] == "model")
-    row = re.search(r"\| T2T-ViT-7, from scratch \| 32 \| 8 \| \*\*([\d.]+)%\*\* \(EMA [\d.]+%\) \| ([\d.]+)% \|", TRAINING)
+    recipe = load_config(os.path.join(ROOT, "config", "fashion_mnist.yaml")).Global
+    row = re.search(rf"\| T2T-ViT-7, from scratch \| {recipe.img_size} \| {recipe.epochs} \| \*\*([\d.]+)%\*\* "
+                    r"\(EMA [\d.]+%\) \| ([\d.]+)% \|", TRAINING)
     assert row and float(row.group(1)) == round(100 * float(val[0]), 2) == round(100 * best, 2)
+    assert {r["epochs"] for r in records if "epochs" in r} == {recipe.epochs}
     assert float(row.group(2)) == round(100 * float(val[1]), 2)
     assert f"ImageNet final val acc is:{val[0]}" in TRAINING
+
+
+def test_each_fashion_mnist_ablation_row_is_its_committed_run():
+    rows = re.findall(r"^\| `(log/[\w/]+)/` \| (\d+) \([^|]*\) \| (\d+) \| ([\d.]+)% / ([\d.]+)% \|", TRAINING, re.M)
+    assert len(rows) == 2
+    for folder, _, epochs, model, ema in rows:
+        records = [json.loads(line) for line in open(os.path.join(ROOT, folder, "metrics.jsonl"))]
+        last = {r["model"]: r["top1"] for r in records if r["kind"] == "val" and r["epoch"] == int(epochs)}
+        assert {r["epochs"] for r in records if "epochs" in r} == {int(epochs)}
+        assert (round(100 * last["model"], 2), round(100 * last["ema"], 2)) == (float(model), float(ema)), folder
