@@ -658,3 +658,23 @@ def test_rand_augment_specs_read_as_timm_0_3_4_reads_them():
     draws = [op.sample_magnitude(rng) for _ in range(200)]
     assert draws == [max(0.0, min(ref.gauss(10, 101), 10)) for _ in range(200)]
     assert {0.0, 10.0} <= set(draws)  # the wide Gaussian clips at both ends, a uniform draw would not
+
+
+def test_rand_augment_w0_picks_distinct_ops_by_timm_s_choice_weights():
+    ra = RandAugment.from_spec("rand-m9-w0-inc1")
+    weights = dict(zip(augment.RAND_OPS, ra.choice_weights))
+    assert sum(ra.choice_weights) == pytest.approx(1.0) and weights["Rotate"] == pytest.approx(0.3)
+    assert weights["Posterize"] == weights["Invert"] == 0.0  # never picked
+    rng, counts = random.Random(0), {}
+    for _ in range(4000):
+        picked = ra.picked(rng)
+        assert len(picked) == 2 and picked[0] is not picked[1]  # without replacement, as np.random.choice
+        for op in picked:
+            counts[op.name] = counts.get(op.name, 0) + 1
+    assert "PosterizeIncreasing" not in counts and "Invert" not in counts
+    # Rotate is picked first (0.3) or second (sum over the first op k of w_k * 0.3 / (1 - w_k)): 0.547 of the calls
+    assert 0.51 < counts["Rotate"] / 4000 < 0.59 and counts["ShearX"] > counts["ColorIncreasing"] * 4
+    assert RandAugment.from_spec("rand-m9").choice_weights is None
+    for spec, culprit in (("rand-w1", "only the weights w0"), ("rand-n14-w0", "13 have a weight")):
+        with pytest.raises(errors.UserError, match=culprit):
+            RandAugment.from_spec(spec)

@@ -171,6 +171,13 @@ RAND_INCREASING_OPS = (
     "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing",
     "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
 )
+# timm's _RAND_CHOICE_WEIGHTS_0 (spec part w0): how often each op is picked, by name in RAND_OPS; timm 0.3.4
+# reads them in RAND_OPS order whatever the op set, so an inc op takes the weight of the op at its position.
+RAND_CHOICE_WEIGHTS_0 = {
+    "Rotate": 0.3, "ShearX": 0.2, "ShearY": 0.2, "TranslateXRel": 0.1, "TranslateYRel": 0.1, "Color": 0.025,
+    "Sharpness": 0.025, "AutoContrast": 0.025, "Solarize": 0.005, "SolarizeAdd": 0.005, "Contrast": 0.005,
+    "Brightness": 0.005, "Equalize": 0.005, "Posterize": 0.0, "Invert": 0.0,
+}
 
 
 class AugmentOp:
@@ -220,11 +227,14 @@ class AugmentOp:
 
 
 class RandAugment:
-    """Apply `num_layers` ops drawn uniformly with replacement from `ops`, in order, to a PIL image."""
+    """Apply `num_layers` ops to a PIL image, in order: drawn uniformly with replacement from `ops`, or, with
+    `choice_weights` (one per op), drawn by those weights without replacement (timm's np.random.choice with
+    p=weights, replace=False)."""
 
-    def __init__(self, ops, num_layers=2):
+    def __init__(self, ops, num_layers=2, choice_weights=None):
         self.ops = list(ops)
         self.num_layers = num_layers
+        self.choice_weights = None if choice_weights is None else [float(w) for w in choice_weights]
 
     @classmethod
     def from_spec(cls, spec, fill=IMAGENET_FILL, interpolation=None):
@@ -240,8 +250,9 @@ class RandAugment:
         if parts[0] != "rand":
             raise errors.UserError(f"RandAugment spec {spec!r} must start with 'rand'")
         magnitude, num_layers, prob, mstd, mmax, increasing = 10.0, 2, 0.5, 0.0, LEVEL_DENOM, False
+        weights = None
         for part in parts[1:]:
-            m = re.fullmatch(r"(mstd|mmax|inc|m|n|p)(\d+(?:\.\d*)?)", part)
+            m = re.fullmatch(r"(mstd|mmax|inc|m|n|p|w)(\d+(?:\.\d*)?)", part)
             if not m:
                 raise errors.UserError(f"unknown part {part!r} in RandAugment spec {spec!r}")
             key, val = m.group(1), float(m.group(2))
@@ -257,14 +268,33 @@ class RandAugment:
                 mstd = val
             elif key == "mmax":
                 mmax = val
+            elif key == "w":
+                if val != 0:
+                    raise errors.UserError(f"RandAugment spec {spec!r}: only the weights w0 exist (timm 0.3.4)")
+                total = sum(RAND_CHOICE_WEIGHTS_0.values())
+                weights = [RAND_CHOICE_WEIGHTS_0[n] / total for n in RAND_OPS]
             else:
                 increasing = True  # timm 0.3.4: `if bool(val)` on the digits' string, true for '0' too
         names = RAND_INCREASING_OPS if increasing else RAND_OPS
         ops = [AugmentOp(n, prob, magnitude, mstd, mmax, fill, interpolation) for n in names]
-        return cls(ops, num_layers)
+        if weights is not None and num_layers > sum(w > 0 for w in weights):
+            raise errors.UserError(f"RandAugment spec {spec!r}: w0 draws n distinct ops, and only "
+                                   f"{sum(w > 0 for w in weights)} have a weight")
+        return cls(ops, num_layers, weights)
+
+    def picked(self, rng=random):
+        """The ops one call applies, in order."""
+        if self.choice_weights is None:
+            return rng.choices(self.ops, k=self.num_layers)
+        left, weights, out = list(self.ops), list(self.choice_weights), []
+        for _ in range(self.num_layers):
+            i = rng.choices(range(len(left)), weights=weights)[0]
+            out.append(left.pop(i))
+            weights.pop(i)
+        return out
 
     def __call__(self, img, rng=random):
-        for op in rng.choices(self.ops, k=self.num_layers):
+        for op in self.picked(rng):
             img = op(img, rng)
         return img
 
