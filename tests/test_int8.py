@@ -60,7 +60,7 @@ def test_both_int8_models_run_every_linear_matmul_in_int8_and_keep_the_performer
     out, r = exported_int8
     quantised, kept = quantize.float_kept_matmuls(onnx.load(os.path.join(out, deploy.ONNX_FILE)))
     counts = quantize.openvino_matmul_precisions(os.path.join(out, quantize.OV_INT8_FILE))
-    assert counts["int8"] == len(quantised) == 54  # 54 measured on T2T-ViT-7's export
+    assert counts["int8"] == len(quantised) == 7 * 6 + 9 + 1  # blocks (q, k, v, proj, fc1, fc2), T2T module, head
     # ONNX Runtime too, the head included (its pre-processing fuses the head's MatMul + Add into a Gemm)
     assert quantize.onnx_int8_matmuls(os.path.join(out, quantize.ORT_INT8_FILE)) == len(quantised)
     assert counts["float, into Exp"] > 0 and counts["float, into Exp"] + counts["float"] == len(kept)
@@ -68,19 +68,23 @@ def test_both_int8_models_run_every_linear_matmul_in_int8_and_keep_the_performer
 
 
 def test_only_linear_layers_are_quantised_and_the_performer_exp_stays_float(tmp_path):
-    # A Linear (constant weight) MatMul is quantised; the random-feature projection feeding Exp, and an
-    # activation x activation MatMul, stay float.
+    # A Linear (constant weight) MatMul is quantised; the random-feature projection feeding Exp, an
+    # activation x activation MatMul, and a sum written as a GEMM with a ones vector stay float.
     from onnx import TensorProto, helper
-    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1 * i for i in range(16)])
     nodes = [helper.make_node("MatMul", ["x", "w"], ["lin"], name="linear"),
              helper.make_node("Add", ["lin", "w"], ["h"], name="bias"),
              helper.make_node("MatMul", ["h", "w"], ["proj"], name="random_features"),
              helper.make_node("Sub", ["proj", "w"], ["shifted"], name="sub"),
              helper.make_node("Exp", ["shifted"], ["e"], name="exp"),
-             helper.make_node("MatMul", ["e", "h"], ["y"], name="act_act")]
+             helper.make_node("MatMul", ["e", "h"], ["y0"], name="act_act"),
+             helper.make_node("Constant", [], ["ones"], value=helper.make_tensor("o", TensorProto.FLOAT, [1, 4],
+                                                                                 [1.0] * 4)),
+             helper.make_node("MatMul", ["ones", "y0"], ["y"], name="token_sum")]  # a sum written as a GEMM
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], [w])
-    assert quantize.float_kept_matmuls(helper.make_model(graph)) == (["linear"], ["random_features", "act_act"])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    assert quantize.float_kept_matmuls(helper.make_model(graph)) == (
+        ["linear"], ["random_features", "act_act", "token_sum"])
 
 
 @pytest.mark.slow
