@@ -1,4 +1,4 @@
-"""Test set-up: tools/ on the path, the `slow` marker, the lit_data fixture.
+"""Test set-up: tools/ on the path, the `slow` marker, the lit_data fixture and the shared training runs.
 
 tools/ goes on the path first, as `python tools/x.py` sees it: the commands and the t2tvit package. The helpers
 that run tools (run_tool with a timeout, error_lines, losses, ...) live in tests/runner.py, once. Tests that run
@@ -22,3 +22,15 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def lit_data():
     return runner.LIT_DATA
+
+
+# One training run on one process and one on two, each made once per session: test_pipeline checks their logs,
+# checkpoints, val and predict; test_resume resumes interrupted runs to them. Tests only read their folders.
+@pytest.fixture(scope="session")
+def one_process_run(tmp_path_factory):
+    return runner.train_once(tmp_path_factory.mktemp("one"))
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory):
+    return runner.train_once(tmp_path_factory.mktemp("two"), nproc=2)

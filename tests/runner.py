@@ -1,8 +1,13 @@
 """Run the repo's tools as a user would: subprocesses on lit_data with small, fast settings, each with a timeout.
 
 The helpers every test module shares (tests/conftest.py turns the main ones into fixtures): ROOT, the reference
-fixtures' folder, run_tool / start / tool_with_fault, error_lines, losses, fast_overrides.
+fixtures' folder, run_tool / run_main (the same in this process) / start / tool_with_fault, error_lines, losses,
+fast_overrides, train_once.
 """
+import collections
+import contextlib
+import importlib
+import io
 import os
 import socket
 import subprocess
@@ -22,6 +27,10 @@ REFERENCE = os.path.join(ROOT, "..", "shared", "fixtures", "t2t_vit_7")
 needs_reference = pytest.mark.skipif(not os.path.isdir(REFERENCE), reason=f"the reference fixtures are not at "
                                      f"{REFERENCE} (they are maintained beside the repo, see its README)")
 ENV = dict(os.environ, PYTHONWARNINGS="ignore")
+# The seeded run that resumed runs must reproduce exactly (with or without periodic checkpoints).
+ONE = {"Global.seed": 7, "Data.num_workers": 1}
+# A finished training run shared by several tests, read-only: its folder (out/, log/), stdout and losses().
+TrainedRun = collections.namedtuple("TrainedRun", "folder losses stdout")
 
 
 def fast_overrides(tmp_path, **extra):
@@ -31,6 +40,16 @@ def fast_overrides(tmp_path, **extra):
          "Data.batch_size": 4, "Data.num_workers": 0}
     o.update(extra)
     return ["-o"] + [f"{k}={v}" for k, v in o.items()]
+
+
+def train_once(folder, nproc=1):
+    """Train with fast_overrides into folder (ONE's seeded recipe on one process, the default on several): the
+    runs tests/conftest.py shares per session instead of each module training its own."""
+    extra = ONE if nproc == 1 else {}
+    r = run_tool("train.py", *fast_overrides(folder, **extra), nproc=nproc)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert len(losses(folder / "log")) == 15
+    return TrainedRun(folder, losses(folder / "log"), r.stdout)
 
 
 def command(name, *args, config=DEMO, nproc=1, nnodes=None, master=None, launch_log_dir=None):
@@ -51,6 +70,26 @@ def run_tool(name, *args, timeout=300, **kwargs):
     """Run tools/NAME to completion (killed after `timeout` s); kwargs: those of command()."""
     cmd, env = command(name, *args, **kwargs)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def run_main(name, *args, config=DEMO):
+    """Run tools/NAME's main() in this process, with run_tool's arguments and result (a CompletedProcess:
+    main's return value or exit status, its stdout and stderr), for tests of what a command prints and writes
+    that need no process of their own: no second Paddle import (seconds each). A command's own UserError is
+    its `error:` line and exit status 2, as on the command line; any other exception fails the test."""
+    module = importlib.import_module(os.path.splitext(name)[0])
+    argv = [*(["-c", config] if config else []), *map(str, args)]
+    out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(ROOT)  # where run_tool runs the tools
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = module.main(argv)
+            except SystemExit as e:
+                code = e.code
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(argv, code or 0, out.getvalue(), err.getvalue())
 
 
 def tool_with_fault(fault, name, *args, timeout=300):

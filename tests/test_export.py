@@ -8,7 +8,7 @@ import paddle
 import pytest
 
 import export_model
-from runner import ROOT, error_lines, run_tool
+from runner import ROOT, error_lines, run_main, run_tool
 from t2tvit import deploy
 from t2tvit.config import load_config
 from t2tvit.deploy import BACKENDS, BF16_BACKENDS, ONNX_FILE, Predictor, create_predictor, model_files
@@ -235,7 +235,7 @@ def test_export_bad_weights_one_line_and_nothing_written(tmp_path, case):
     if case == "weights_of_another_model":
         paddle.save(create_model("t2t_vit_10", img_size=SIZE, num_classes=CLASSES).state_dict(), str(weights))
     out = tmp_path / "inference"
-    r = run_tool("export_model.py", "--weights", weights, "--out", out, *SMALL, config=CONFIG)
+    r = run_main("export_model.py", "--weights", weights, "--out", out, *SMALL, config=CONFIG)
     line = one_error_line(r)
     assert ("not found" if case == "missing_weights" else "unexpected: blocks.7") in line
     assert sorted(p.name for p in tmp_path.iterdir()) == (["weights.pdparams"] if weights.exists() else [])

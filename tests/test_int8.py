@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-from runner import ROOT, command, run_tool
+from runner import ROOT, command, run_main, run_tool
 from t2tvit import deploy, quantize
 from t2tvit.deploy import create_predictor
 from t2tvit.errors import UserError
@@ -115,13 +115,13 @@ def test_predict_auto_verbose_says_what_it_picked_and_why(exported_int8, tmp_pat
 @pytest.mark.slow
 def test_int8_where_it_cannot_run_is_one_line(exported_int8, tmp_path, monkeypatch):
     out, _ = exported_int8
-    r = run_tool("predict.py", PHOTOS[0], "--inference-dir", out, "--backend", "paddle", "--precision", "int8",
+    r = run_main("predict.py", PHOTOS[0], "--inference-dir", out, "--backend", "paddle", "--precision", "int8",
                  *SMALL, config=CONFIG)
     assert "Paddle Inference has no int8 path here" in one_error_line(r)
-    r = run_tool("export_model.py", "--weights", tmp_path / "none.pdparams", "--out", tmp_path / "o", "--int8",
+    r = run_main("export_model.py", "--weights", tmp_path / "none.pdparams", "--out", tmp_path / "o", "--int8",
                  *SMALL, config=CONFIG)
     assert one_error_line(r).endswith("--int8 needs calibration images: add --calib DIR_OR_LIST")
-    r = run_tool("export_model.py", "--weights", tmp_path / "none.pdparams", "--out", tmp_path / "o", "--int8",
+    r = run_main("export_model.py", "--weights", tmp_path / "none.pdparams", "--out", tmp_path / "o", "--int8",
                  "--calib", tmp_path / "missing", "--format", "paddle", *SMALL, config=CONFIG)
     assert one_error_line(r).endswith("--int8 quantises model.onnx: use --format onnx or all")
     fp32_only = tmp_path / "fp32"

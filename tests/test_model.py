@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from runner import REFERENCE, error_lines, needs_reference, run_tool
+from runner import REFERENCE, error_lines, needs_reference, run_main
 from t2tvit.checkpoint import load_file, match_state_dict
 from t2tvit.errors import UserError
 from t2tvit.t2t import VARIANTS, create_model, frozen_parameter_names, linear_weight_names, sinusoid_table
@@ -124,7 +124,7 @@ def test_logits_and_intermediates_match_reference():
 
 
 def convert(tmp_path, *args):
-    return run_tool("convert_weights.py", *args, config=None)
+    return run_main("convert_weights.py", *args, config=None)
 
 
 @pytest.mark.slow

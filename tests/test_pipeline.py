@@ -7,21 +7,13 @@ import shutil
 import paddle
 import pytest
 
-from runner import ROOT, error_lines, fast_overrides, losses, run_tool
+from runner import ROOT, error_lines, fast_overrides, losses, run_main, run_tool
 from t2tvit.checkpoint import load_file
 from t2tvit.runtime import MetricsFile, read_metrics
 
 LOG_LINE = re.compile(r"Epoch \[\d+/3\], Step \[\d+/5\], Loss: \d+\.\d{4}, acc: \d\.\d{4}, read_time: \d+\.\d{4}, "
                       r"train_time: \d+\.\d{4}, lr: \d\.\d{6}, ips: [\d.]+ images/s, eta: \d+:\d\d:\d\d")
 FINAL = re.compile(r"ImageNet final val acc is:(\d\.\d{4}), top5: (\d\.\d{4}), images: (\d+)")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("trained")
-    r = run_tool("train.py", *fast_overrides(tmp))
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return tmp, r.stdout
 
 
 def odd_val_list(tmp_path, n=19):
@@ -32,8 +24,8 @@ def odd_val_list(tmp_path, n=19):
 
 
 @pytest.mark.slow
-def test_training_writes_logs_and_checkpoints(trained):
-    tmp, out = trained
+def test_training_writes_logs_and_checkpoints(one_process_run):
+    tmp, _, out = one_process_run
     steps = [line for line in out.splitlines() if "Step [" in line]
     assert len(steps) == 15 and all(LOG_LINE.search(line) for line in steps), steps[:2]
     assert sorted(losses(tmp / "log")) == [(e, s) for e in (1, 2, 3) for s in range(1, 6)]
@@ -48,8 +40,8 @@ def test_training_writes_logs_and_checkpoints(trained):
 
 
 @pytest.mark.slow
-def test_metrics_file_holds_the_numbers_of_every_log_line(trained):
-    tmp, out = trained
+def test_metrics_file_holds_the_numbers_of_every_log_line(one_process_run):
+    tmp, _, out = one_process_run
     records = read_metrics(tmp / "log" / MetricsFile.NAME)
     train = [r for r in records if r["kind"] == "train"]
     assert [(r["epoch"], r["step"]) for r in train] == [(e, s) for e in (1, 2, 3) for s in range(1, 6)]
@@ -64,8 +56,8 @@ def test_metrics_file_holds_the_numbers_of_every_log_line(trained):
 
 
 @pytest.mark.slow
-def test_best_checkpoint_follows_the_ema_model_as_the_official_protocol_does(trained):
-    tmp, out = trained
+def test_best_checkpoint_follows_the_ema_model_as_the_official_protocol_does(one_process_run):
+    tmp, _, out = one_process_run
     records = read_metrics(tmp / "log" / MetricsFile.NAME)
     ema = [r["top1"] for r in records if r["kind"] == "val" and r["model"] == "ema"]
     assert len(ema) == 3 and len([r for r in records if r["kind"] == "val" and r["model"] == "model"]) == 3
@@ -79,8 +71,8 @@ def test_best_checkpoint_follows_the_ema_model_as_the_official_protocol_does(tra
 
 
 @pytest.mark.slow
-def test_val_reproduces_best_checkpoint_accuracy(trained):
-    tmp, _ = trained
+def test_val_reproduces_best_checkpoint_accuracy(one_process_run):
+    tmp = one_process_run.folder
     best = load_file(str(tmp / "out" / "best.pdckpt"))["best"]
     r = run_tool("val.py", *fast_overrides(tmp))
     assert r.returncode == 0, r.stderr
@@ -89,8 +81,8 @@ def test_val_reproduces_best_checkpoint_accuracy(trained):
 
 
 @pytest.mark.slow
-def test_val_is_exact_on_several_processes(trained, tmp_path):
-    tmp, _ = trained
+def test_val_is_exact_on_several_processes(one_process_run, tmp_path):
+    tmp = one_process_run.folder
     args = fast_overrides(tmp, **{"Data.val_list": odd_val_list(tmp_path), "Data.batch_size": 3})
     one = FINAL.search(run_tool("val.py", *args).stdout).groups()
     r = run_tool("val.py", *args, nproc=2)
@@ -99,8 +91,8 @@ def test_val_is_exact_on_several_processes(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_prints_class_id_and_name(trained):
-    tmp, _ = trained
+def test_predict_prints_class_id_and_name(one_process_run):
+    tmp = one_process_run.folder
     image = sorted(glob.glob(os.path.join(ROOT, "lit_data", "val", "*", "*.JPEG")))[0]
     r = run_tool("predict.py", image, "--topk", "3", *fast_overrides(tmp))
     assert r.returncode == 0, r.stderr
@@ -111,17 +103,15 @@ def test_predict_prints_class_id_and_name(trained):
 @pytest.mark.slow
 def test_predict_without_weights_says_how_to_get_them(tmp_path):
     image = sorted(glob.glob(os.path.join(ROOT, "lit_data", "val", "*", "*.JPEG")))[0]
-    r = run_tool("predict.py", image, *fast_overrides(tmp_path))
+    r = run_main("predict.py", image, *fast_overrides(tmp_path))
     assert r.returncode == 2 and len(error_lines(r)) == 1
     assert "scripts/train.sh" in r.stderr and "convert_weights.py" in r.stderr
 
 
 @pytest.mark.slow
-def test_two_process_training(tmp_path):
-    r = run_tool("train.py", *fast_overrides(tmp_path, **{"Global.epochs": 3}), nproc=2)
-    assert r.returncode == 0, r.stdout[-3000:]
-    assert "global batch 4 = 2 per device x 2 device(s) x 1 accumulation step(s)" in r.stdout
-    assert os.path.isfile(tmp_path / "out" / "best.pdckpt")
+def test_two_process_training(two_process_run):
+    assert "global batch 4 = 2 per device x 2 device(s) x 1 accumulation step(s)" in two_process_run.stdout
+    assert os.path.isfile(two_process_run.folder / "out" / "best.pdckpt")
 
 
 def write_list(tmp_path, lines):
@@ -182,8 +172,8 @@ def test_corrupt_training_image_is_replaced_and_counted(tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_of_another_model_is_refused(trained, tmp_path):
-    tmp, _ = trained
+def test_checkpoint_of_another_model_is_refused(one_process_run, tmp_path):
+    tmp = one_process_run.folder
     r = run_tool("val.py", "--weights", str(tmp / "out" / "best.pdckpt"),
              *fast_overrides(tmp_path, **{"Global.model": "t2t_vit_10"}))
     assert r.returncode == 2 and len(error_lines(r)) == 1

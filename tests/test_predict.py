@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-from runner import ROOT, error_lines, run_tool, tool_with_fault
+from runner import ROOT, error_lines, run_main, run_tool, tool_with_fault
 from t2tvit import classify
 from t2tvit.config import load_config
 from t2tvit.t2t import create_model
@@ -123,7 +123,7 @@ def test_predict_misuse_is_one_error_line(weights, tmp_path, case):
     args = {"bf16_without_inference_dir": [PHOTOS[0], "--precision", "bf16"],
             "folder_without_images": [tmp_path],
             "logits_without_output": [PHOTOS[0], "--logits"]}[case]
-    r = run_tool("predict.py", *args, "--weights", weights[0], *SMALL, config=CONFIG)
+    r = run_main("predict.py", *args, "--weights", weights[0], *SMALL, config=CONFIG)
     errors = error_lines(r)
     assert r.returncode != 0 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
     assert {"bf16_without_inference_dir": "--precision applies to an exported model",

@@ -11,13 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from runner import (ENV, ROOT, children, error_lines, fast_overrides, free_port, losses, processes_mentioning, start,
+from runner import (ENV, ONE, ROOT, children, error_lines, fast_overrides, free_port, losses, processes_mentioning, start,
                     run_tool, tool_with_fault, wait_for_steps)
 from t2tvit.checkpoint import load_file
 from t2tvit.runlock import LOCK_NAME
 from t2tvit.runtime import MetricsFile, read_metrics
 
-ONE = {"Global.seed": 7, "Data.num_workers": 1}  # the same run with or without periodic checkpoints
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(\d{8}-\d{6}-\d+-[0-9a-f]{4})\] \S")
 STOP_LINE = re.compile(r"stopped by (SIG\w+) at epoch (\d+)/3, step (\d+)/5, checkpoint (\S+); resume with: (.+)")
 
@@ -34,23 +33,6 @@ def assert_same_weights(a, b, tol=1e-5):
     assert a.keys() == b.keys()
     worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     assert worst <= tol, worst
-
-
-@pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("one")
-    r = run_tool("train.py", *fast_overrides(tmp, **ONE))
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert len(losses(tmp / "log")) == 15
-    return tmp, losses(tmp / "log")
-
-
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("two")
-    r = run_tool("train.py", *fast_overrides(tmp), nproc=2)
-    assert r.returncode == 0, r.stdout[-3000:]
-    return tmp, r.stdout
 
 
 def interrupt(tmp_path, args, sig, to="process", nproc=1):

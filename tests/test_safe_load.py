@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-from runner import ROOT, error_lines, fast_overrides, run_tool
+from runner import ROOT, error_lines, fast_overrides, run_main, run_tool
 from t2tvit.checkpoint import CheckpointDir, load_file, load_weights, refuse_nonfinite, training_state
 from t2tvit.ema import ModelEMA
 from t2tvit.errors import UserError
@@ -200,7 +200,8 @@ def test_nan_weights_are_refused_by_predict_val_and_export(tmp_path, tool):
     path = tmp_path / "nan.pdparams"
     paddle.save(state, str(path))
     args = {"predict.py": [PHOTO], "val.py": [], "export_model.py": ["--out", tmp_path / "exported"]}[tool]
-    r = run_tool(tool, *args, "--weights", path, *AT_32)
+    # val.py sets up a Runtime and its loggers: in a process of its own; predict and export need none
+    r = (run_tool if tool == "val.py" else run_main)(tool, *args, "--weights", path, *AT_32)
     errors = error_lines(r)
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
     assert f"{path} holds non-finite (NaN/inf) weights in 1 tensor(s): blocks.0.mlp.fc1.weight (1024 of 131072); " in errors[0]
@@ -216,10 +217,10 @@ def test_predict_takes_safetensors_weights_checked_by_sha256(tmp_path):
     paddle.save(state, str(pickled))
     save_file(state, str(published))
     digest = hashlib.sha256(published.read_bytes()).hexdigest()
-    r = run_tool("predict.py", PHOTO, "--weights", published, "--sha256", digest, *AT_32)
+    r = run_main("predict.py", PHOTO, "--weights", published, "--sha256", digest, *AT_32)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == run_tool("predict.py", PHOTO, "--weights", pickled, *AT_32).stdout and "class_id" in r.stdout
-    r = run_tool("predict.py", PHOTO, "--weights", published, "--sha256", "ab" * 32, *AT_32)
+    assert r.stdout == run_main("predict.py", PHOTO, "--weights", pickled, *AT_32).stdout and "class_id" in r.stdout
+    r = run_main("predict.py", PHOTO, "--weights", published, "--sha256", "ab" * 32, *AT_32)
     assert r.returncode == 2 and error_lines(r) == [f"error: {published}: sha256 is {digest}, not the expected "
                                                     f"{'ab' * 32}; refusing a file that is not the one published"]
 
