@@ -33,7 +33,7 @@ NEEDS = {
     "several machines": r"\bNNODES=",
     "the official weights": r"71\.7_T2T_ViT_7\.pth\.tar|weights/t2t_vit_7\.pdparams|inference/t2t_vit_7\b",
     "a network install": r"^(python3 -m venv \S+|\. \S+/bin/activate|pip install .*|sudo apt-get install .*)$",
-    "Fashion-MNIST": r"fashion[-_]mnist",
+    "Fashion-MNIST": r"fashion[-_]mnist|\bfmnist_",
     "your own data": r"\bmy_dataset\b",
     "minutes of CPU": r"config/lit_memorise\.yaml|--rounds 3 --stages",
 }
