@@ -3,6 +3,7 @@ one CI runs, the recorded figures match the committed logs. (tests/test_docs.py 
 import json
 import os
 import re
+import shlex
 
 import yaml
 
@@ -40,21 +41,53 @@ def test_fashion_mnist_figures_are_those_of_the_committed_run():
     text = open(f"{log}/val.log").read()
     [val] = re.findall(r"ImageNet final val acc is:([\d.]+), top5: ([\d.]+), images: 10000", text)
     records = [json.loads(line) for line in open(f"{log}/metrics.jsonl")]
-    best = max(r["top1"] for r in records if r["kind"] == "val" and r["model"] == "model")
+    [best] = [r for r in records if r["kind"] == "best"][-1:]  # val.py evaluates the weights the run kept as best
     recipe = load_config(os.path.join(ROOT, "config", "fashion_mnist.yaml")).Global
     row = re.search(rf"\| T2T-ViT-7, from scratch \| {recipe.img_size} \| {recipe.epochs} \| \*\*([\d.]+)%\*\* "
-                    r"\(EMA [\d.]+%\) \| ([\d.]+)% \|", TRAINING)
-    assert row and float(row.group(1)) == round(100 * float(val[0]), 2) == round(100 * best, 2)
+                    r"\((model|EMA) weights of epoch (\d+)\) \| ([\d.]+)% \|", TRAINING)
+    assert row and float(row.group(1)) == round(100 * float(val[0]), 2) == round(100 * best["top1"], 2)
+    assert (row.group(2).lower(), int(row.group(3))) == (best["model"], best["epoch"])
     assert {r["epochs"] for r in records if "epochs" in r} == {recipe.epochs}
-    assert float(row.group(2)) == round(100 * float(val[1]), 2)
+    assert float(row.group(4)) == round(100 * float(val[1]), 2)
     assert f"ImageNet final val acc is:{val[0]}" in TRAINING
 
 
+def logged_config(log_dir):
+    """The config a run printed at its start (train.log's `config:` line and the YAML under it)."""
+    lines = open(os.path.join(log_dir, "train.log")).read().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.endswith("] config:")) + 1
+    end = next(i for i in range(start, len(lines)) if re.match(r"\d{4}-\d\d-\d\d ", lines[i]))
+    return yaml.safe_load("\n".join(lines[start:end]))
+
+
+def test_each_committed_fashion_mnist_run_is_what_its_documented_command_gives_today():
+    # A base config edited after a run (fashion_mnist.yaml turning RandAugment off) must not silently change what
+    # the documented commands of the runs built on it would do.
+    commands = re.findall(r"^python tools/train\.py (-c config/(?:fashion_mnist|fmnist_\w+)\.yaml.*)$",
+                          "\n".join(DOCS.values()), re.M)
+    checked = 0
+    for command in sorted(set(commands)):
+        args = shlex.split(command)
+        overrides = args[args.index("-o") + 1:] if "-o" in args else []
+        cfg = load_config(os.path.join(ROOT, args[1]), overrides)
+        if not os.path.isfile(os.path.join(ROOT, cfg.Global.log_dir, "train.log")):
+            continue  # a command for the user's own run, not one committed here
+        assert logged_config(os.path.join(ROOT, cfg.Global.log_dir)) == cfg.to_dict(), command
+        checked += 1
+    assert checked == 6  # the committed Fashion-MNIST run and the five of the transfer experiment
+
+
 def test_each_fashion_mnist_ablation_row_is_its_committed_run():
-    rows = re.findall(r"^\| `(log/[\w/]+)/` \| (\d+) \([^|]*\) \| (\d+) \| ([\d.]+)% / ([\d.]+)% \|", TRAINING, re.M)
-    assert len(rows) == 3
-    for folder, _, epochs, model, ema in rows:
+    rows = re.findall(r"^\| `(log/[\w/]+)/` \| (\d+) \([^|]*\) \| (\d+) \| `([^`]+)` \| ([\d.]+)% / ([\d.]+)% \|",
+                      TRAINING, re.M)
+    assert len(rows) == 5
+    for folder, img_size, epochs, rand_augment, model, ema in rows:
         records = [json.loads(line) for line in open(os.path.join(ROOT, folder, "metrics.jsonl"))]
         last = {r["model"]: r["top1"] for r in records if r["kind"] == "val" and r["epoch"] == int(epochs)}
         assert {r["epochs"] for r in records if "epochs" in r} == {int(epochs)}
         assert (round(100 * last["model"], 2), round(100 * last["ema"], 2)) == (float(model), float(ema)), folder
+        # the run's own config, as train.log printed it at the start
+        logged = open(os.path.join(ROOT, folder, "train.log")).read()
+        assert re.search(rf"^  img_size: {img_size}$", logged, re.M), folder
+        [spec] = re.findall(r"^  rand_augment: (.*)$", logged, re.M)
+        assert (spec if spec != "''" else "off") == rand_augment, folder
