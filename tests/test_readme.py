@@ -91,3 +91,28 @@ def test_each_fashion_mnist_ablation_row_is_its_committed_run():
         assert re.search(rf"^  img_size: {img_size}$", logged, re.M), folder
         [spec] = re.findall(r"^  rand_augment: (.*)$", logged, re.M)
         assert (spec if spec != "''" else "off") == rand_augment, folder
+
+
+def test_deployment_precision_table_is_the_committed_measurement():
+    # docs/deployment.md's int8/bf16 accuracy on the 10,000 Fashion-MNIST test images, against the benchmark's
+    # own output for the committed run's weights.
+    log = open(os.path.join(ROOT, "log", "fashion_mnist", "precision.log")).read()
+    measured = {setting.strip(): (float(diff), float(agree), float(top1)) for setting, diff, agree, top1 in
+                re.findall(r"^(?:torch_eval|eval_dynamic|engine) +(.+?) +[\d.]+ +[\d.]+x +([\d.e+-]+) +([\d.]+)% +([\d.]+) ",
+                           log, re.M)}
+    assert len(measured) == 9
+    records = [json.loads(line) for line in open(os.path.join(ROOT, "log", "fashion_mnist", "metrics.jsonl"))]
+    fp32_top1 = 100 * [r for r in records if r["kind"] == "best"][-1]["top1"]
+    doc = DOCS["deployment.md"]
+    [(top1, bound)] = re.findall(r"^\| Paddle dynamic graph, fp32 \(and every fp32 backend, PyTorch too\) \| ([\d.]+)% \| "
+                                 r"100% \| <= ([\d.e-]+) \|$", doc, re.M)
+    fp32 = [v for s, v in measured.items() if "bf16" not in s and "int8" not in s]
+    assert len(fp32) == 5 and float(top1) == round(fp32_top1, 2)
+    assert all(diff <= float(bound) and agree == 100.0 and t1 == float(top1) for diff, agree, t1 in fp32)
+    names = {"OpenVINO int8": "openvino int8", "ONNX Runtime int8": "onnxruntime int8",
+             "OpenVINO bf16": "openvino bf16", "Paddle Inference bf16": "paddle bf16"}
+    rows = re.findall(r"^\| ([\w ]+ (?:int8|bf16)) \| \**([\d.]+)%\** \| \**([\d.]+)%\** \| ([\d.]+) \|$", doc, re.M)
+    assert sorted(name for name, *_ in rows) == sorted(names)
+    for name, t1, agree, diff in rows:
+        m_diff, m_agree, m_top1 = measured[names[name]]
+        assert (float(t1), float(agree), float(diff)) == (m_top1, m_agree, round(m_diff, 2)), name

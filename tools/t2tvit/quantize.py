@@ -101,8 +101,8 @@ def float_kept_matmuls(onnx_model):
     one input is a constant weight (a Linear layer) and its output does not go (within two ops) into an Exp
     (the Performer's random-feature projection). A constant of equal elements is a sum written as a GEMM (the
     Performer's sums of its exp features over the tokens), not a weight: quantised, those sums cost 1.2 points
-    of top-1 on the 10,000 Fashion-MNIST test images (OpenVINO 88.29% against 89.49%, 95.4% agreement); kept
-    float, 0.01 (89.48%, 99.8%; docs/deployment.md)."""
+    of top-1 on the 10,000 Fashion-MNIST test images (OpenVINO 88.29% against 89.49%, 95.4% agreement, with an
+    earlier run's weights); kept float, 0.01 (89.48%, 99.8%; docs/deployment.md)."""
     graph = onnx_model.graph
     sums = _uniform_constants(graph)
     # A tensor is constant when every input of the node making it is (ONNX lists nodes in topological order):
