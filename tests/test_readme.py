@@ -1,6 +1,5 @@
 """The README and docs/ stay true: every config key documented, the files they name exist, the test command is the
 one CI runs, the recorded figures match the committed logs. (tests/test_docs.py checks the commands they show.)"""
-import json
 import os
 import re
 import shlex
@@ -9,6 +8,7 @@ import yaml
 
 from runner import ROOT
 from t2tvit.config import load_config
+from t2tvit.runtime import read_metrics
 
 README = open(os.path.join(ROOT, "README.md")).read()
 DOCS = {name: open(os.path.join(ROOT, "docs", name)).read() for name in sorted(os.listdir(os.path.join(ROOT, "docs")))
@@ -40,8 +40,8 @@ def test_fashion_mnist_figures_are_those_of_the_committed_run():
     log = os.path.join(ROOT, "log", "fashion_mnist")
     text = open(f"{log}/val.log").read()
     [val] = re.findall(r"ImageNet final val acc is:([\d.]+), top5: ([\d.]+), images: 10000", text)
-    records = [json.loads(line) for line in open(f"{log}/metrics.jsonl")]
-    [best] = [r for r in records if r["kind"] == "best"][-1:]  # val.py evaluates the weights the run kept as best
+    records = read_metrics(f"{log}/metrics.jsonl")
+    [best] = read_metrics(f"{log}/metrics.jsonl", "best")[-1:]  # val.py evaluates the weights the run kept as best
     recipe = load_config(os.path.join(ROOT, "config", "fashion_mnist.yaml")).Global
     row = re.search(rf"\| T2T-ViT-7, from scratch \| {recipe.img_size} \| {recipe.epochs} \| \*\*([\d.]+)%\*\* "
                     r"\((model|EMA) weights of epoch (\d+)\) \| ([\d.]+)% \|", TRAINING)
@@ -55,7 +55,7 @@ def test_fashion_mnist_figures_are_those_of_the_committed_run():
 def logged_config(log_dir):
     """The config a run printed at its start (train.log's `config:` line and the YAML under it)."""
     lines = open(os.path.join(log_dir, "train.log")).read().split("\n")
-    start = next(i for i, line in enumerate(lines) if line.endswith("] config:")) + 1
+    start = next(i for i, line in enumerate(lines) if line.endswith(" config:")) + 1
     end = next(i for i in range(start, len(lines)) if re.match(r"\d{4}-\d\d-\d\d ", lines[i]))
     return yaml.safe_load("\n".join(lines[start:end]))
 
@@ -82,15 +82,13 @@ def test_each_fashion_mnist_ablation_row_is_its_committed_run():
                       TRAINING, re.M)
     assert len(rows) == 5
     for folder, img_size, epochs, rand_augment, model, ema in rows:
-        records = [json.loads(line) for line in open(os.path.join(ROOT, folder, "metrics.jsonl"))]
+        records = read_metrics(os.path.join(ROOT, folder, "metrics.jsonl"))
         last = {r["model"]: r["top1"] for r in records if r["kind"] == "val" and r["epoch"] == int(epochs)}
         assert {r["epochs"] for r in records if "epochs" in r} == {int(epochs)}
         assert (round(100 * last["model"], 2), round(100 * last["ema"], 2)) == (float(model), float(ema)), folder
-        # the run's own config, as train.log printed it at the start
-        logged = open(os.path.join(ROOT, folder, "train.log")).read()
-        assert re.search(rf"^  img_size: {img_size}$", logged, re.M), folder
-        [spec] = re.findall(r"^  rand_augment: (.*)$", logged, re.M)
-        assert (spec if spec != "''" else "off") == rand_augment, folder
+        logged = logged_config(os.path.join(ROOT, folder))  # the run's own config
+        assert logged["Global"]["img_size"] == int(img_size), folder
+        assert (logged["Augment"]["rand_augment"] or "off") == rand_augment, folder
 
 
 def test_deployment_precision_table_is_the_committed_measurement():
@@ -101,8 +99,7 @@ def test_deployment_precision_table_is_the_committed_measurement():
                 re.findall(r"^(?:torch_eval|eval_dynamic|engine) +(.+?) +[\d.]+ +[\d.]+x +([\d.e+-]+) +([\d.]+)% +([\d.]+) ",
                            log, re.M)}
     assert len(measured) == 9
-    records = [json.loads(line) for line in open(os.path.join(ROOT, "log", "fashion_mnist", "metrics.jsonl"))]
-    fp32_top1 = 100 * [r for r in records if r["kind"] == "best"][-1]["top1"]
+    fp32_top1 = 100 * read_metrics(os.path.join(ROOT, "log", "fashion_mnist", "metrics.jsonl"), "best")[-1]["top1"]
     doc = DOCS["deployment.md"]
     [(top1, bound)] = re.findall(r"^\| Paddle dynamic graph, fp32 \(and every fp32 backend, PyTorch too\) \| ([\d.]+)% \| "
                                  r"100% \| <= ([\d.e-]+) \|$", doc, re.M)
