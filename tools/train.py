@@ -18,6 +18,7 @@ import sys
 import paddle
 import paddle.distributed as dist
 
+from t2tvit import watchdog
 from t2tvit.batch_augment import BatchAugment
 from t2tvit.checkpoint import CheckpointDir, load_weights
 from t2tvit.config import add_config_args, config_from_args
@@ -27,9 +28,10 @@ from t2tvit.engine import Trainer, batch_plan
 from t2tvit.errors import StorageError, UserError, cli
 from t2tvit.optim import build_optimizer
 from t2tvit.preempt import GracefulStop, Stopped, launch_argv, signal_name
-from t2tvit.runlock import RunLock, new_run_id
+from t2tvit.runlock import RunLock, this_run_id
 from t2tvit.runtime import MetricsFile, Runtime, Scalars, amp_context, make_logger
 from t2tvit.scheduler import WarmupCosineLR
+from t2tvit.shared_dir import resume_point
 from t2tvit.t2t import create_model
 
 
@@ -37,6 +39,7 @@ def build_trainer(cfg, stop, run_id):
     """Every part of a run, from the config, in the order that makes it reproducible; resumed or fine-tuned."""
     g = cfg.Global
     rt = Runtime(cfg)
+    watchdog.start(g.hang_timeout)  # from here on, a process that makes no progress ends itself
     log = make_logger("train", os.path.join(g.log_dir, "train.log"), rt.is_main, run_id=run_id)
     scalars = Scalars(g.log_dir, rt.is_main, log)
     metrics = MetricsFile(g.log_dir, rt.is_main, run_id=run_id)
@@ -64,7 +67,7 @@ def build_trainer(cfg, stop, run_id):
     trainer = Trainer(cfg, rt, model, opt, WarmupCosineLR.from_config(cfg, sampler.steps_per_epoch), train_loader,
                       sampler, val_loader, accum, BatchAugment.from_config(cfg), ckpts, log, scalars, metrics,
                       class_names(cfg), ema=ema, scaler=scaler, autocast=autocast, stop=stop, run_id=run_id)
-    path, state = ckpts.resume_from(g.resume, log.warning)
+    path, state = resume_point(rt, ckpts, g.resume, run_id, log.warning)  # one decision, shared by every rank
     if path is not None:
         trainer.restore(path, state)
     elif g.pretrained:
@@ -86,7 +89,7 @@ def main(argv=None):
         cfg.Global.resume = args.resume
     log = logging.getLogger("train")
     stop = GracefulStop().install(log)  # after `import paddle`, whose own SIGTERM handler this replaces
-    run_id = new_run_id()
+    run_id = this_run_id()
     # Rank 0 writes the output folder, so it alone takes its lock, before anything is written or the ranks
     # meet: a refusal exits it with 2, which makes paddle.distributed.launch end the other ranks.
     lock = RunLock(cfg.Global.output_dir, run_id, shlex.join(launch_argv()))
@@ -102,6 +105,7 @@ def main(argv=None):
     except StorageError as e:
         raise UserError(f"{e}; newest complete checkpoint: {CheckpointDir(cfg.Global.output_dir).newest()}")
     finally:
+        watchdog.stop()
         stop.exiting()  # however the run ends, its data loader workers end with it
         lock.release()
 
