@@ -16,8 +16,9 @@ import signal
 import sys
 import time
 
-# Re-arming starts a faulthandler thread: done at most once per RESOLUTION seconds, so a watchdog of T seconds
-# fires after between T - RESOLUTION and T seconds without progress, at no measurable cost per step.
+# Re-arming starts a faulthandler thread: done at most once per min(RESOLUTION, T / 10) seconds, so a watchdog of T
+# seconds fires after between 0.9 T (T - 1 s for T >= 10 s) and T seconds without progress, at no cost per step
+# worth counting.
 RESOLUTION = 1.0
 KILL_AFTER = 0.5  # seconds between the stack dump and SIGALRM: the dump is complete before the process ends
 
@@ -39,7 +40,7 @@ def progress():
     armed_at = _state["armed_at"]
     if armed_at is not None:
         now = time.monotonic()
-        if now - armed_at >= RESOLUTION:
+        if now - armed_at >= min(RESOLUTION, _state["timeout"] / 10):
             _arm(now)
 
 
