@@ -264,55 +264,76 @@ def last_error_line(member):
     return next((line for line in reversed(lines) if line.startswith("error:")), None)
 
 
-def main(script, argv):
-    restarts, launch, tool, tool_args = split_argv(argv)
-    state = json.loads(os.environ.get(STATE_ENV, "{}"))
-    done = state.get("restarts", 0)
-    run = Run.of(tool, tool_args)
-    if "latest" not in state:  # the first attempt: what latest.pdckpt was before this run wrote any
-        state["latest"] = run.latest_identity() if run else None
-    run_id = os.environ[RUN_ID_ENV] = new_run_id()
-    ranks = Ranks()
-    several = any(option in launch[::2] for option in SEVERAL)
-    code, received = (run_launcher(launch, tool, tool_args, ranks) if several else run_alone(tool, tool_args, ranks))
-    if received:
-        return 128 + received[0]
-    if code == 0:
-        return 0
-    ranks.join()
-    failed = ranks.first
-    if failed is None:  # nothing of this machine failed: the launcher's own error, told above
-        return code if code == USER_ERROR else RANK_FAILED
-    if failed.status == USER_ERROR or failed.status in STOP_CODES:  # bad input, a storage fault; a signal
-        line = last_error_line(failed)
-        if line:
-            sys.stdout.flush()
-            print(line, file=sys.stderr, flush=True)
-        return failed.status
+class Supervisor:
+    """One attempt of the run per process: start it, and when a rank failed, say so and restart (re-executing
+    this script) or give up."""
 
-    what = failed.describe() + " " + how_it_ended(failed, run)
-    if ranks.stuck:
-        what += f"; at that moment {', '.join(ranks.stuck)}"
-    wrote = run is not None and run.latest_identity() not in (None, state["latest"])
-    next_args = resume_argv(run.latest, tool_args) if wrote else tool_args
-    start = run.newest() if wrote else (run.starting_point() if run else "where it started")
-    if done < restarts:
-        line = f"{what}; restarting every rank (restart {done + 1} of {restarts}) from {start}"
-    else:
-        command = [sys.executable, script, *(["--restarts", str(restarts)] if restarts else []), *launch, tool,
-                   *next_args]
-        tried = f" after {restarts} restart(s)" if restarts else ""
-        line = f"{what}{tried}; the run resumes from {start} with: {shlex.join(command)}"
-    sys.stdout.flush()
-    print(line, file=sys.stderr, flush=True)
-    if run:
-        run.log(line, run_id)
-    if done >= restarts:
-        return RANK_FAILED
-    state["restarts"] = done + 1
-    os.environ[STATE_ENV] = json.dumps(state)
-    os.execv(sys.executable, [sys.executable, script, "--restarts", str(restarts), *launch, tool, *next_args])
+    def __init__(self, script, argv):
+        self.script = script
+        self.restarts, self.launch, self.tool, self.tool_args = split_argv(argv)
+        self.run = Run.of(self.tool, self.tool_args)
+        self.state = json.loads(os.environ.get(STATE_ENV, "{}"))
+        self.done = self.state.setdefault("restarts", 0)
+        if "latest" not in self.state:  # the first attempt: latest.pdckpt as it was before the run wrote any
+            self.state["latest"] = self.run.latest_identity() if self.run else None
+
+    def attempt(self):
+        """Run every rank once; the exit code, or (after a failure, with restarts left) no return."""
+        run_id = os.environ[RUN_ID_ENV] = new_run_id()
+        ranks = Ranks()
+        several = any(option in self.launch[::2] for option in SEVERAL)
+        code, received = (run_launcher(self.launch, self.tool, self.tool_args, ranks) if several
+                          else run_alone(self.tool, self.tool_args, ranks))
+        for sig in STOP_SIGNALS:  # no process of the run is left: a stop asked for from now on is one at once
+            signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+        if received:
+            return 128 + received[0]
+        if code == 0:
+            return 0
+        ranks.join()
+        failed = ranks.first
+        if failed is None:  # the launcher's own error (told above), no rank of this machine failed
+            print(f"paddle.distributed.launch exited with code {code}, no rank on this machine failed",
+                  file=sys.stderr)
+            return code if code == USER_ERROR else RANK_FAILED
+        if failed.status == USER_ERROR or failed.status in STOP_CODES:  # bad input, a storage fault; a signal
+            line = last_error_line(failed)
+            if line:
+                sys.stdout.flush()
+                print(line, file=sys.stderr, flush=True)
+            return failed.status
+        return self.failure(failed, ranks.stuck, run_id)
+
+    def failure(self, failed, stuck, run_id):
+        """Say which rank failed and how, then restart every rank from the newest checkpoint, or give up."""
+        run = self.run
+        what = f"{failed.describe()} {how_it_ended(failed, run)}"
+        if stuck:
+            what += f"; at that moment {', '.join(stuck)}"
+        wrote = run is not None and run.latest_identity() not in (None, self.state["latest"])
+        tool_args = resume_argv(run.latest, self.tool_args) if wrote else self.tool_args
+        start = run.newest() if wrote else run.starting_point() if run else "where it started"
+        if self.done < self.restarts:
+            line = f"{what}; restarting every rank (restart {self.done + 1} of {self.restarts}) from {start}"
+        else:
+            tried = f" after {self.restarts} restart(s)" if self.restarts else ""
+            command = shlex.join(self.argv(tool_args, self.restarts > 0))
+            line = f"{what}{tried}; the run resumes from {start} with: {command}"
+        sys.stdout.flush()
+        print(line, file=sys.stderr, flush=True)
+        if run:
+            run.log(line, run_id)
+        if self.done >= self.restarts:
+            return RANK_FAILED
+        self.state["restarts"] = self.done + 1
+        os.environ[STATE_ENV] = json.dumps(self.state)
+        os.execv(sys.executable, self.argv(tool_args, True))
+
+    def argv(self, tool_args, restarts):
+        """This script's command line with `tool_args` (and --restarts if `restarts`)."""
+        return [sys.executable, self.script, *(["--restarts", str(self.restarts)] if restarts else []), *self.launch,
+                self.tool, *tool_args]
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[0], sys.argv[1:]))
+    sys.exit(Supervisor(sys.argv[0], sys.argv[1:]).attempt())
