@@ -18,8 +18,8 @@ them, the tool runs alone, as this process's child. Either way:
   signal (130, 143) are never retried. A restart executes this script again in this process (same pid, so a
   scheduler's signal still reaches it), with what it must remember in STATE_ENV.
 The rank that failed is the first to end abnormally, as the kernel tells it: a thread per rank waits for its end
-(waitid without reaping it, so that the launcher still collects it) and notes the time. The others followed it:
-gloo aborts a rank whose peer is gone, and the launcher ends the rest.
+(waitid without reaping it, so that the launcher still collects it), and the first to report a failure names it.
+The others followed it: gloo aborts a rank whose peer is gone, and the launcher ends the rest.
 """
 import argparse
 import contextlib
@@ -50,7 +50,7 @@ STUCK_STATES = {"T": "stopped (SIGSTOP)", "t": "stopped by a debugger"}
 
 
 class Rank:
-    """One process of the run on this machine: its rank, its log, and when and how it ended."""
+    """One process of the run on this machine: its rank, its log, and how it ended."""
 
     def __init__(self, popen, rank, world, log):
         self.popen, self.pid, self.rank, self.world, self.log = popen, popen.pid, rank, world, log
