@@ -359,13 +359,7 @@ class CheckpointDir:
 
     def _newest_readable(self, files, warn):
         skipped = [] if os.path.isfile(self.latest) else [f"{self.latest} does not exist"]
-        seen = set()
         for path in files:
-            st = os.stat(path)
-            inode = (st.st_dev, st.st_ino)
-            if inode in seen:  # a hard link of one already tried (latest and best are links)
-                continue
-            seen.add(inode)
             try:
                 state = self._read(path)
             except UserError as e:
@@ -385,13 +379,19 @@ class CheckpointDir:
                  "global batch are checked against this run's")
             return
         differ = differences(recorded, config)
-        classes = class_difference(state.get("class_names") or [], class_names) if class_names is not None else ""
-        listed = [f"{k} (checkpoint {shown(a)}, config {shown(b)})" for k, a, b in differ] + [classes] * bool(classes)
-        fixed = [k for k, _, _ in differ if k in FIXED] + [CLASS_NAMES] * bool(classes)
-        what = f"{path} is a run of another experiment: this config differs in {', '.join(listed)}"
+        recorded_names = state.get("class_names") if isinstance(state.get("class_names"), (list, tuple)) else []
+        classes = class_difference(recorded_names, class_names) if class_names is not None else ""
+        fixed = [f"{k} (checkpoint {shown(a)}, config {shown(b)})" for k, a, b in differ if k in FIXED]
+        other = [f"{k} (checkpoint {shown(a)}, config {shown(b)})" for k, a, b in differ if k not in FIXED]
+        other += [classes] * bool(classes)
         if fixed:
-            raise UserError(f"{what}; {' and '.join(fixed)} cannot change within a run: train this config in a new "
-                            "Global.output_dir")
+            what = f"{path} does not fit this config, which differs in {', '.join(fixed)}" + \
+                (f"; it also differs in {', '.join(other)}" if other else "")
+        else:
+            what = f"{path} is a run of another experiment: this config differs in {', '.join(other)}"
+        if fixed or classes:
+            raise UserError(f"{what}; a run keeps its {', '.join(FIXED)} and {CLASS_NAMES}: train this config "
+                            "in a new Global.output_dir")
         if differ and not accept_changes:
             raise UserError(f"{what}; train this config in a new Global.output_dir, or continue that run with these "
                             "changes by adding --accept-changes (each is recorded in train.log and metrics.jsonl)")
