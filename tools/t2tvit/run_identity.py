@@ -93,7 +93,7 @@ def class_difference(recorded, wanted):
     if recorded == wanted:
         return ""
     if len(recorded) != len(wanted):
-        return f"{CLASS_NAMES} (checkpoint {len(recorded)}, config {len(wanted)})"
+        return f"{CLASS_NAMES} (checkpoint {len(recorded)} names, config {len(wanted)} names)"
     at = [i for i, (a, b) in enumerate(zip(recorded, wanted)) if a != b]
     first = ", ".join(f"#{i} {recorded[i]!r} -> {wanted[i]!r}" for i in at[:3])
     return f"{CLASS_NAMES} ({len(at)} of {len(wanted)} differ: {first}{' ...' if len(at) > 3 else ''})"
