@@ -307,7 +307,8 @@ class CheckpointDir:
 
     def resume_from(self, resume, warn, config=None, class_names=None, accept_changes=False):
         """(path, loaded checkpoint) to resume from, or (None, None) to start afresh: Global.resume = 'auto' | '' |
-        a path. Decided before anything is written (on rank 0 of several: its path is what the others load).
+        a path. Call it before anything is written; it asks no other process, so with several, rank 0 can decide
+        and hand the path to the others (which load it and restore; RunComplete and errors end them all).
 
         'auto' takes the newest readable checkpoint of the folder: latest.pdckpt, else (saying why through `warn`)
         the newest periodic one, then best.pdckpt; a folder without any starts afresh. A fresh start ('') or a
