@@ -6,7 +6,8 @@
 The config states the global batch; per-device batch x devices x accumulation steps always equals it, and
 every random draw (data order, augmentation, mixup, drop path) is a function of (seed, epoch, step, and the
 position of the micro-batch in the global batch). So 1, 4 or 8 devices follow the same recipe, and a run
-resumed from any checkpoint continues exactly as if it had never stopped.
+resumed from any checkpoint continues exactly as if it had never stopped. It resumes only under its own config
+(--accept-changes continues it under a changed one, recording each change); a finished run is not trained again.
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
