@@ -35,17 +35,11 @@ def pytests_signal_handlers():
             signal.signal(sig, handler)
 
 
-@pytest.fixture(autouse=True)
-def restore_signal_handlers():
-    with pytests_signal_handlers():
-        yield
-
-
 def train(folder, *extra, config=None, **overrides):
     """train.py in this process, with fast_overrides into folder/out and folder/log, its parameter names those of a
-    new process (optimizer states are keyed by them)."""
+    new process (optimizer states are keyed by them), and pytest's signal handlers back afterwards."""
     args = fast_overrides(folder, **SEED, **overrides)
-    with paddle.utils.unique_name.guard():
+    with paddle.utils.unique_name.guard(), pytests_signal_handlers():
         return run_main("train.py", *args, *extra, **({"config": config} if config else {}))
 
 
@@ -53,8 +47,7 @@ def train(folder, *extra, config=None, **overrides):
 def finished(tmp_path_factory):
     """A finished 3-epoch run on lit_data (15 steps of 4 images at 32 px); tests work on copies of it."""
     folder = tmp_path_factory.mktemp("finished")
-    with pytests_signal_handlers():
-        r = train(folder)
+    r = train(folder)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return folder
 
@@ -303,8 +296,7 @@ def own_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("own")
     first = class_folders(folder / "a", ["cat", "dog", "emu"])
     other = class_folders(folder / "b", ["cat", "dog", "fox"])
-    with pytests_signal_handlers():
-        r = own_train(folder, first)
+    r = own_train(folder, first)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return folder, first, other, r.stdout
 
