@@ -297,7 +297,8 @@ class Supervisor:
                   file=sys.stderr)
             return code if code == USER_ERROR else RANK_FAILED
         if failed.status == USER_ERROR or failed.status in STOP_CODES:  # bad input, a storage fault; a signal
-            line = last_error_line(failed)
+            # every rank may refuse, each with its line: rank 0's (the lowest here) is the one that says why
+            line = last_error_line(min((m for m in ranks.members if m.status == failed.status), key=lambda m: m.rank))
             if line:
                 sys.stdout.flush()
                 print(line, file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ import pytest
 
 from runner import (DEMO, ENV, ROOT, children, error_lines, fast_overrides, free_port, losses, processes_mentioning,
                     run_tool, start, wait_for_steps)
-from t2tvit.checkpoint import CheckpointDir, atomic_save, load_file
+from t2tvit.checkpoint import CheckpointDir, RunComplete, atomic_save, load_file
 from t2tvit.errors import UserError
 from t2tvit.shared_dir import TOKEN_NAME, digest_number, follow, resume_point
 from test_resume import assert_resumed_exactly
@@ -129,15 +129,17 @@ class ThreadRanks:
         self.barrier.wait()
         return total
 
-    def resume_points(self, folders, resume="auto"):
-        """resume_point on each rank, rank r seeing folders[r]; [(path, state) or the UserError] per rank."""
+    def resume_points(self, folders, decide=None):
+        """resume_point on each rank, rank r seeing folders[r], rank 0 deciding with `decide(ckpts, warn)` (default:
+        CheckpointDir.resume_from, auto); [(path, state) or what it raised] per rank, and rank 0's warnings."""
         results, warnings = [None] * self.world, []
+        decide = decide or (lambda ckpts, warn: ckpts.resume_from("auto", warn))
 
         def rank(r):
+            ckpts = CheckpointDir(str(folders[r]))
             try:
-                results[r] = resume_point(self.runtime(r), CheckpointDir(str(folders[r])), resume, "run-7",
-                                          warnings.append)
-            except UserError as e:
+                results[r] = resume_point(self.runtime(r), ckpts, "run-7", lambda: decide(ckpts, warnings.append))
+            except (UserError, RunComplete) as e:
                 results[r] = e
 
         threads = [threading.Thread(target=rank, args=(r,)) for r in range(self.world)]
@@ -178,6 +180,18 @@ def test_ranks_that_see_different_folders_all_stop_with_one_line_saying_it_must_
         assert str(r).endswith("it must be shared storage (a network file system) mounted at the same path on each; "
                                "nothing was trained")
     assert f"cannot read {folders[1] / TOKEN_NAME}" in str(results[1])
+
+
+@pytest.mark.parametrize("outcome", [UserError("Global.resume: no checkpoint at x.pdckpt"),
+                                     RunComplete("x.pdckpt has trained all 3 epochs of its run")],
+                         ids=["a refusal", "a finished run"])
+def test_what_rank_0_decides_instead_of_a_checkpoint_ends_every_rank_the_same_way(tmp_path, outcome):
+    def decide(ckpts, warn):
+        raise outcome
+
+    (first, second), _ = ThreadRanks(2).resume_points([tmp_path, tmp_path], decide)
+    assert first is outcome and type(second) is type(outcome), second  # nobody waits for the others in vain
+    assert str(second).startswith("rank 0 ") and not (tmp_path / TOKEN_NAME).exists()
 
 
 def test_a_checkpoint_that_differs_from_rank_0s_or_a_stale_token_is_refused(tmp_path):

@@ -4,7 +4,8 @@ Machines that do not share the output folder would each resume on their own: onl
 latest.pdckpt resume, data parallelism has already broadcast the fresh weights, so the ranks never re-sync and
 training silently diverges. So, at start-up and before the first step (resume_point):
 - rank 0 decides what the run resumes from (CheckpointDir.resume_from, as a run on one process does) and writes
-  that decision into the folder, TOKEN_NAME: the run's id, the checkpoint's path, epoch, step and sha256;
+  that decision into the folder, TOKEN_NAME: the run's id, the checkpoint's path, epoch, step and sha256 (a
+  finished run or a refusal is no decision: every rank ends as rank 0 does, nothing written);
 - the token's digest reaches every rank through an all-reduce, a channel that does not go through the folder;
 - every other rank reads the token from its own view of the folder, checks it against that digest, and loads the
   checkpoint the token names, checking its sha256, epoch and step;
@@ -16,11 +17,12 @@ import os
 import socket
 
 from . import atomic
-from .checkpoint import load_file, sha256_of
+from .checkpoint import RunComplete, load_file, sha256_of
 from .errors import StorageError, UserError
 
 TOKEN_NAME = "ranks.json"
 DIGEST_BITS = 52  # the part of a sha256 that a float64 all-reduce carries exactly
+PROCEED, FINISHED, REFUSED = 0.0, 1.0, 2.0  # rank 0's decision, as the all-reduce carries it
 
 
 def digest_number(data):
@@ -28,25 +30,36 @@ def digest_number(data):
     return float(int(hashlib.sha256(data).hexdigest(), 16) >> (256 - DIGEST_BITS))
 
 
-def resume_point(rt, ckpts, resume, run_id, warn):
-    """(path, loaded checkpoint) or (None, None) that every rank resumes from: rank 0's choice, checked (above).
+def resume_point(rt, ckpts, run_id, decide):
+    """(path, loaded checkpoint) or (None, None) that every rank resumes from: `decide()` run on rank 0 alone
+    (CheckpointDir.resume_from), checked by every rank as above.
 
-    resume: Global.resume (auto | '' | a path); warn: where rank 0 reports an unreadable latest.pdckpt.
+    What rank 0's decision raises, every rank raises: RunComplete (the run has nothing left to train) or a
+    UserError (rank 0's own, the others saying that rank 0 refused), so that no rank waits for the others in vain.
     """
     if rt.world == 1:
-        return ckpts.resume_from(resume, warn)
+        return decide()
     token = os.path.join(ckpts.root, TOKEN_NAME)
-    path = state = problem = None
-    sent = 0.0
+    path = state = refusal = problem = None
+    sent = [0.0, PROCEED]
     if rt.is_main:
-        path, state = ckpts.resume_from(resume, warn)
-        data = json.dumps(decision(path, state, run_id), sort_keys=True).encode()
         try:
-            atomic.write_bytes(token, data)
-        except OSError as e:
-            raise StorageError(token, e) from None
-        sent = digest_number(data)
-    expected = rt.all_sum([sent])[0]
+            path, state = decide()
+            data = json.dumps(decision(path, state, run_id), sort_keys=True).encode()
+            try:
+                atomic.write_bytes(token, data)
+            except OSError as e:
+                raise StorageError(token, e) from None
+            sent = [digest_number(data), PROCEED]
+        except RunComplete as e:
+            refusal, sent = e, [0.0, FINISHED]
+        except UserError as e:
+            refusal, sent = e, [0.0, REFUSED]
+    expected, outcome = rt.all_sum(sent)
+    if outcome == FINISHED:
+        raise refusal or RunComplete("rank 0 found that the run has trained all its epochs: nothing to train")
+    if outcome == REFUSED:
+        raise refusal or UserError("rank 0 refused to start the run: its error line says why")
     if not rt.is_main:
         try:
             path, state = follow(token, expected)
