@@ -22,16 +22,22 @@ import time
 RESOLUTION = 1.0
 KILL_AFTER = 0.5  # seconds between the stack dump and SIGALRM: the dump is complete before the process ends
 
-_state = {"timeout": 0.0, "armed_at": None, "file": None}
+_state = {"timeout": 0.0, "armed_at": None, "file": None, "previous": signal.SIG_DFL}
 
 
 def start(timeout, file=None):
-    """Arm: after `timeout` seconds without progress(), dump every thread's stack to `file` (default stderr) and
-    end the process by SIGALRM. 0 leaves it off."""
+    """Arm: after `timeout` seconds without progress(), dump every thread's stack to `file` (default stderr; the
+    process's own stderr where that is no file, e.g. captured by a test) and end the process by SIGALRM. 0 leaves
+    it off."""
     stop()
     if timeout and timeout > 0:
-        _state.update(timeout=float(timeout), file=file or sys.stderr)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # an ignored SIGALRM would survive the exec that started us
+        file = file or sys.stderr
+        try:
+            file.fileno()
+        except (AttributeError, ValueError, OSError):
+            file = sys.__stderr__
+        # SIG_DFL: an ignored SIGALRM would survive the exec that started us; stop() puts the previous one back
+        _state.update(timeout=float(timeout), file=file, previous=signal.signal(signal.SIGALRM, signal.SIG_DFL))
         _arm(time.monotonic())
 
 
@@ -49,6 +55,7 @@ def stop():
     if _state["armed_at"] is not None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGALRM, _state["previous"] or signal.SIG_DFL)  # None: one set outside Python
         _state["armed_at"] = None
 
 
