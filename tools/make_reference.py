@@ -228,7 +228,7 @@ def photos():
     return pixels, np.array([int(label) for _, label in rows], np.int64), [f"lit_data/{rel}" for rel, _ in rows]
 
 
-def official_batch(torch, timm, pixels, labels, step):
+def official_batch(torch, pixels, labels, step):
     """Step `step`'s (images, targets, lam, order) through the official collate and prefetcher arithmetic,
     checked equal, bit for bit, to official_fixtures.mixed_batch / soft_targets (what the tests rebuild)."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -250,7 +250,7 @@ def official_batch(torch, timm, pixels, labels, step):
     return images, targets, lam, order
 
 
-def zero_stochastic(torch, timm, model):
+def zero_stochastic(torch, model):
     """Set every Dropout and DropPath to 0; returns what they were."""
     from timm.models.layers import DropPath
     zeroed = {}
@@ -269,7 +269,7 @@ def train(torch, timm, batches, dtype):
     # as main.py builds it: timm.create_model drops the None-valued arguments of main.py's call
     model = timm.create_model(MODEL, pretrained=False, num_classes=NUM_CLASSES, drop_rate=0.0,
                               drop_path_rate=0.1, img_size=IMG_SIZE)
-    zeroed = zero_stochastic(torch, timm, model)
+    zeroed = zero_stochastic(torch, model)
     weights = load_seeded(torch, model, WEIGHTS_SEED)
     model.to(dtype).train()
     optimizer = create_optimizer(argparse.Namespace(**OPTIMIZER), model)
@@ -324,7 +324,7 @@ def fp64_floor(run32, run64):
 
 def train_step_fixture(torch, timm):
     pixels, labels, paths = photos()
-    steps = [official_batch(torch, timm, pixels, labels, s) for s in range(1, STEPS + 1)]
+    steps = [official_batch(torch, pixels, labels, s) for s in range(1, STEPS + 1)]
     batches = [(images, targets) for images, targets, _, _ in steps]
     run = train(torch, timm, batches, torch.float32)
     with float_kept(torch):

@@ -105,8 +105,10 @@ def sample(array, count, seed):
 
 
 def norm(array):
-    """L2 norm of the whole tensor, summed in float64."""
-    return float(np.linalg.norm(np.asarray(array, np.float64).reshape(-1)))
+    """L2 norm of the whole tensor, summed in float64 by numpy's pairwise sum (np.linalg.norm's BLAS dot gives
+    other last bits with another number of threads)."""
+    squares = np.square(np.asarray(array, np.float64).reshape(-1))
+    return math.sqrt(float(np.sum(squares)))
 
 
 def mixed_batch(pixels, lam):
