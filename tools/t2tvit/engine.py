@@ -19,8 +19,9 @@ from .runtime import Timer, derived_seed, format_eta
 
 
 @paddle.no_grad()
-def evaluate(model, loader, runtime, log=None, print_every=0):
-    """Returns (top1, top5, images) over every rank's share of the set."""
+def evaluate(model, loader, runtime, log=None, print_every=0, observe=None):
+    """Returns (top1, top5, images) over every rank's share of the set; observe(logits, batch), if given, sees
+    each batch (eval_sets.py scores the ReaL labels so)."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = seen = 0
@@ -35,6 +36,8 @@ def evaluate(model, loader, runtime, log=None, print_every=0):
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.sum())
         seen += labels.shape[0]
+        if observe:
+            observe(logits, batch)
         timer.lap()
         if log and print_every and (i + 1) % print_every == 0:
             log.info(f"Step [{i + 1}/{len(loader)}], acc: {correct1 / seen:.4f}, read_time: {read_time / (i + 1):.4f}")
