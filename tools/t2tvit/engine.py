@@ -120,13 +120,19 @@ class Trainer:
         """Loss and backward of one augmented micro-batch, its gradient scaled by 1 / accum and accumulated;
         returns (loss, logits). Apart from micro_step, the training-step parity test calls it with the official
         code's batches (tests/test_official_train_step.py)."""
-        sync = contextlib.nullcontext() if last or self.rt.world == 1 else self.net.no_sync()
+        # Paddle's recompute (grad checkpointing) runs a backward inside the backward, which DataParallel's reducer
+        # cannot follow: its gradients are then averaged over the devices here, as the reducer averages them.
+        by_hand = self.rt.world > 1 and self.model.grad_checkpointing
+        sync = contextlib.nullcontext() if (last and not by_hand) or self.rt.world == 1 else self.net.no_sync()
         with sync:
             with self.autocast():
                 logits = self.net(images)
             loss = soft_target_cross_entropy(logits.astype("float32"), targets)
             scaled = loss / self.accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        if last and by_hand:
+            from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients
+            fused_allreduce_gradients(list(self.model.parameters()), None)
         return loss, logits
 
     def optimizer_step(self, loss_is_finite):
