@@ -1,10 +1,13 @@
 """T2T-ViT as a backbone: forward_intermediates (timm's semantics) and create_model(features_only=True), tied to the
 full forward at a square and a non-square size."""
+import os
+
 import numpy as np
 import paddle
 import pytest
 
 import t2tvit
+from runner import ROOT
 from t2tvit.errors import UserError
 from t2tvit.t2t import create_model
 
@@ -111,3 +114,20 @@ def test_a_default_features_only_model_gives_the_last_three_blocks():
     backbone = create_model("t2t_vit_7", img_size=32, features_only=True)
     assert backbone.out_indices == [4, 5, 6]
     assert [m.shape for m in backbone(paddle.zeros([1, 3, 32, 32]))] == [[1, 256, 2, 2]] * 3
+
+
+def test_the_finetuning_page_backbone_example_runs_as_written_and_gives_the_full_models_maps(tmp_path, monkeypatch):
+    with open(os.path.join(ROOT, "docs", "finetuning.md"), encoding="utf-8") as f:
+        code = f.read().split("<!-- backbone-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    os.makedirs(tmp_path / "weights")
+    paddle.seed(5)
+    paddle.save(create_model("t2t_vit_7").state_dict(), str(tmp_path / "weights" / "t2t_vit_7.pdparams"))
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "docs/finetuning.md", "exec"), scope)
+    model, images, maps = scope["model"], scope["images"], scope["maps"]
+    assert [m.shape for m in maps] == [[1, 256, 14, 20]] * 3
+    for got, want in zip(maps, model.forward_intermediates(images, indices=[2, 4, 6], intermediates_only=True)):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    np.testing.assert_array_equal(scope["logits"].numpy(), model(images).numpy())
+    assert [t.shape for t in scope["tokens"]] == [[1, 280, 256]] * 2

@@ -1,6 +1,8 @@
 """Gradient checkpointing (model.set_grad_checkpointing, Global.grad_checkpointing): every block and both T2T
 layers are recomputed in backward, with the random state of their dropout and drop path replayed, so the gradients
 are the plain run's, bit for bit, on one process and on two."""
+import argparse
+
 import numpy as np
 import paddle
 import pytest
@@ -77,3 +79,20 @@ def test_two_process_training_with_grad_checkpointing_follows_the_plain_run_exac
     plain = load_file(str(two_process_run.folder / "out" / "latest.pdckpt"))
     for k, v in plain["model"].items():
         np.testing.assert_array_equal(np.asarray(ours["model"][k]), np.asarray(v), err_msg=k)
+
+
+def test_the_benchmark_train_measure_takes_grad_checkpointing_from_the_config(tmp_path, monkeypatch):
+    # docs/training.md measures the memory with `benchmark.py --only train -o Global.grad_checkpointing=true`
+    from benchmarking.paddle_measures import measure_train
+    from benchmarking.settings import RECIPE
+    from t2tvit.t2t import T2T_ViT
+    paddle.save(create_model("t2t_vit_7", img_size=32).state_dict(), str(tmp_path / "weights.pdparams"))
+    seen = []
+    original = T2T_ViT.set_grad_checkpointing
+    monkeypatch.setattr(T2T_ViT, "set_grad_checkpointing", lambda self, enable=True: (
+        seen.append(enable), original(self, enable)))
+    for flag in ("true", "false"):
+        args = argparse.Namespace(config=RECIPE, override=[f"Global.grad_checkpointing={flag}"], model="t2t_vit_7",
+                                  img_size=32, batch=2, device="cpu", warmup=0, repeat=1, work_dir=str(tmp_path))
+        assert len(measure_train(args)) == 1
+    assert seen == [True, False]
