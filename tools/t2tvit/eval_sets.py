@@ -56,15 +56,15 @@ def subset_classes(kind):
 def check_folders(root, classes, what):
     """Data.root holds exactly the class folders `classes` (hidden ones aside), or one line naming the others."""
     if not os.path.isdir(root):
-        raise errors.UserError(f"Data.root: directory not found: {root} (--dataset {what})")
+        raise errors.UserError(f"Data.root: directory not found: {errors.shown(root)} (--dataset {what})")
     found = {e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
     missing = [c for c in classes if c not in found]
     foreign = sorted(found - set(classes))
     if missing or foreign:
-        parts = [f"{len(names)} {kind} ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''})"
+        parts = [f"{len(names)} {kind} ({', '.join(map(errors.shown, names[:5]))}{' ...' if len(names) > 5 else ''})"
                  for kind, names in (("missing", missing), ("foreign", foreign)) if names]
-        raise errors.UserError(f"{root} is not the {NAMES[what]} layout ({LAYOUTS[what]}): class folders "
-                               f"{'; '.join(parts)}")
+        raise errors.UserError(f"{errors.shown(root)} is not the {NAMES[what]} layout ({LAYOUTS[what]}): class "
+                               f"folders {'; '.join(parts)}")
 
 
 def real_label_sets(dataset):
