@@ -281,7 +281,7 @@ def test_a_file_that_is_not_a_results_file_is_refused_and_left_as_it_was(tmp_pat
 def _append_many(path, writer, count):
     for i in range(count):
         results_file.append(path, {"model": f"w{writer}", "row": i, "top1": 70 + i / 100,
-                                   f"only_{writer}": "x" * 2000}, warn=lambda m: None)
+                                   f"only_{writer}": "x" * 2000})
 
 
 @pytest.mark.parametrize("ext", [".csv", ".json"])

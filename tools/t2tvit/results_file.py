@@ -5,20 +5,19 @@ param_count in millions, img_size, crop_pct, interpolation, checkpoint), then wh
 the weights' sha256 and which of them (model / EMA), the dataset, the crop rounding, the images, the exact
 parameter count and the GMACs (macs.py), and the ReaL figures of --dataset real. A row is appended by reading the
 file, adding the row and writing the whole file again through atomic.py (whole or untouched), holding F.lock
-(lockfile.LockFile) meanwhile: two evaluations appending at once both land, each row whole. A CSV's header is the
+(classify.OutputLock) meanwhile: two evaluations appending at once both land, each row whole. A CSV's header is the
 union of its rows' fields in the order they first came; a JSON file is a list of row objects.
 """
 import csv
 import io
 import json
 import os
-import socket
 import time
 
 from . import atomic
 from .checkpoint import sha256_of
+from .classify import OutputLock
 from .errors import StorageError, UserError, shown
-from .lockfile import LockFile
 from .macs import count_macs, count_parameters
 
 FORMATS = (".csv", ".json")
@@ -56,42 +55,24 @@ def row(model, weights, which, cfg, evalset, result):
     return out
 
 
-class ResultsLock(LockFile):
-    """F.lock, held while a row is appended to F; a live holder makes acquire() raise Busy."""
-
-    judges_other_hosts = True  # held for milliseconds: a lock whose flock can be taken is stale on any host
+class ResultsLock(OutputLock):
+    """F.lock, held while a row is appended to F (classify.OutputLock's lock file); taken by wait_for(F)."""
 
     class Busy(UserError):
-        pass
-
-    def __init__(self, path):
-        self.results = path
-        super().__init__(path + ".lock", f"{os.getpid()} {socket.gethostname()}\n")
-
-    def parse(self, text):
-        words = text.split() or ["?"]
-        return {"pid": words[0], "host": words[-1]}
+        """Another evaluation holds the lock (for the milliseconds of its append)."""
 
     def refusal(self, holder):
-        return self.Busy(f"{shown(self.results)} stayed locked by pid {holder['pid']} on host {holder['host']} "
-                         f"for {WAIT_SECONDS} s ({shown(self.path)}); if no evaluation is writing it, remove the lock")
+        return self.Busy(f"{self.what} stayed locked by pid {holder['pid']} on host {holder['host']} for "
+                         f"{WAIT_SECONDS} s ({shown(self.path)}); if no evaluation is writing it, remove the lock")
 
-    def unopenable(self, error):
-        return UserError(f"cannot open the lock {shown(self.path)}: {error.strerror}")
-
-    def uncreatable(self, error):
-        return UserError(f"cannot create the lock {shown(self.path)}: {error.strerror}")
-
-    def taken_over(self, holder):
-        return f"warning: taking over {shown(self.path)}, left by an evaluation that is no longer alive"
-
-    def wait(self, warn):
-        """acquire(), waiting for another appender to finish (at most WAIT_SECONDS)."""
+    @classmethod
+    def wait_for(cls, path):
+        """The lock of results file `path`, once another appender is done with it (at most WAIT_SECONDS)."""
         deadline = time.monotonic() + WAIT_SECONDS
         while True:
             try:
-                return self.acquire(warn)
-            except self.Busy:
+                return cls(path, f"results file {shown(path)}")
+            except cls.Busy:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -134,15 +115,14 @@ def _encode(rows, ext):
     return out.getvalue().encode()
 
 
-def append(path, new_row, warn=print):
+def append(path, new_row):
     """Add new_row to the results file at path (created if missing), under its lock, atomically."""
     ext = results_format(path)
-    lock = ResultsLock(path)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        lock.wait(warn)
     except OSError as e:
-        raise StorageError(path + ".lock", e) from None
+        raise StorageError(os.path.dirname(os.path.abspath(path)), e) from None
+    lock = ResultsLock.wait_for(path)
     try:
         rows = _read(path, ext) + [new_row]
         atomic.write_bytes(path, _encode(rows, ext))
