@@ -65,8 +65,8 @@ def checkpointed(layer, x, enabled):
 
 
 def take_indices(count, indices):
-    """timm's feature_take_indices: (sorted absolute block indices, the largest) from None (all blocks), an int n
-    (the last n) or a list of indices (negative ones count from the end)."""
+    """timm's feature_take_indices: (absolute block indices, the largest) from None (all blocks), an int n (the last
+    n) or a list of indices (negative ones count from the end; kept in the order given)."""
     if indices is None:
         indices = count
     if isinstance(indices, int) and not isinstance(indices, bool):
