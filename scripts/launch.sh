@@ -11,13 +11,14 @@
 # Exit code: the tool's; 130 / 143 when SIGINT / SIGTERM stopped the run, also over several processes
 # (scripts/paddle_launch.py is paddle.distributed.launch mapping its bare 2 / 15 to those).
 # CPU threads per process (and MKL's fast path on AMD) are set by tools/t2tvit/cpu_env.py, which every tool imports
-# first, so `python tools/X.py` and this script run with the same settings.
+# first, so `python tools/X.py` and this script run with the same settings; it also keeps known third-party noise
+# off the output (tools/t2tvit/quiet.py, each message by name; -v shows it). No warning category is silenced here:
+# Paddle's AMP warnings (bf16 not supported, falling back) must reach the user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tool=${1:?usage: scripts/launch.sh TOOL.py [ARGS...] (e.g. train.py, val.py)}
 shift
 [ -f "tools/$tool" ] || { echo "error: scripts/launch.sh: no tool tools/$tool" >&2; exit 2; }
-export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning}
 launch=()
 if [ -n "${GPUS:-}" ]; then
   launch=(scripts/paddle_launch.py --devices "$GPUS")

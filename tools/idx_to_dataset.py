@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from t2tvit import errors
+from t2tvit.names import is_folder_name
 
 FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"]
@@ -132,7 +133,7 @@ def folder_name(name):
     """`name` as a folder name (`/` -> `_`); refused up front if no file system would take it (empty, hidden,
     a NUL or other control character, over 255 bytes), before any file is written."""
     safe = name.replace("/", "_").replace(os.sep, "_").strip()
-    if not safe or safe.startswith(".") or not safe.isprintable() or len(safe.encode("utf-8", "replace")) > 255:
+    if not is_folder_name(safe):
         raise errors.UserError(f"--class-names: class name {name!r} cannot be a folder name")
     return safe
 

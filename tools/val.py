@@ -1,47 +1,51 @@
-"""Top-1 / top-5 accuracy over the whole validation set, on one process or many.
+"""Top-1 / top-k accuracy over the whole validation set, on one process or many.
 
-    python tools/val.py -c config/t2t_vit_7.yaml [--weights FILE] [-o Key=Value ...]
-    python -m paddle.distributed.launch --devices 0,1 tools/val.py -c ...
+    python tools/val.py [--weights FILE] [-c CONFIG] [--img-size S] [-o Key=Value ...]
+    python -m paddle.distributed.launch --devices 0,1 tools/val.py ...
 
---weights takes converted official weights (.pdparams) or a checkpoint of this repo (.pdckpt; the better of
-model and EMA that the run recorded as best). Without it: Global.output_dir/best.pdckpt.
-Each process evaluates a disjoint share of the images (no padding), so every image counts exactly once.
+--weights takes a checkpoint of this repo (.pdckpt; the better of model and EMA that the run recorded as best,
+or --which) or converted official weights (.pdparams / .safetensors). Without it: Global.output_dir/best.pdckpt.
+A checkpoint says what it is (model, size, classes, eval preprocessing, and the run's config, validation data
+included): it alone is enough, and a -c / -o that says otherwise is an error (t2tvit/tool_config.py); --img-size
+evaluates it at another size. Each process evaluates a disjoint share of the images (no padding), so every
+image counts exactly once. Accuracy is top-1 and top-k, k = min(5, classes).
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import os
 import sys
 
-from t2tvit.checkpoint import load_weights, weights_or_best
-from t2tvit.config import add_config_args, config_from_args
-from t2tvit.dataset import build_loader
+from t2tvit.dataset import build_loader, is_imagenet
 from t2tvit.engine import evaluate
-from t2tvit.errors import cli
+from t2tvit.errors import UserError, cli
+from t2tvit.quiet import add_verbose_flag
 from t2tvit.runtime import Runtime, make_logger
-from t2tvit.t2t import create_model
+from t2tvit.tool_config import add_weights_args, class_names_differ, load_model
 
 
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_args(ap)
-    ap.add_argument("--weights", default="", help=".pdparams or .safetensors weights, or .pdckpt checkpoint")
-    ap.add_argument("--sha256", default="", help="hex sha256 the weights file must have (refused otherwise)")
-    ap.add_argument("--which", default="best", choices=["best", "model", "ema"],
-                    help="for a .pdckpt: which weights to evaluate")
+    add_verbose_flag(add_weights_args(ap))
     args = ap.parse_args(argv)
-    cfg = config_from_args(args)
+    cfg, model, art, notes = load_model(args)
+    if art.class_names:  # the split's labels must mean the classes the weights were trained for
+        differ = class_names_differ(cfg, art.class_names)
+        if differ:
+            raise UserError(f"the classes of {art.path} are not those of the validation set (Data.classes "
+                            f"{cfg.Data.classes} of {cfg.Data.root}): {differ}")
     rt = Runtime(cfg)
     log = make_logger("val", os.path.join(cfg.Global.log_dir, "val.log"), rt.is_main)
-    weights = weights_or_best(args.weights, cfg.Global.output_dir)
-    model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
-    which, notes = load_weights(model, weights, prefer=args.which, sha256=args.sha256)
     loader, _ = build_loader(cfg, "val", world_size=rt.world, rank=rt.rank)
+    log.info(art.loaded_line())
     for note in notes:
         log.info(f"note: {note}")
-    log.info(f"evaluating {weights} ({which}) on {cfg.Data.root} with {rt.world} process(es)")
-    top1, top5, n = evaluate(model, loader, rt, log, cfg.Global.print_every)
-    log.info(f"ImageNet final val acc is:{top1:.4f}, top5: {top5:.4f}, images: {n}")
+    log.info(f"evaluating {cfg.Global.model} at {cfg.Global.img_size} px on {cfg.Data.root} with {rt.world} "
+             "process(es)")
+    top1, topk, n = evaluate(model, loader, rt, log, cfg.Global.print_every)
+    k = min(5, cfg.Global.num_classes)
+    imagenet = "ImageNet " if is_imagenet(cfg, art.class_names) else ""
+    log.info(f"{imagenet}final val acc is:{top1:.4f}, top{k}: {topk:.4f}, images: {n}")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ environment before Paddle is imported (t2tvit.cpu_env, every command's first imp
 import zlib  # noqa: F401
 
 # Paddle 3.x warns on every import that ccache is missing, a note for compiling C++ extensions, which nothing
-# here does; shown on each command's stderr, it reads like a fault.
-import warnings
+# here does; shown on each command's stderr, it reads like a fault. quiet.py lists it with the other third-party
+# warnings that are not about the user's run, filtered from here on (a command's -v shows them again).
+from . import quiet
 
-warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+quiet.set_verbose(False)
 
 
 def __getattr__(name):
