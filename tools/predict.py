@@ -11,7 +11,7 @@ Images are read and classified --batch-size at a time with tools/val.py's eval t
 checkpoint of this repo (its model, size, preprocessing and class names are used: nothing else is needed) or
 .pdparams weights (the config's, names from Data.classes); default Global.output_dir/best.pdckpt.
 --inference-dir: an exported model (tools/export_model.py) instead, run by a deployment backend
-(t2tvit/deploy.py) (auto: the fastest fp32 one installed); its inference.yml says the rest. A -c / -o that says
+(t2tvit/backends.py, chosen by t2tvit/deploy.py) (auto: the fastest fp32 one installed); its inference.yml says the rest. A -c / -o that says
 otherwise than the checkpoint or export is an error (t2tvit/tool_config.py). The weights used are named on
 stderr (path, sha256, epoch, model or EMA). Paths and class names that are not printable (a newline, a control
 character, a name that is not UTF-8) are printed repr-style.
@@ -31,7 +31,8 @@ import sys
 
 from t2tvit.classify import JsonLines, classify, image_paths
 from t2tvit.dataset import class_names
-from t2tvit.deploy import BACKENDS, PRECISIONS, Predictor, create_predictor
+from t2tvit.backends import BACKENDS, PRECISIONS, Predictor
+from t2tvit.deploy import create_predictor
 from t2tvit.errors import UserError, cli, shown
 from t2tvit.quiet import VERBOSE_FLAGS
 from t2tvit.sizes import image_hw, parse_size
