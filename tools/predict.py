@@ -30,13 +30,12 @@ import contextlib
 import sys
 
 from t2tvit.classify import JsonLines, classify, image_paths
-from t2tvit.dataset import class_names
 from t2tvit.backends import BACKENDS, PRECISIONS, Predictor
 from t2tvit.deploy import create_predictor
 from t2tvit.errors import UserError, cli, shown
 from t2tvit.quiet import VERBOSE_FLAGS
 from t2tvit.sizes import image_hw, parse_size
-from t2tvit.tool_config import add_weights_args, config_for, load_model
+from t2tvit.tool_config import add_weights_args, class_names_for, config_for, load_model
 from t2tvit.transforms import build_transform
 
 
@@ -113,13 +112,13 @@ def main(argv=None, inference_only=False):
     if args.logits and not args.output:
         raise UserError("--logits adds the logits to --output FILE.jsonl: give --output too")
     forward, cfg, art, notes = (engine_forward if args.inference_dir else dynamic_forward)(args)
+    names, why = class_names_for(cfg, art)
     print(art.loaded_line(), file=sys.stderr)
-    for note in notes:
+    for note in notes + ([f"{why}: shown as ?"] if why else []):
         print(f"note: {note}", file=sys.stderr)
     transform = build_transform(cfg, "val")
-    names = art.class_names or class_names(cfg)
     with JsonLines(args.output) if args.output else contextlib.nullcontext() as out:
-        done, failed = classify(image_paths(args.images), transform, forward, names, args.topk, args.batch_size,
+        done, failed = classify(image_paths(args.images), transform, forward, names or [], args.topk, args.batch_size,
                                 args.logits, out)
         if out:
             out.finish()

@@ -17,9 +17,13 @@ from . import quiet
 quiet.set_verbose(False)
 
 
+PYTHON_API = ("create_model", "create_transform", "load_classifier")  # pretrained.py
+
+
 def __getattr__(name):
-    # t2tvit.create_model without importing Paddle on `import t2tvit` (see above): resolved on first use.
-    if name == "create_model":
-        from .pretrained import create_model
-        return create_model
+    # t2tvit.create_model (and the rest of PYTHON_API) without importing Paddle on `import t2tvit` (see above):
+    # resolved on first use.
+    if name in PYTHON_API:
+        from . import pretrained
+        return getattr(pretrained, name)
     raise AttributeError(f"module 't2tvit' has no attribute {name!r}")

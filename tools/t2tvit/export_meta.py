@@ -32,7 +32,7 @@ the values by config/default.yaml's rules, resize_short against crop_pct, label_
 import os
 
 from . import artifact
-from .config import read_yaml
+from .config import SCHEMA_PATH, load_config, read_yaml
 from .errors import UserError, shown
 from .sizes import image_hw
 from .transforms import EvalTransform
@@ -49,10 +49,11 @@ def _wh(hw):
     return h if h == w else [w, h]
 
 
-def description(model, cfg, art=None, class_names=None):
+def description(model, cfg=None, art=None, class_names=None):
     """The inference.yml mapping of `model` (its arch_name, img_size, num_classes), the config's eval
-    preprocessing, and the weights it was exported from (`art`, an artifact.Artifact, or None)."""
-    d = cfg.Data
+    preprocessing (default: config/default.yaml's), its class names (default: `art`'s) and the weights it was
+    exported from (`art`, an artifact.Artifact, or None)."""
+    d = (cfg or load_config(SCHEMA_PATH)).Data
     hw = tuple(model.img_size)
     resize = EvalTransform(hw, d.crop_pct).resize_to
     resized = {"resize_short": resize} if isinstance(resize, int) else {"size": [resize[1], resize[0]]}

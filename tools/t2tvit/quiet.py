@@ -11,7 +11,6 @@ filtered, and where it comes from:
   OMP_NUM_THREADS note at `import paddle` (cpu_env sets the thread count on purpose), its glog lines while a
   model is traced and first run (PIR "not support input out tensor", "New Executor is Running"), paddle2onnx's
   progress lines, ONNX Runtime's graph clean-up warnings, NNCF's progress bars and INFO lines.
-- Loggers of the quantisation libraries (quiet_loggers()): NNCF's INFO, ONNX Runtime's default severity.
 
 install() runs when t2tvit.cpu_env is imported, first thing in every command, so `python tools/X.py` and
 scripts/launch.sh behave alike; `-v` / `--verbose` on the command line (every command has it) leaves all of
@@ -20,7 +19,6 @@ it shown.
 import contextlib
 import importlib.abc
 import importlib.util
-import logging
 import os
 import re
 import sys
@@ -83,16 +81,6 @@ def set_verbose(verbose):
 
 def is_verbose():
     return _state["verbose"]
-
-
-def quiet_loggers():
-    """The quantisation libraries' own log levels: warnings and errors only (unless -v)."""
-    if _state["verbose"]:
-        return
-    logging.getLogger("nncf").setLevel(logging.WARNING)
-    if importlib.util.find_spec("onnxruntime") is not None:
-        import onnxruntime
-        onnxruntime.set_default_logger_severity(3)  # errors only
 
 
 def _pump(source, target, noise):

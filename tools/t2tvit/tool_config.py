@@ -19,14 +19,13 @@ from .errors import UserError, shown
 from .sizes import image_hw, parse_size
 
 
-def add_weights_args(parser, required=False, weights=True):
+def add_weights_args(parser, required=False, weights=True, default="Global.output_dir/best.pdckpt"):
     """-c/-o and the flags every command that loads weights takes (weights=False: -c/-o and --img-size)."""
     add_config_args(parser)
     if weights:
         parser.add_argument("--weights", required=required, default="",
                             help=".pdckpt checkpoint (its model, size, classes and preprocessing are used), or "
-                                 ".pdparams / .safetensors weights (the config's); default: "
-                                 "Global.output_dir/best.pdckpt")
+                                 f".pdparams / .safetensors weights (the config's); default: {default}")
         parser.add_argument("--sha256", default="", help="hex sha256 the weights file must have (refused otherwise)")
         parser.add_argument("--which", default="best", choices=["best", "model", "ema"],
                             help="for a .pdckpt: its model or EMA weights, or the one it recorded as best (default)")
@@ -113,7 +112,7 @@ def config_for(args, art, size_flag=True):
         if differ:
             conflicts.append(f"class names {differ} (the {kind} vs Data.classes {cfg.Data.classes} of {where['Data.classes']})")
     if conflicts:
-        how = " (--img-size S runs at another size)" if size_flag and any(
+        how = "; --img-size S runs it at another size" if size_flag and any(
             c.startswith("Global.img_size") for c in conflicts) else ""
         raise UserError(f"{shown(art.path)} and the config disagree: {'; '.join(conflicts)}. Leave these keys to "
                         f"the {kind} (drop -c, or give its values){how}")
@@ -135,6 +134,23 @@ def class_names_differ(cfg, names):
     return f"{[shown(n) for n in names[first:first + 3]]} vs {[shown(n) for n in own[first:first + 3]]}" + (
         f" (from class {first})" if first else "") + (
         f"; {len(names)} vs {len(own)} classes" if len(names) != len(own) else "")
+
+
+def class_names_for(cfg, art):
+    """(class names, note): the artifact's own, else the config's (Data.classes) when they resolve here and
+    number the model's classes; else (None, why), and predictions are shown by class number alone."""
+    from .dataset import class_names
+
+    if art is not None and art.class_names:
+        return art.class_names, None
+    try:
+        names = class_names(cfg)
+    except UserError as e:  # e.g. Data.classes: folders of a dataset that is not here
+        return None, f"no class names ({e})"
+    if len(names) != cfg.Global.num_classes:
+        return None, (f"no class names: Data.classes {cfg.Data.classes} names {len(names)} classes, the model "
+                      f"has {cfg.Global.num_classes}")
+    return names, None
 
 
 def load_model(args, prefer=None):
