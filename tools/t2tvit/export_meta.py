@@ -84,7 +84,7 @@ def read(model_dir):
     if not os.path.lexists(path):
         raise UserError(f"{shown(model_dir)} holds no exported model ({META_FILE} is missing); write one with "
                         "tools/export_model.py")
-    meta = read_yaml(path, what=META_FILE)
+    meta = read_yaml(path, what="model description")
     return _checked(meta, model_dir, shown(path))
 
 

@@ -69,8 +69,10 @@ def _same(dotted, a, b):
 
 
 def _shown_value(value):
-    return "x".join(map(str, image_hw(value))) if isinstance(value, list) and len(value) == 2 and \
-        all(isinstance(v, int) for v in value) else str(value)
+    """A value as a message shows it; a size [H, W] as HxW, or S when square."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return str(value[0]) if value[0] == value[1] else "x".join(map(str, value))
+    return str(value)
 
 
 def asked(args):
@@ -163,6 +165,8 @@ def load_model(args, prefer=None):
     cfg, notes = config_for(args, art)
     g = cfg.Global
     model = create_model(g.model, img_size=g.img_size, num_classes=g.num_classes)
-    notes += set_checked(model, state, art.path)
+    made_at = art.settings.get("Global.img_size")
+    resized = made_at is not None and image_hw(made_at) != image_hw(g.img_size)  # config_for's note says it
+    notes += [note for note in set_checked(model, state, art.path) if not (resized and note.startswith("pos_embed"))]
     model.eval()
     return cfg, model, art, notes
