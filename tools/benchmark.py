@@ -19,10 +19,10 @@ In one run, each measure in a fresh process (so that its environment applies and
 The model, image size, classes and transforms come from the config (default config/t2t_vit_7_demo.yaml, every
 command's; --model and --img-size override it), or from --weights where they say what they are (a checkpoint:
 its model, size, classes and eval preprocessing; a -c / -o / --model that says otherwise is an error,
---img-size measures at another size; t2tvit/tool_config.py). Each model measure is timed on a random batch (warm-up runs, then --repeat timed
-runs; with --rounds R every measure runs R times, interleaved, and images/s is the median of all its timed
-runs) and also run once on real images through the val transform: the 20 photos of lit_data/val, or with
---agree-on val the config's validation split (at most --agree-limit images, evenly spaced). Its max |logit
+--img-size measures at another size; t2tvit/tool_config.py). Each model measure is timed on a random batch
+(warm-up runs, then --repeat timed runs; with --rounds R every measure runs R times, interleaved, and images/s
+is the median of all its timed runs) and also run once on real images through the val transform: the 20 photos
+of lit_data/val, or with --agree-on val the config's validation split (at most --agree-limit images, evenly spaced). Its max |logit
 difference| and top-1 agreement are against Paddle's float32 dynamic-graph model with the same weights
 (--weights, else random init, seed 0; random-init logits have tiny top-2 gaps, so top-1 agreement means more
 with trained weights: the report gives the reference's top-2 gaps). Threads default to the cores of this

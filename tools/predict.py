@@ -11,10 +11,10 @@ Images are read and classified --batch-size at a time with tools/val.py's eval t
 checkpoint of this repo (its model, size, preprocessing and class names are used: nothing else is needed) or
 .pdparams weights (the config's, names from Data.classes); default Global.output_dir/best.pdckpt.
 --inference-dir: an exported model (tools/export_model.py) instead, run by a deployment backend
-(t2tvit/backends.py, chosen by t2tvit/deploy.py) (auto: the fastest fp32 one installed); its inference.yml says the rest. A -c / -o that says
-otherwise than the checkpoint or export is an error (t2tvit/tool_config.py). The weights used are named on
-stderr (path, sha256, epoch, model or EMA). Paths and class names that are not printable (a newline, a control
-character, a name that is not UTF-8) are printed repr-style.
+(t2tvit/backends.py, chosen by t2tvit/deploy.py) (auto: the fastest fp32 one installed); its inference.yml
+says the rest. A -c / -o that says otherwise than the checkpoint or export is an error (t2tvit/tool_config.py).
+The weights used are named on stderr (path, sha256, epoch, model or EMA). Paths and class names that are not
+printable (a newline, a control character, a name that is not UTF-8) are printed repr-style.
 
 --output FILE.jsonl writes one JSON object per image, in input order: {"path", "class_id", "class_name",
 "topk": [[id, name, prob], ...]}, with "logits" (every class) under --logits. An image that cannot be read gets

@@ -112,7 +112,8 @@ def config_for(args, art, size_flag=True):
     if art is not None and art.class_names and "Data.classes" in where:
         differ = class_names_differ(cfg, art.class_names)
         if differ:
-            conflicts.append(f"class names {differ} (the {kind} vs Data.classes {cfg.Data.classes} of {where['Data.classes']})")
+            conflicts.append(f"class names {differ} (the {kind} vs Data.classes {cfg.Data.classes} of "
+                             f"{where['Data.classes']})")
     if conflicts:
         how = "; --img-size S runs it at another size" if size_flag and any(
             c.startswith("Global.img_size") for c in conflicts) else ""
