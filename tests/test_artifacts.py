@@ -16,7 +16,7 @@ from PIL import Image
 import benchmark
 import t2tvit
 from runner import ROOT, error_lines, run_main, run_tool
-from t2tvit import export_meta
+from t2tvit import export_meta, tool_config
 from t2tvit.artifact import read_weights
 from t2tvit.checkpoint import training_state
 from t2tvit.config import load_config
@@ -82,6 +82,16 @@ def checkpoint_of(folder, data_root, size=SIZE, names=CLASSES, epoch=2, **extra)
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def default_config(tmp_path, monkeypatch):
+    """Every command's default config, writing its logs under tmp_path rather than the repository's log/."""
+    path = tmp_path / "default.yaml"
+    path.write_text(f"_base_: {os.path.join(ROOT, 'config', 't2t_vit_7_demo.yaml')}\nGlobal:\n"
+                    f"  output_dir: {tmp_path / 'out'}\n  log_dir: {tmp_path / 'log'}\n")
+    monkeypatch.setattr(tool_config, "DEFAULT_CONFIG", str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """(folder, its class-folder dataset, a checkpoint of a 32 px, 3-class run on it)."""
@@ -130,6 +140,17 @@ def test_a_config_that_disagrees_with_the_checkpoint_is_one_line_naming_both_val
     line = one_error(r)
     assert f"error: {ckpt} and the config disagree: " + expected.format(c=config) in line
     assert "drop -c" in line and ("--img-size S" in line) == ("img_size" in expected)
+
+
+def test_where_to_write_is_never_taken_from_a_checkpoint(tmp_path, default_config):
+    # A checkpoint from elsewhere names a log folder of its choosing: val.py logs where the default config says.
+    data = make_class_folders(tmp_path / "data", per_class=1)
+    ckpt = checkpoint_of(tmp_path, data, **{"Global.log_dir": tmp_path / "elsewhere", "Data.allow_outside_root": "true"})
+    r = run_main("val.py", "--weights", ckpt, config=None)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "elsewhere").exists() and (tmp_path / "log" / "val.log").is_file()
+    assert tool_config.config_for(argparse.Namespace(config=None, override=[], img_size=None),
+                                  read_weights(ckpt)[1])[0].Data.allow_outside_root is False
 
 
 def test_a_config_that_agrees_with_the_checkpoint_is_fine(run):

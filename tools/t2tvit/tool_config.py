@@ -4,8 +4,9 @@ it agrees.
     add_weights_args(parser)                  # -c/-o, --weights, --sha256, --which, --img-size
     cfg, model, art, notes = load_model(args) # val.py, predict.py, export_model.py, visualize.py
 
-The config: -c FILE when given; else the config a checkpoint records (so a checkpoint alone is enough); else
-config/t2t_vit_7_demo.yaml (DEFAULT_CONFIG, every command's default); -o overrides on top. What the artifact
+The config: -c FILE when given; else the config a checkpoint records (so a checkpoint alone is enough; where to
+write logs is never taken from it: NOT_FROM_FILES); else config/t2t_vit_7_demo.yaml (DEFAULT_CONFIG, every
+command's default); -o overrides on top. What the artifact
 states (artifact.IDENTITY: model, img_size, num_classes, eval preprocessing; and its class names) then decides.
 A value that -c or -o gives otherwise is refused in one line naming both values, unless asked for by its own
 flag: --img-size S evaluates at another size (the position table is regenerated), said in one note. An
@@ -86,12 +87,29 @@ def asked(args):
     return where
 
 
+# What a checkpoint's recorded config may not decide: where a command writes (its logs), and whether list files
+# may name images outside Data.root. A file from elsewhere must not send writes or reads outside where they
+# belong; these come from the default config (or -o).
+NOT_FROM_FILES = ("Global.output_dir", "Global.log_dir", "Data.allow_outside_root")
+
+
+def recorded_config(art, overrides):
+    """The config a checkpoint records, checked over default.yaml, with NOT_FROM_FILES from DEFAULT_CONFIG, then
+    the overrides."""
+    default = load_config(DEFAULT_CONFIG)
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in art.config.items()}
+    for key in NOT_FROM_FILES:
+        section, name = key.split(".")
+        data.setdefault(section, {})[name] = default[section][name]
+    return config_from_data(data, f"{shown(art.path)} (the config it records)", overrides)
+
+
 def config_for(args, art, size_flag=True):
     """(config, notes) to run `art` (an artifact.Artifact, or None) under; see the module's docstring."""
     if args.config or art is None or art.config is None:
         cfg = load_config(config_path(args), args.override)
     else:
-        cfg = config_from_data(art.config, f"{shown(art.path)} (the config it records)", args.override)
+        cfg = recorded_config(art, args.override)
     notes, conflicts = [], []
     where = asked(args)
     size = parse_size(args.img_size) if getattr(args, "img_size", None) else None
