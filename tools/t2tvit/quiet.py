@@ -112,7 +112,8 @@ def _flush_c_stdio():
 @contextlib.contextmanager
 def filtered_output(noise=EXPORT_NOISE, fds=(1, 2)):
     """Within the block, lines that code of any language writes to fds 1 and 2 and that match `noise` are
-    dropped; everything else passes through, in order per stream. Nothing is filtered under -v."""
+    dropped; everything else passes through, in order per stream. Nothing is filtered under -v. No process
+    started within the block may outlive it (it would hold the pipe open)."""
     if _state["verbose"]:
         yield
         return
