@@ -35,7 +35,7 @@ from t2tvit.deploy import create_predictor
 from t2tvit.errors import UserError, cli, shown
 from t2tvit.quiet import VERBOSE_FLAGS
 from t2tvit.sizes import image_hw, parse_size
-from t2tvit.tool_config import add_weights_args, class_names_for, config_for, load_model
+from t2tvit.tool_config import Loaded, add_weights_args, class_names_for, config_for
 from t2tvit.transforms import build_transform
 
 
@@ -73,14 +73,15 @@ def dynamic_forward(args):
         if getattr(args, flag) not in (None, "auto", "fp32"):
             raise UserError(f"--{flag} applies to an exported model: add --inference-dir DIR "
                             f"(write one with tools/export_model.py)")
-    cfg, model, art, notes = load_model(args)
-    select_device(args.device or cfg.Global.device)
+    loaded = Loaded(args)
+    select_device(args.device or loaded.cfg.Global.device)
+    model = loaded.model()
 
     def forward(images):
         with paddle.no_grad():
             return model(paddle.to_tensor(images)).numpy()
 
-    return forward, cfg, art, notes
+    return forward, loaded.cfg, loaded.art, loaded.notes
 
 
 @cli

@@ -20,7 +20,7 @@ from t2tvit.engine import evaluate
 from t2tvit.errors import UserError, cli
 from t2tvit.quiet import add_verbose_flag
 from t2tvit.runtime import Runtime, make_logger
-from t2tvit.tool_config import add_weights_args, class_names_differ, load_model
+from t2tvit.tool_config import Loaded, add_weights_args, class_names_differ
 
 
 @cli
@@ -28,7 +28,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_verbose_flag(add_weights_args(ap))
     args = ap.parse_args(argv)
-    cfg, model, art, notes = load_model(args)
+    loaded = Loaded(args)
+    cfg, art = loaded.cfg, loaded.art
     if art.class_names:  # the split's labels must mean the classes the weights were trained for
         differ = class_names_differ(cfg, art.class_names)
         if differ:
@@ -36,9 +37,10 @@ def main(argv=None):
                             f"{cfg.Data.classes} of {cfg.Data.root}): {differ}")
     rt = Runtime(cfg)
     log = make_logger("val", os.path.join(cfg.Global.log_dir, "val.log"), rt.is_main)
+    model = loaded.model()  # on the device Runtime chose
     loader, _ = build_loader(cfg, "val", world_size=rt.world, rank=rt.rank)
     log.info(art.loaded_line())
-    for note in notes:
+    for note in loaded.notes:
         log.info(f"note: {note}")
     log.info(f"evaluating {cfg.Global.model} at {cfg.Global.img_size} px on {cfg.Data.root} with {rt.world} "
              "process(es)")

@@ -2,7 +2,8 @@
 it agrees.
 
     add_weights_args(parser)                  # -c/-o, --weights, --sha256, --which, --img-size
-    cfg, model, art, notes = load_model(args) # val.py, predict.py, export_model.py, visualize.py
+    cfg, model, art, notes = load_model(args) # export_model.py, visualize.py
+    loaded = Loaded(args); ...; loaded.model()  # val.py, predict.py: the device is set from loaded.cfg first
 
 The config: -c FILE when given; else the config a checkpoint records (so a checkpoint alone is enough; where to
 write logs is never taken from it: NOT_FROM_FILES); else config/t2t_vit_7_demo.yaml (DEFAULT_CONFIG, every
@@ -174,18 +175,34 @@ def class_names_for(cfg, art):
     return names, None
 
 
-def load_model(args, prefer=None):
-    """(config, model in eval mode with the weights loaded, Artifact, notes) for a command's --weights (default:
-    the config's best.pdckpt) under config_for()."""
-    from .checkpoint import set_checked
-    from .t2t import create_model
+class Loaded:
+    """A command's --weights (default: the config's best.pdckpt) read, and the config it runs under
+    (config_for): .cfg, .art (artifact.Artifact), .notes; .model() builds the model and loads the weights (call it
+    once the device is set: a model's parameters are made on the current device)."""
 
-    state, art = artifact.read_weights(weights_or_best(args), args.sha256, prefer or args.which)
-    cfg, notes = config_for(args, art)
-    g = cfg.Global
-    model = create_model(g.model, img_size=g.img_size, num_classes=g.num_classes)
-    made_at = art.settings.get("Global.img_size")
-    resized = made_at is not None and image_hw(made_at) != image_hw(g.img_size)  # config_for's note says it
-    notes += [note for note in set_checked(model, state, art.path) if not (resized and note.startswith("pos_embed"))]
-    model.eval()
-    return cfg, model, art, notes
+    def __init__(self, args, prefer=None):
+        self.state, self.art = artifact.read_weights(weights_or_best(args), args.sha256, prefer or args.which)
+        self.cfg, self.notes = config_for(args, self.art)
+
+    def model(self):
+        """The model in eval mode with the weights loaded; what loading adapted joins .notes."""
+        from .checkpoint import set_checked
+        from .t2t import create_model
+
+        g = self.cfg.Global
+        model = create_model(g.model, img_size=g.img_size, num_classes=g.num_classes)
+        made_at = self.art.settings.get("Global.img_size")
+        resized = made_at is not None and image_hw(made_at) != image_hw(g.img_size)  # config_for's note says it
+        self.notes += [note for note in set_checked(model, self.state, self.art.path)
+                       if not (resized and note.startswith("pos_embed"))]
+        self.state = None  # loaded: free the file's arrays
+        model.eval()
+        return model
+
+
+def load_model(args, prefer=None):
+    """(config, model in eval mode with the weights loaded, Artifact, notes): Loaded(args) and its model, on the
+    current device."""
+    loaded = Loaded(args, prefer)
+    model = loaded.model()
+    return loaded.cfg, model, loaded.art, loaded.notes
