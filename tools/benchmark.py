@@ -55,7 +55,7 @@ from t2tvit.quiet import add_verbose_flag
 def settle_config(args):
     """What every worker runs: --config (default DEFAULT_CONFIG) with overrides, --model and --img-size, or what
     --weights says it is (the config may not say otherwise); checked here, before any worker starts."""
-    from t2tvit.artifact import IDENTITY, read_weights
+    from t2tvit.artifact import SETTINGS, read_weights
     from t2tvit.config import load_config
     from t2tvit.tool_config import config_for
 
@@ -74,7 +74,7 @@ def settle_config(args):
     args.config = args.config or DEFAULT_CONFIG
     # The workers read the config again: what the weights said goes to them as overrides.
     args.override = args.override + [f"{key}={json.dumps(cfg[key.split('.')[0]][key.split('.')[1]])}"
-                                     for key in IDENTITY if key != "Global.img_size"]
+                                     for key in SETTINGS if key != "Global.img_size"]
     args.model = cfg.Global.model
     args.img_size = cfg.Global.img_size
     if not isinstance(args.img_size, int):

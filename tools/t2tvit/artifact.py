@@ -1,7 +1,7 @@
 """What a weights file, training checkpoint or export says it is: one Artifact, read once, used by every tool.
 
     state, art = read_weights(path, sha256=None, prefer="best")   # the state dict to load, and what it says
-    art.settings      # {dotted config key: value} the file states: IDENTITY keys only, e.g. Global.img_size
+    art.settings      # {dotted config key: value} the file states: SETTINGS keys only, e.g. Global.img_size
     art.class_names   # the run's class names in label order, or None
     art.loaded_line() # 'weights: PATH (sha256 0123456789ab, epoch 3, EMA weights)'
 
@@ -23,10 +23,10 @@ from .errors import UserError, shown
 # The settings that make weights what they are: a tool takes them from the file, and a config that says
 # otherwise is refused (tool_config.py). EVAL_KEYS is the eval preprocessing the weights were judged with.
 EVAL_KEYS = ("Data.crop_pct", "Data.interpolation", "Data.crop_rounding", "Data.mean", "Data.std")
-IDENTITY = ("Global.model", "Global.img_size", "Global.num_classes") + EVAL_KEYS
-# A .safetensors header's __metadata__ (string -> string) may state: each IDENTITY key under its own name, and
+SETTINGS = ("Global.model", "Global.img_size", "Global.num_classes") + EVAL_KEYS
+# A .safetensors header's __metadata__ (string -> string) may state: each SETTINGS key under its own name, and
 # "class_names", every value JSON-encoded (a bare word is taken as a string).
-SAFETENSORS_KEYS = IDENTITY + ("class_names",)
+SAFETENSORS_KEYS = SETTINGS + ("class_names",)
 SAFETENSORS_MAX_HEADER = 100 << 20  # the format's own limit on its JSON header
 SHA_SHOWN = 12  # hex digits of the sha256 in the `weights:` line
 
@@ -97,7 +97,7 @@ def checkpoint_says(loaded, state, path):
     recorded = loaded.get("config")
     if isinstance(recorded, dict) and recorded:
         cfg = config_from_data(recorded, source)
-        settings = {key: _lookup(cfg, key) for key in IDENTITY}
+        settings = {key: _lookup(cfg, key) for key in SETTINGS}
         config = cfg.to_dict()
     else:
         raw = {"Global.model": loaded.get("arch"), "Global.img_size": loaded.get("img_size"),
@@ -120,13 +120,13 @@ def _lookup(cfg, dotted):
 
 
 def checked(settings, source):
-    """settings ({dotted key: value}, IDENTITY keys only) checked as config values are; a model name must be a
+    """settings ({dotted key: value}, SETTINGS keys only) checked as config values are; a model name must be a
     known variant."""
     from .t2t import VARIANTS
 
-    unknown = sorted(set(settings) - set(IDENTITY))
+    unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
-        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(IDENTITY)}")
+        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
     nested = {}
     for dotted, value in settings.items():
         section, key = dotted.split(".")

@@ -8,7 +8,7 @@ it agrees.
 The config: -c FILE when given; else the config a checkpoint records (so a checkpoint alone is enough; where to
 write logs is never taken from it: NOT_FROM_FILES); else config/t2t_vit_7_demo.yaml (DEFAULT_CONFIG, every
 command's default); -o overrides on top. What the artifact
-states (artifact.IDENTITY: model, img_size, num_classes, eval preprocessing; and its class names) then decides.
+states (artifact.SETTINGS: model, img_size, num_classes, eval preprocessing; and its class names) then decides.
 A value that -c or -o gives otherwise is refused in one line naming both values, unless asked for by its own
 flag: --img-size S evaluates at another size (the position table is regenerated), said in one note. An
 artifact that states nothing (converted official weights) leaves the config in charge, as it always was.
@@ -78,11 +78,11 @@ def _shown_value(value):
 
 
 def asked(args):
-    """{dotted key: where the user set it}: every IDENTITY key and Data.classes when -c names a config file,
+    """{dotted key: where the user set it}: every artifact.SETTINGS key and Data.classes when -c names a config file,
     then the keys of -o."""
     where = {}
     if args.config:
-        where = {key: shown(args.config) for key in artifact.IDENTITY + ("Data.classes",)}
+        where = {key: shown(args.config) for key in artifact.SETTINGS + ("Data.classes",)}
     for text in args.override:
         where[text.partition("=")[0].strip()] = f"-o {shown(text)}"
     return where
