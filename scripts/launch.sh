@@ -2,7 +2,8 @@
 # Run tools/TOOL on one device, or on several through paddle.distributed.launch (what train.sh and val.sh call).
 #   scripts/launch.sh train.py [ARGS...]     ARGS: -o Section.key=value overrides, --resume, --weights, ...
 # Environment:
-#   CONFIG=config/t2t_vit_7.yaml  the config (default: the lit_data demo, config/t2t_vit_7_demo.yaml)
+#   CONFIG=config/t2t_vit_7.yaml  the config (default: the tool's, the lit_data demo config/t2t_vit_7_demo.yaml;
+#                                 given --weights, a checkpoint's own settings, which a CONFIG may not contradict)
 #   GPUS=0,1,2,3                  several GPUs on this machine
 #   NPROC=2                       several CPU processes (gloo), e.g. to try multi-process runs without a GPU
 #   NNODES=2 MASTER=IP:PORT       several machines: run the same command on each (same GPUS), MASTER = first machine
@@ -30,4 +31,4 @@ if [ -n "${NNODES:-}" ]; then
   launch+=(--nnodes "$NNODES" --master "${MASTER:?set MASTER=IP:PORT of the first machine}")
 fi
 [ ${#launch[@]} -eq 0 ] || launch+=(--log_dir "${LAUNCH_LOG_DIR:-log/launch_${tool%.py}}")
-exec "${PYTHON:-python3}" "${launch[@]}" "tools/$tool" -c "${CONFIG:-config/t2t_vit_7_demo.yaml}" "$@"
+exec "${PYTHON:-python3}" "${launch[@]}" "tools/$tool" ${CONFIG:+-c "$CONFIG"} "$@"

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import paddle
@@ -151,6 +152,16 @@ def test_where_to_write_is_never_taken_from_a_checkpoint(tmp_path, default_confi
     assert not (tmp_path / "elsewhere").exists() and (tmp_path / "log" / "val.log").is_file()
     assert tool_config.config_for(argparse.Namespace(config=None, override=[], img_size=None),
                                   read_weights(ckpt)[1])[0].Data.allow_outside_root is False
+
+
+@pytest.mark.slow
+def test_val_sh_without_config_evaluates_a_checkpoint_of_any_run(run, tmp_path):
+    # scripts/launch.sh passes -c only when CONFIG is set: the checkpoint alone decides, as with tools/val.py
+    _, _, ckpt = run
+    env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "val.sh"), "--weights", ckpt, "-o",
+                        f"Global.log_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0 and "final val acc is:1.0000, top3: 1.0000, images: 12" in r.stdout, r.stderr
 
 
 def test_a_config_that_agrees_with_the_checkpoint_is_fine(run):
