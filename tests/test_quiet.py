@@ -79,7 +79,7 @@ def test_a_command_started_as_python_tools_x_prints_no_third_party_note_unless_v
     quiet_run = run("tools/count_macs.py", "--model", "t2t_vit_7")
     assert quiet_run.returncode == 0 and quiet_run.stderr == "", quiet_run.stderr
     loud = run("tools/count_macs.py", "--model", "t2t_vit_7", "-v")
-    assert loud.returncode == 0 and "OMP_NUM_THREADS set to 2" in loud.stderr and "No ccache found" in loud.stderr
+    assert loud.returncode == 0 and "OMP_NUM_THREADS set to 2" in loud.stderr  # (and Paddle 3.x: "No ccache found")
     assert loud.stdout == quiet_run.stdout
 
 
