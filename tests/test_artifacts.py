@@ -310,6 +310,7 @@ def test_a_five_class_export_with_the_default_config_prints_its_own_names_not_im
     ("a syntax error", "Global: {model_name: [\n", "YAML syntax error"),
     ("not text", None, "cannot read"),
     ("no PreProcess", "Global: {model_name: t2t_vit_7}\nPostProcess: {}\n", "PreProcess is missing"),
+    ("an earlier export's", "model: t2t_vit_7\ninput: x\nimg_size: 32\nnum_classes: 3\n", "export the weights again"),
     ("unknown model", "model_name: t2t_vit_7", "unknown model 'vit_huge'"),
     ("labels", "- tench", "label_list holds 4 names for 3 classes"),
     ("resize", "resize_short: 36", "ResizeImage / CropImage do not match img_size 32"),

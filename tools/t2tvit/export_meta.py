@@ -109,6 +109,9 @@ class _Fields:
 
 def _checked(meta, model_dir, where):
     top = _Fields(meta, where)
+    if "Global" not in meta and {"model", "input", "img_size"} <= set(meta):
+        raise UserError(f"{where} was written by an earlier export_model.py (no preprocessing, no class names): "
+                        "export the weights again")
     g = _Fields(top.get("Global", (dict,)), f"{where}: Global")
     ops = _Fields(top.get("PreProcess", (dict,)), f"{where}: PreProcess").get("transform_ops", (list,))
     names = ["ResizeImage", "CropImage", "NormalizeImage", "ToCHWImage"]
