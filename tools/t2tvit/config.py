@@ -311,7 +311,7 @@ RANGES = (
      ("Global.num_classes", "Global.epochs", "Global.eval_every", "Global.print_every",
       "Data.batch_size", "Data.global_batch_size", "Optimizer.lr", "Optimizer.eps")),
     (lambda v: v >= 0, "must be >= 0",
-     ("Global.save_every_steps", "Global.keep_last", "Global.max_skips", "Data.num_workers",
+     ("Global.save_every_steps", "Global.keep_last", "Global.max_skips", "Data.num_workers", "Data.timeout",
       "Augment.mixup", "Augment.cutmix", "Optimizer.weight_decay", "Scheduler.warmup_epochs",
       "Scheduler.cooldown_epochs", "Scheduler.warmup_lr", "Scheduler.min_lr")),
     (lambda v: 0 <= v < 2**63, "must be in [0, 2**63)", ("Global.seed",)),
