@@ -13,8 +13,8 @@ class ModelEMA:
 
     The averaged parameters of `.module` are views into one float32 vector per dtype of the model's weights
     (one for float32 training, two under AMP O2), so that an update is a concat of the model's weights and one
-    lerp per vector (5 kernels for T2T-ViT-7 instead of 111; Paddle has no multi-tensor lerp), with the same
-    arithmetic element by element. Where Paddle cannot make the views (coalesce_tensor), each tensor is updated
+    lerp per vector (5 kernels for T2T-ViT-7, the 3 frozen tensors copied, instead of 111; Paddle has no
+    multi-tensor lerp), with the same arithmetic element by element. Where Paddle cannot make the views (coalesce_tensor), each tensor is updated
     on its own.
     """
 
@@ -31,8 +31,8 @@ class ModelEMA:
                           if not p.stop_gradient and p.is_floating_point()}
         for p in self.module.parameters():
             p.stop_gradient = True
-        self._groups = None  # [(names, module tensors, vector or None)], per dtype of the model's tensors
-        self._source = None  # (id of the model, its tensors in the order of _groups)
+        self._groups = None  # [(averaged, names, module tensors, vector or None)], per dtype of the model's tensors
+        self._source = None  # (id of the model, [(its tensors, their flat views or None)] in the order of _groups)
 
     def _state(self, layer):
         named = dict(layer.named_parameters())
@@ -41,26 +41,27 @@ class ModelEMA:
 
     def _group(self, model):
         """Group the module's tensors by what update() does to them and by the model's dtype: a vector (views
-        of the module's tensors) per group of averaged ones; the copied ones (frozen, buffers) concatenated."""
+        of the module's tensors) per group of averaged ones, and flat views of the model's tensors to
+        concatenate (reshape shares memory: made once, not per step)."""
         own, theirs = self._state(self.module), self._state(model)
         keys = {}
         for name in own:
             keys.setdefault((name in self._averaged, theirs[name].dtype), []).append(name)
-        groups = []
+        self._groups, self._source = [], (id(model), [])
         for (averaged, _), names in keys.items():
-            tensors = [own[n] for n in names]
+            tensors, sources = [own[n] for n in names], [theirs[n] for n in names]
             vector = _views(tensors) if averaged else None
-            groups.append((averaged, names, tensors, vector))
-        self._groups = groups
-        self._source = (id(model), [[theirs[n] for n in names] for _, names, _, _ in groups])
+            flat = [s.reshape([-1]) for s in sources] if vector is not None else None
+            self._groups.append((averaged, names, tensors, vector))
+            self._source[1].append((sources, flat))
 
     @paddle.no_grad()
     def update(self, model):
         if self._source is None or self._source[0] != id(model) or not self._views_hold():
             self._group(model)
-        for (averaged, _, tensors, vector), sources in zip(self._groups, self._source[1]):
-            if averaged and vector is not None:
-                w = paddle.concat([s.reshape([-1]) for s in sources])
+        for (averaged, _, tensors, vector), (sources, flat) in zip(self._groups, self._source[1]):
+            if vector is not None:
+                w = paddle.concat(flat)
                 vector.lerp_(w if w.dtype == vector.dtype else w.astype(vector.dtype), self._weight)
                 continue
             for ema, w in zip(tensors, sources):  # few tensors (frozen, buffers), or no views
@@ -72,10 +73,11 @@ class ModelEMA:
                     paddle.assign(w, ema)
 
     def _views_hold(self):
-        """Whether every averaged tensor of the module still shares its vector (a load may replace a tensor's
-        memory): checked on the host, no kernel."""
-        return all(vector is None or all(t._is_shared_buffer_with(vector) for t in tensors)
-                   for _, _, tensors, vector in self._groups)
+        """Whether the module's averaged tensors still share their vector and the model's flat views their tensors
+        (a load may give a tensor new memory): checked on the host, no kernel."""
+        return all(vector is None or (all(t._is_shared_buffer_with(vector) for t in tensors)
+                                      and all(f._is_shared_buffer_with(s) for f, s in zip(flat, sources)))
+                   for (_, _, tensors, vector), (sources, flat) in zip(self._groups, self._source[1]))
 
     def state_dict(self):
         return self.module.state_dict()

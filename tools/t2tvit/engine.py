@@ -92,9 +92,9 @@ class Trainer:
         self.best = {"acc": -1.0, "which": "model", "epoch": -1}
         self.saved_at = None
         self.run_id = run_id  # recorded in each checkpoint: which run wrote it
-        # Optimizer steps taken since the last check(), as (step, [loss, ...], [acc, ...]) of device scalars, and
-        # the numbers read since the last log line.
-        self.unread, self.losses, self.accs = [], [], []
+        # Optimizer steps taken since the last check(), as (step, [loss, ...], [acc, ...], images replaced) of
+        # device scalars, and the numbers read since the last log line.
+        self.unread, self.losses, self.accs, self.replaced = [], [], [], 0
         self.loss_scale = scaler.INIT if scaler else None  # as last logged
 
     def restore(self, path, state):
@@ -195,14 +195,16 @@ class Trainer:
             self.train_loader.check()
         if not self.unread:
             return
-        steps = [step for step, _, _ in self.unread]
-        values = paddle.stack([v for _, losses, accs in self.unread for v in losses + accs]).numpy()
-        values = values.astype(np.float64).reshape([len(steps), 2, self.accum])
+        steps = [step for step, _, _, _ in self.unread]
+        values = paddle.stack([v for _, losses, accs, replaced in self.unread
+                               for v in losses + accs + [replaced.astype("float32")]]).numpy()
+        values = values.astype(np.float64).reshape([len(steps), 2 * self.accum + 1])
         self.unread = []
-        for losses, accs in values:
-            self.losses += losses.tolist()
-            self.accs += accs.tolist()
-        bad = [float(not np.isfinite(losses).all()) for losses, _ in values]
+        losses, accs = values[:, :self.accum], values[:, self.accum:-1]
+        self.losses += losses.ravel().tolist()
+        self.accs += accs.ravel().tolist()
+        self.replaced += int(values[:, -1].sum())
+        bad = [float(not np.isfinite(step_losses).all()) for step_losses in losses]
         if self.rt.world > 1 and not self.skip_each_step:
             *bad, stops = self.rt.all_sum(bad + [float(self.stop.requested)])
             self.stopping = stops > 0
@@ -232,7 +234,8 @@ class Trainer:
     def train_epoch(self):
         cfg, E, N = self.cfg, self.cfg.Global.epochs, self.sampler.steps_per_epoch
         self.sampler.set_epoch(self.epoch, self.step)
-        timer, read_t, train_t, k, bad = Timer(), 0.0, 0.0, 0, None
+        timer, read_t, train_t, k = Timer(), 0.0, 0.0, 0
+        self.replaced = 0  # unreadable training images replaced this epoch (read at check())
         # The sampler again, beside the loader's own pass over it: the host's copy of each batch's sample seeds.
         for i, (batch, samples) in enumerate(zip(self.train_loader, self.sampler)):
             read_t += timer.lap()
@@ -240,14 +243,14 @@ class Trainer:
             if j == 0:
                 lr = self.sched.lr_at(self.epoch, self.step)
                 self.opt.set_lr(lr)
-                losses, accs = [], []
+                losses, accs, replaced = [], [], 0
             loss, acc = self.micro_step(batch["image"], batch["label"], [seed for _, seed in samples], j)
             losses.append(loss), accs.append(acc)
-            bad = batch["n_bad"].sum() if bad is None else bad + batch["n_bad"].sum()
+            replaced = batch["n_bad"].sum() + replaced
             if j == self.accum - 1:
                 finite = bool(paddle.isfinite(paddle.stack(losses)).all()) if self.skip_each_step else True
                 self.optimizer_step(finite)
-                self.unread.append((self.step, losses, accs))
+                self.unread.append((self.step, losses, accs, replaced))
                 self.step, k = self.step + 1, k + 1
                 if self.step % cfg.Global.print_every == 0 or self.step == N:
                     self.check()
@@ -260,7 +263,7 @@ class Trainer:
                 if self.stopping or (self.rt.world == 1 and self.stop.requested):  # one process: no need to agree
                     raise Stopped(self.stop.signum)
             train_t += timer.lap()
-        bad = int(self.rt.all_sum([int(bad) if bad is not None else 0])[0])
+        bad = int(self.rt.all_sum([self.replaced])[0]) if self.rt.world > 1 else self.replaced
         if bad:
             self.log.warning(f"Epoch [{self.epoch + 1}/{E}]: {bad} unreadable training image(s) replaced")
 

@@ -70,10 +70,13 @@ class FusedAdamW:
     not cover (lazy mode, amsgrad, tensor hyperparameters, a parameter without a gradient), it is opt.step().
     """
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer, probe=True):
         self.opt = optimizer
         self.groups = None  # None: the next step is Paddle's; []: always Paddle's; else [(lr scale, kwargs)]
-        self.call = {}  # dtype -> the fused call's argument layout that passed the probe, or None
+        # dtype -> the fused call's argument layout that passed the probe, or None; probed here, at start-up
+        covered = probe and self._covered()
+        self.call = {p.dtype: _probe(p.dtype, optimizer._multi_precision) if covered else None
+                     for p in optimizer._parameter_list}
 
     def reset(self):
         """After optimizer.set_state_dict: Paddle makes its state anew at the next step."""
@@ -105,9 +108,7 @@ class FusedAdamW:
         groups = []
         for (_, decay, scale), params in keyed.items():
             dtype = params[0].dtype
-            if dtype not in self.call:
-                self.call[dtype] = _probe(dtype, o._multi_precision)
-            if self.call[dtype] is None:
+            if self.call.get(dtype) is None:
                 return []
             master = o._multi_precision and dtype in (paddle.float16, paddle.bfloat16)
             acc = lambda name: [o._get_accumulator_master(name, p) for p in params]  # noqa: E731
@@ -164,7 +165,7 @@ def _probe(dtype, multi_precision):
     for layout in ("3.x", "2.6"):
         try:
             layer, opt = setup()
-            fused = FusedAdamW(opt)
+            fused = FusedAdamW(opt, probe=False)
             fused.call[layer.weight.dtype] = layout
             backward(layer, 0)
             fused.step()  # Paddle's own first step, then the fused kernel
