@@ -14,6 +14,7 @@ import paddle
 import pytest
 
 from runner import ROOT
+from t2tvit.amp import LossScale
 from t2tvit.batch_augment import BatchAugment
 from t2tvit.checkpoint import CheckpointDir
 from t2tvit.config import load_config
@@ -94,8 +95,11 @@ def counting(trainer):
         paddle.to_tensor = to_tensor
 
 
-def test_steps_between_print_steps_read_nothing_back_from_the_device(tmp_path):
+@pytest.mark.parametrize("loss_scale", [False, True])
+def test_steps_between_print_steps_read_nothing_back_from_the_device(tmp_path, loss_scale):
     trainer = make_trainer(tmp_path)
+    if loss_scale:  # fp16's, which runs on a CPU too: an overflow is decided on the device
+        trainer.scaler, trainer.loss_scale = LossScale(), LossScale.INIT
     N = trainer.sampler.steps_per_epoch
     with counting(trainer) as counts:
         trainer.train_epoch()
@@ -105,7 +109,7 @@ def test_steps_between_print_steps_read_nothing_back_from_the_device(tmp_path):
     assert all(counts[s]["read"] == 0 for s in range(N + 1)), dict(counts)
     printed = [s for s in range(1, N + 1) if s % PRINT_EVERY == 0 or s == N]
     assert [s for s in range(N + 1) if counts[s]["check"]] == printed
-    assert all(counts[s]["check"] <= 3 for s in printed)  # the loader's flag, the numbers, the epoch's bad count
+    assert all(counts[s]["check"] <= 3 for s in printed)  # the loader's flag, the numbers, the loss scale
     # Random erasing (every sample erased here) sends its noise in one upload per micro-batch, not one per sample.
     assert all(counts[s]["upload"] <= trainer.accum for s in range(N)) and counts[0]["upload"] == trainer.accum
 

@@ -111,53 +111,58 @@ def check_o2_weights(model, dtype):
 class LossScale:
     """float16's dynamic loss scale, on the device: the loss is multiplied by it, the gradients divided back, and a
     step whose gradients are not finite leaves the weights as they are (its gradients zeroed, its learning rate
-    0) and halves the scale; 2000 finite steps in a row double it. The constants are those of torch's GradScaler
+    0) and halves the scale, down to 1; 2000 finite steps in a row double it. The constants are those of torch's GradScaler
     and apex (the official --amp). Nothing here is read on the host: read() returns the numbers the trainer
     checks at its print steps.
     """
 
     GROWTH_INTERVAL, GROWTH, BACKOFF, INIT = 2000, 2.0, 0.5, 2.0 ** 16
+    FLOOR = 1.0  # Paddle's update_loss_scaling never halves below it
 
     def __init__(self, init=INIT):
-        self.scale = paddle.full([1], init, dtype="float32")
+        self.value = paddle.full([1], init, dtype="float32")
         self.good = paddle.zeros([1], dtype="int32")  # finite steps in a row (toward the next doubling)
         self.bad = paddle.zeros([1], dtype="int32")  # update_loss_scaling's own count, 0 after each halving
         self.streak = paddle.zeros([1], dtype="int32")  # skipped steps in a row, now
         self.longest = paddle.zeros([1], dtype="int32")  # the longest streak since the last read()
         self.skipped = paddle.zeros([1], dtype="int32")  # skipped steps since the last read()
+        self.floored = paddle.zeros([1], dtype="int32")  # of which with the scale at its floor already
 
-    def scaled(self, loss):
-        return loss * self.scale
+    def scale(self, loss):
+        return loss * self.value
 
     def unscale(self, parameters):
         """Divide the gradients by the scale and update it; returns the step's keep factor (float32 [1]: 1 for a
         finite step, 0 for a skipped one, whose gradients are now zeros)."""
         grads = [p.grad for p in parameters if not p.stop_gradient and p.grad is not None]
-        _, found = _C_ops.check_finite_and_unscale_(grads, self.scale)
-        _C_ops.update_loss_scaling_(grads, found, self.scale, self.good, self.bad, self.GROWTH_INTERVAL, 1,
-                                    self.GROWTH, self.BACKOFF, False)
+        _, found = _C_ops.check_finite_and_unscale_(grads, self.value)
         skip = found.astype("int32")
+        self.floored = self.floored + skip * (self.value <= self.FLOOR).astype("int32")
+        _C_ops.update_loss_scaling_(grads, found, self.value, self.good, self.bad, self.GROWTH_INTERVAL, 1,
+                                    self.GROWTH, self.BACKOFF, False)
         self.streak = (self.streak + 1) * skip
         self.longest = paddle.maximum(self.longest, self.streak)
         self.skipped = self.skipped + skip
         return 1.0 - found.astype("float32")
 
     def read(self):
-        """(scale, longest streak of skipped steps, skipped steps) since the last read: one copy to the host."""
-        scale, longest, skipped = paddle.concat([self.scale, self.longest.astype("float32"),
-                                                 self.skipped.astype("float32")]).numpy().tolist()
-        self.longest, self.skipped = self.streak, paddle.zeros_like(self.skipped)
-        return scale, int(longest), int(skipped)
+        """(scale, longest streak of skipped steps, skipped steps, of which at the floor) since the last read: one
+        copy to the host."""
+        scale, longest, skipped, floored = paddle.concat([self.value] + [t.astype("float32") for t in (
+            self.longest, self.skipped, self.floored)]).numpy().tolist()
+        self.longest, self.skipped, self.floored = self.streak, paddle.zeros_like(self.skipped), \
+            paddle.zeros_like(self.floored)
+        return scale, int(longest), int(skipped), int(floored)
 
     def state_dict(self):
         """Paddle's GradScaler layout (older checkpoints hold that), with the skip streak."""
-        return {"scale": self.scale.numpy(), "incr_count": int(self.good), "decr_count": int(self.bad),
-                "streak": int(self.streak), "incr_ratio": self.GROWTH, "decr_ratio": self.BACKOFF,
+        return {"scale": self.value.numpy(), "incr_count": self.good.item(), "decr_count": self.bad.item(),
+                "streak": self.streak.item(), "incr_ratio": self.GROWTH, "decr_ratio": self.BACKOFF,
                 "incr_every_n_steps": self.GROWTH_INTERVAL, "decr_every_n_nan_or_inf": 1,
                 "use_dynamic_loss_scaling": True}
 
     def load_state_dict(self, state):
-        self.scale = paddle.to_tensor(np.asarray(state["scale"], np.float32).reshape([1]))
+        self.value = paddle.to_tensor(np.asarray(state["scale"], np.float32).reshape([1]))
         self.good = paddle.full([1], int(state.get("incr_count", 0)), dtype="int32")
         self.bad = paddle.full([1], int(state.get("decr_count", 0)), dtype="int32")
         self.streak = paddle.full([1], int(state.get("streak", 0)), dtype="int32")

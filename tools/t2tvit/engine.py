@@ -95,7 +95,7 @@ class Trainer:
         # Optimizer steps taken since the last check(), as (step, [loss, ...], [acc, ...], images replaced) of
         # device scalars, and the numbers read since the last log line.
         self.unread, self.losses, self.accs, self.replaced = [], [], [], 0
-        self.loss_scale = scaler.INIT if scaler else None  # as last logged
+        self.loss_scale = scaler.value.item() if scaler else None  # as last logged
 
     def restore(self, path, state):
         """Continue the run saved in `state` (loaded from `path`): weights, optimizer, EMA, scaler, progress."""
@@ -108,6 +108,8 @@ class Trainer:
                                     config=self.cfg.to_dict())
         load_into(self.model, self.opt, weights)
         self.stepper.reset()
+        if self.scaler:
+            self.loss_scale = self.scaler.value.item()
         self.epoch, self.step, self.best, self.skips = (progress[k] for k in ("epoch", "step", "best", "skips"))
         self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step}, best {self.best}"
                       + (f" (saved by run {state['run']})" if state.get("run") else ""))
@@ -172,7 +174,10 @@ class Trainer:
                 return
         if self.scaler:
             keep = self.scaler.unscale(self.model.parameters())
-            self.opt._global_learning_rate().multiply_(keep)  # set again by set_lr at the next step
+            if self.opt._global_learning_rate() is None:  # Paddle makes the tensor at its first step
+                self.opt._create_global_learning_rate()
+            lr = self.opt._global_learning_rate()
+            lr.multiply_(keep.reshape(lr.shape))  # set_lr sets it again at the next step
         self.stepper.step()
         self.opt.clear_grad()
         if self.ema:
@@ -217,7 +222,7 @@ class Trainer:
 
     def check_loss_scale(self, step):
         """Log a drop of the fp16 loss scale; end the run when it keeps overflowing."""
-        scale, longest, skipped = self.scaler.read()
+        scale, longest, skipped, floored = self.scaler.read()
         self.skips += skipped
         where = f"epoch {self.epoch + 1}, step {step}"
         if scale < self.loss_scale:
@@ -228,8 +233,9 @@ class Trainer:
         if longest > self.cfg.Global.max_skips:
             self.refuse(f"{longest} fp16 steps in a row overflowed by {where} (Global.max_skips "
                         f"{self.cfg.Global.max_skips}), loss scale {scale:g}", advice)
-        if skipped and scale <= 1.0:
-            self.refuse(f"the fp16 loss scale fell to its floor (1) and steps still overflow by {where}", advice)
+        if floored:
+            self.refuse(f"the fp16 loss scale is at its floor (1) and {floored} more step(s) overflowed by {where}",
+                        advice)
 
     def train_epoch(self):
         cfg, E, N = self.cfg, self.cfg.Global.epochs, self.sampler.steps_per_epoch
