@@ -301,10 +301,11 @@ def test_device_auto_on_a_cuda_build_without_a_gpu_says_it_trains_on_the_cpu(mon
     monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
     monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: 0)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    device, note = runtime.select_device("auto")
-    assert device == "cpu" and note == ("Global.device=auto: this Paddle is built with CUDA but sees no GPU "
-                                        "(CUDA_VISIBLE_DEVICES='', driver?); training on the CPU")
-    assert runtime.select_device("cpu") == ("cpu", None)
+    notes = []
+    assert runtime.select_device("auto", notes) == "cpu"
+    assert notes == ["Global.device=auto: this Paddle is built with CUDA but sees no GPU (CUDA_VISIBLE_DEVICES='', "
+                     "driver?); training on the CPU"]
+    assert runtime.select_device("cpu", notes) == "cpu" and len(notes) == 1
 
 
 def test_device_cpu_on_several_processes_of_a_cuda_build_meets_over_gloo(monkeypatch):
@@ -391,3 +392,18 @@ def test_a_loss_scale_at_its_floor_that_still_overflows_ends_the_run(tmp_path):
     with pytest.raises(UserError, match=r"^the fp16 loss scale is at its floor \(1\) and 1 more step\(s\) overflowed "
                                         r"by epoch 1, step 1; last good checkpoint: none yet\."):
         t.train_epoch()
+
+
+# ------------------------------------------------------------------------------------------ TensorRT
+
+
+def test_tensorrt_fp16_is_refused_for_performer_models_in_one_line():
+    from t2tvit.backends import gpu_config, trt_problem
+    with pytest.raises(UserError) as e:
+        gpu_config("inference.json", "inference.pdiparams", trt="fp16", trt_input=("x", [3, 224, 224]),
+                   arch="t2t_vit_7")
+    assert str(e.value) == ("--trt fp16 would run t2t_vit_7's Performer (its exp and normaliser) in float16, where "
+                            "its `+ 1e-8` is 0 and flat images give NaN (the official repo's issues #65, #69); use "
+                            "--trt fp32, or fp16 with a t2t_vit_t_* model")
+    assert trt_problem("fp16", "t2t_vit_t_14") is None and trt_problem("fp32", "t2t_vit_7") is None
+    assert trt_problem("fp16", None) is not None  # an export without its model's name: not assumed safe

@@ -14,25 +14,27 @@ import paddle.distributed as dist
 from .errors import StorageError, UserError
 
 
-def select_device(choice):
-    """Global.device: auto | cpu | gpu. Returns ('cpu' or 'gpu', a line saying why it is not what was asked, or
-    None)."""
+def select_device(choice, notes=None, gpu_id=None):
+    """Global.device: auto | cpu | gpu. Returns 'cpu' or 'gpu'; a line saying why it is not what was asked goes
+    to `notes` (a list). gpu_id: the GPU to use (default: the first of FLAGS_selected_gpus, set per process by
+    paddle.distributed.launch)."""
     cuda_build = paddle.is_compiled_with_cuda()
     has_gpu = cuda_build and paddle.device.cuda.device_count() > 0
     if choice == "gpu" and not has_gpu:
         raise UserError("Global.device=gpu but this Paddle sees no GPU (CPU-only wheel or no CUDA device); "
                         "use Global.device=auto or cpu")
     device = "gpu" if choice == "gpu" or (choice == "auto" and has_gpu) else "cpu"
-    note = None
-    if choice == "auto" and cuda_build and not has_gpu:
-        note = (f"Global.device=auto: this Paddle is built with CUDA but sees no GPU (CUDA_VISIBLE_DEVICES="
-                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}, driver?); training on the CPU")
+    if choice == "auto" and cuda_build and not has_gpu and notes is not None:
+        notes.append(f"Global.device=auto: this Paddle is built with CUDA but sees no GPU (CUDA_VISIBLE_DEVICES="
+                     f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}, driver?); training on the CPU")
     if device == "gpu":
-        paddle.set_device(f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}")
+        if gpu_id is None:
+            gpu_id = int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0])
+        paddle.set_device(f"gpu:{gpu_id}")
     else:
         paddle.set_device("cpu")
         keep_freed_memory()
-    return device, note
+    return device
 
 
 def keep_freed_memory():
@@ -57,8 +59,8 @@ class Runtime:
     """Device, rank and world size of this process; init_parallel_env when launched as several."""
 
     def __init__(self, cfg):
-        self.device, note = select_device(cfg.Global.device)
-        self.notes = [note] if note else []  # what runs otherwise than asked: the caller logs them
+        self.notes = []  # what runs otherwise than the config asks, one line each: the caller logs them
+        self.device = select_device(cfg.Global.device, self.notes)
         self.world = dist.get_world_size()
         if self.world > 1:
             if self.device == "cpu" and paddle.is_compiled_with_cuda() and "PADDLE_DISTRI_BACKEND" not in os.environ:
