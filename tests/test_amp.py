@@ -220,6 +220,17 @@ def test_o2_checkpoints_hold_the_float32_master_weights_and_load_into_float32_an
     assert all(np.array_equal(v.numpy(), saved[k].numpy()) for k, v in plain.state_dict().items())
     again, opt2, _ = o2_model()
     load_into(again, opt2, saved)  # and back into an O2 model: bfloat16 weights, exact float32 masters
+    # The masters are named as Paddle names them in a new process (a run's moments are keyed by that name, and a
+    # checkpoint's tensors come back without names).
+    names = []
+    for ours in (True, False):
+        with paddle.utils.unique_name.guard():
+            fresh, opt3, _ = o2_model()
+            head = dict(fresh.named_parameters())["head.weight"]
+            if not ours:
+                opt3._master_weights.clear()
+            names.append(opt3._master_weights[head.name].name if ours else opt3._create_master_weight(head).name)
+    assert names[0] == names[1] and names[0].endswith("_fp32_master_0")
     for k, p in again.named_parameters():
         if k in half:
             assert p.dtype == paddle.bfloat16

@@ -202,5 +202,8 @@ def load_into(model, optimizer, state):
             value = value.astype("float32") if isinstance(value, paddle.Tensor) else \
                 paddle.to_tensor(np.asarray(value, np.float32))
             paddle.assign(value.astype(p.dtype), p)
+            # The name Paddle's first _create_master_weight gives it (in a new process, as every run starts): the
+            # optimizer keys the master's moments by it, in its state and in checkpoints (which lose tensor names).
+            value.name = f"{p.name}_fp32_master_0"
             optimizer._master_weights[p.name] = value
     return bool(halves)
