@@ -418,3 +418,23 @@ def test_tensorrt_fp16_is_refused_for_performer_models_in_one_line():
                             "--trt fp32, or fp16 with a t2t_vit_t_* model")
     assert trt_problem("fp16", "t2t_vit_t_14") is None and trt_problem("fp32", "t2t_vit_7") is None
     assert trt_problem("fp16", None) is not None  # an export without its model's name: not assumed safe
+
+
+def test_the_loss_scale_unscales_each_gradient_dtype_and_moves_once_for_the_step(monkeypatch):
+    """AMP O2 has float32 and half-precision gradients, and Paddle's kernels take one dtype at a time (as its
+    static-graph AMP does: every group zeroed on an overflow, the scale and its counts updated by the first call
+    only). The CPU has no half-precision kernels, so the calls are recorded (float64 stands in for half)."""
+    from t2tvit import amp as amp_module
+    calls = []
+    fake = type("Ops", (), {
+        "check_finite_and_unscale_": staticmethod(lambda grads, scale: calls.append(
+            ("check", [str(g.dtype) for g in grads])) or (grads, paddle.to_tensor([len(calls) == 2]))),
+        "update_loss_scaling_": staticmethod(lambda grads, found, *args: calls.append(
+            ("update", [str(g.dtype) for g in grads], bool(found), args[-1])))})
+    monkeypatch.setattr(amp_module, "_C_ops", fake)
+    a, b, c = (paddle.create_parameter([2], dtype) for dtype in ("float32", "float64", "float32"))
+    (a.sum() + b.sum() + c.sum()).backward()
+    keep = LossScale().unscale([a, b, c])
+    assert keep.numpy().tolist() == [0.0]  # the second group overflowed: the step is skipped
+    f32, f64 = ["paddle.float32"] * 2, ["paddle.float64"]
+    assert calls == [("check", f32), ("check", f64), ("update", f32, True, False), ("update", f64, True, True)]

@@ -134,12 +134,19 @@ class LossScale:
     def unscale(self, parameters):
         """Divide the gradients by the scale and update it; returns the step's keep factor (float32 [1]: 1 for a
         finite step, 0 for a skipped one, whose gradients are now zeros)."""
-        grads = [p.grad for p in parameters if not p.stop_gradient and p.grad is not None]
-        _, found = _C_ops.check_finite_and_unscale_(grads, self.value)
+        groups = {}  # the kernels take one dtype at a time: float32, and AMP O2's half-precision gradients
+        for p in parameters:
+            if not p.stop_gradient and p.grad is not None:
+                groups.setdefault(p.grad.dtype, []).append(p.grad)
+        found = None
+        for grads in groups.values():
+            _, inf = _C_ops.check_finite_and_unscale_(grads, self.value)
+            found = inf if found is None else paddle.logical_or(found, inf)
         skip = found.astype("int32")
         self.floored = self.floored + skip * (self.value <= self.FLOOR).astype("int32")
-        _C_ops.update_loss_scaling_(grads, found, self.value, self.good, self.bad, self.GROWTH_INTERVAL, 1,
-                                    self.GROWTH, self.BACKOFF, False)
+        for i, grads in enumerate(groups.values()):  # every group zeroed on an overflow; the scale moves once
+            _C_ops.update_loss_scaling_(grads, found, self.value, self.good, self.bad, self.GROWTH_INTERVAL, 1,
+                                        self.GROWTH, self.BACKOFF, i > 0)
         self.streak = (self.streak + 1) * skip
         self.longest = paddle.maximum(self.longest, self.streak)
         self.skipped = self.skipped + skip
