@@ -168,7 +168,7 @@ class CheckedLoader:
                 waiting[0] = None
                 if stuck.is_set():
                     raise errors.UserError(
-                        f"no {'training' if self.dataset.train else 'validation'} batch from the "
+                        f"no {'training' if getattr(self.dataset, 'train', False) else 'validation'} batch from the "
                         f"{self.loader.num_workers} data loader worker(s) in {self.timeout:g} s (Data.timeout): a "
                         "worker is stuck (a hung file system?); raise Data.timeout if reading is that slow")
                 yield batch
@@ -332,15 +332,17 @@ def build_dataset(cfg, split, defer_errors=False):
                         defer_errors=defer_errors)
 
 
-def build_loader(cfg, split, batch_size=None, world_size=1, rank=0, accum_steps=1):
+def build_loader(cfg, split, batch_size=None, world_size=1, rank=0, accum_steps=1, dataset=None):
     """(loader, batch sampler) for 'train' or 'val': a paddle.io.DataLoader wrapped in CheckedLoader.
 
     batch_size: images per device and micro-step (default Data.batch_size). Train batches are dicts of
     "image" [B,3,H,W] uint8 (batch_augment.BatchAugment makes them model inputs), "label", "seed" (the sample
     seeds), "n_bad" and "failed"; call batch_sampler.set_epoch(epoch, start_step) before each epoch. Val
     batches: "image" [B,3,H,W] float32 normalised (on the device; uint8 through the loader), "label", "failed".
+    dataset: a defer_errors dataset to load instead of the config's split (eval_sets.py: the robustness sets).
     """
-    dataset = build_dataset(cfg, split, defer_errors=True)
+    if dataset is None:
+        dataset = build_dataset(cfg, split, defer_errors=True)
     batch_size = batch_size or cfg.Data.batch_size
     check_shared_memory(cfg, split, batch_size)
     if split == "train":

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import paddle
 
+from . import watchdog
 from .amp import MasterWeights, load_into
 from .checkpoint import restore_training, training_state
 from .ema import best_source
@@ -21,9 +22,10 @@ from .runtime import Timer, derived_seed, format_eta
 
 
 @paddle.no_grad()
-def evaluate(model, loader, runtime, log=None, print_every=0, autocast=contextlib.nullcontext):
-    """Returns (top1, top5, images) over every rank's share of the set. The hit counts stay on the device until
-    the end (or a print step); autocast: the training run's, as the official validate() runs under its amp."""
+def evaluate(model, loader, runtime, log=None, print_every=0, observe=None, autocast=contextlib.nullcontext):
+    """Returns (top1, top5, images) over every rank's share of the set; observe(logits, batch), if given, sees
+    each batch (eval_sets.py scores the ReaL labels so). The hit counts stay on the device until the end (or a
+    print step); autocast: the training run's, as the official validate() runs under its amp."""
     was_training = model.training
     model.eval()
     correct = None  # device: [top-1 hits, top-5 hits]
@@ -40,6 +42,8 @@ def evaluate(model, loader, runtime, log=None, print_every=0, autocast=contextli
         hits = paddle.stack([hits[:, 0].sum(), hits.sum()])
         correct = hits if correct is None else correct + hits
         seen += labels.shape[0]
+        if observe:
+            observe(logits, batch)
         timer.lap()
         if log and print_every and (i + 1) % print_every == 0:
             log.info(f"Step [{i + 1}/{len(loader)}], acc: {int(correct[0]) / seen:.4f}, "
@@ -151,13 +155,19 @@ class Trainer:
         """Loss and backward of one augmented micro-batch, its gradient scaled by 1 / accum and accumulated;
         returns (loss, logits). Apart from micro_step, the training-step parity test calls it with the official
         code's batches (tests/test_official_train_step.py)."""
-        sync = contextlib.nullcontext() if last or self.rt.world == 1 else self.net.no_sync()
+        # Paddle's recompute (grad checkpointing) runs a backward inside the backward, which DataParallel's reducer
+        # cannot follow: its gradients are then averaged over the devices here, as the reducer averages them.
+        by_hand = self.rt.world > 1 and self.model.grad_checkpointing
+        sync = contextlib.nullcontext() if (last and not by_hand) or self.rt.world == 1 else self.net.no_sync()
         with sync:
             with self.autocast():
                 logits = self.net(images)
             loss = soft_target_cross_entropy(logits.astype("float32"), targets)
             scaled = loss / self.accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        if last and by_hand:
+            from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients
+            fused_allreduce_gradients(list(self.model.parameters()), None)
         return loss, logits
 
     def optimizer_step(self, loss_is_finite=True):
@@ -266,6 +276,7 @@ class Trainer:
                 self.optimizer_step(finite)
                 self.unread.append((self.step, losses, accs, replaced))
                 self.step, k = self.step + 1, k + 1
+                watchdog.progress()  # the host's own beat: a step no longer ends with a collective (check())
                 if self.step % cfg.Global.print_every == 0 or self.step == N:
                     self.check()
                     train_t += timer.lap()

@@ -11,6 +11,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
+from . import watchdog
 from .errors import StorageError, UserError
 
 
@@ -69,6 +70,8 @@ class Runtime:
                 os.environ["PADDLE_DISTRI_BACKEND"] = "gloo"
                 self.notes.append(f"Global.device=cpu on {self.world} processes of a CUDA build of Paddle: they "
                                   "meet over gloo and train on the CPU")
+            if cfg.Global.hang_timeout > 0:  # NCCL's process group reads it when it is made (docs/training.md)
+                os.environ["PADDLE_PG_TIMEOUT"] = str(int(cfg.Global.hang_timeout * 1000))
             dist.init_parallel_env()
             if self.device == "cpu":
                 paddle.set_device("cpu")
@@ -80,7 +83,9 @@ class Runtime:
         t = paddle.to_tensor(np.asarray(values, dtype="float64"))
         if self.world > 1:
             dist.all_reduce(t)
-        return t.numpy().tolist()
+        values = t.numpy().tolist()
+        watchdog.progress()
+        return values
 
 
 def derived_seed(*parts):
