@@ -34,18 +34,6 @@ def atomic_link(src, dst):
     atomic.link_or_copy(src, dst)
 
 
-def weights_or_best(given, output_dir):
-    """The weights a tool should load: `given`, else output_dir/best.pdckpt, else say how to get some."""
-    if given:
-        return given
-    path = os.path.join(output_dir, "best.pdckpt")
-    if os.path.isfile(path):
-        return path
-    raise UserError(f"no weights: {path} does not exist. Train first (bash scripts/train.sh), or convert the "
-                    "official weights (python tools/convert_weights.py --src 71.7_T2T_ViT_7.pth.tar --dst "
-                    "weights/t2t_vit_7.pdparams --model t2t_vit_7) and pass --weights weights/t2t_vit_7.pdparams")
-
-
 def sha256_of(f):
     """Hex sha256 of an open binary file, read from its start; leaves it at the start again."""
     digest = hashlib.sha256()
