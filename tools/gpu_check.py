@@ -37,6 +37,7 @@ from t2tvit.ema import ModelEMA
 from t2tvit.engine import Trainer
 from t2tvit.errors import UserError, cli
 from t2tvit.optim import build_optimizer
+from t2tvit.quiet import add_verbose_flag
 from t2tvit.runtime import MetricsFile, Runtime, Scalars, select_device
 from t2tvit.t2t import create_model
 from t2tvit.transforms import EvalTransform
@@ -265,6 +266,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="training steps per precision (GPU 30, CPU 3)")
     ap.add_argument("--batch", type=int, default=None, help="images per step (GPU 64, CPU 4)")
     ap.add_argument("--workers", type=int, default=4, help="data loader workers for (d)")
+    add_verbose_flag(ap)
     args = ap.parse_args(argv)
     device = select_device("auto")
     tiny = device != "gpu"
