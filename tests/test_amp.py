@@ -349,14 +349,14 @@ def test_the_loss_scale_zeroes_an_overflowing_steps_gradients_and_halves_down_to
     scale = LossScale(init=4.0)
     p = paddle.create_parameter([3], "float32")
     (p * paddle.to_tensor([1.0, float("nan"), 2.0])).sum().backward()
-    assert scale.unscale([p]).numpy().tolist() == [0.0] and p.grad.numpy().tolist() == [0.0, 0.0, 0.0]
+    assert scale.unscale([p]).numpy().tolist() == [True] and p.grad.numpy().tolist() == [0.0, 0.0, 0.0]
     p.clear_grad()
     for _ in range(3):  # 2 -> 1, then the floor
         (p * float("inf")).sum().backward()
         scale.unscale([p])
         p.clear_grad()
     (p * 8.0).sum().backward()
-    assert scale.unscale([p]).numpy().tolist() == [1.0] and p.grad.numpy().tolist() == [8.0] * 3
+    assert scale.unscale([p]).numpy().tolist() == [False] and p.grad.numpy().tolist() == [8.0] * 3
     assert scale.read() == (1.0, 4, 4, 2)  # scale, longest run of skipped steps, skipped steps, at the floor
     assert scale.read() == (1.0, 0, 0, 0)
     state = scale.state_dict()
@@ -375,18 +375,37 @@ def scaled_trainer(tmp_path, poisoned, init=LossScale.INIT, *overrides):
     return t
 
 
-def test_an_overflowing_fp16_step_keeps_the_weights_and_its_scale_drop_is_logged(tmp_path, caplog):
-    t = scaled_trainer(tmp_path, {2})
+def optimizer_arrays(t):
+    """The model's weights and every tensor of the optimizer's state (moments, beta powers), as numpy arrays."""
+    state = t.opt.state_dict()
+    tensors = {k: v for k, v in state.items() if isinstance(v, paddle.Tensor)}
+    return {**{k: v.numpy().copy() for k, v in t.model.state_dict().items()},
+            **{k: v.numpy().copy() for k, v in tensors.items()}}
+
+
+@pytest.mark.parametrize("poisoned", [{2}, {0, 2}])  # {0, ...}: the very first step overflows (no AdamW state yet)
+def test_an_overflowing_fp16_step_is_not_taken_and_its_scale_drop_is_logged(tmp_path, caplog, poisoned):
+    """As torch's GradScaler (the official run's) skips the optimizer call: weights, AdamW's moments and its
+    beta powers (the bias correction's step count) all stay bit for bit as they were."""
+    t = scaled_trainer(tmp_path, poisoned)
     snapshots = []
     step = t.optimizer_step
-    t.optimizer_step = lambda *a: (step(*a), snapshots.append(t.model.fc.weight.numpy().copy()))
+    t.optimizer_step = lambda *a: (step(*a), snapshots.append(optimizer_arrays(t)))
     with caplog.at_level("WARNING", logger="test_amp"):
         t.train_epoch()
-    assert np.array_equal(snapshots[2], snapshots[1])  # the step of the NaN: weights as they were
-    assert all(not np.array_equal(snapshots[i], snapshots[i - 1]) for i in (1, 3, 4))
-    assert t.skips == 1 and t.scaler.value.item() == 32768.0 and np.isfinite(snapshots[-1]).all()
-    assert [r.message for r in caplog.records] == [
-        "fp16 loss scale 65536 -> 32768 by epoch 1, step 2: 1 overflowing step(s) skipped since the last line (1 in all)"]
+    same = lambda a, b: a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(snapshots[2], snapshots[1])  # the step of the NaN: nothing of the optimizer moved
+    assert all(not same(snapshots[i], snapshots[i - 1]) for i in (1, 3, 4) if i - 1 not in poisoned)
+    beta1_pows = [[v for k, v in s.items() if "beta1_pow" in k] for s in snapshots]
+    taken = [i for i in range(len(snapshots)) if i not in poisoned]
+    # Paddle's beta1_pow holds beta1 ** (t + 1) after t steps: the skipped steps did not count
+    assert [float(b[0][0]) for b in beta1_pows if b][-1] == pytest.approx(0.9 ** (len(taken) + 1), rel=1e-6)
+    assert t.skips == len(poisoned) and t.scaler.value.item() == 65536.0 / 2 ** len(poisoned)
+    assert all(np.isfinite(v).all() for v in snapshots[-1].values())
+    if poisoned == {2}:
+        assert [r.message for r in caplog.records] == [
+            "fp16 loss scale 65536 -> 32768 by epoch 1, step 2: 1 overflowing step(s) skipped since the last line "
+            "(1 in all)"]
 
 
 def test_max_skips_overflowing_fp16_steps_in_a_row_end_the_run_with_one_line(tmp_path):
@@ -434,7 +453,7 @@ def test_the_loss_scale_unscales_each_gradient_dtype_and_moves_once_for_the_step
     monkeypatch.setattr(amp_module, "_C_ops", fake)
     a, b, c = (paddle.create_parameter([2], dtype) for dtype in ("float32", "float64", "float32"))
     (a.sum() + b.sum() + c.sum()).backward()
-    keep = LossScale().unscale([a, b, c])
-    assert keep.numpy().tolist() == [0.0]  # the second group overflowed: the step is skipped
+    found = LossScale().unscale([a, b, c])
+    assert found.numpy().tolist() == [True]  # the second group overflowed: the step is skipped
     f32, f64 = ["paddle.float32"] * 2, ["paddle.float64"]
     assert calls == [("check", f32), ("check", f64), ("update", f32, True, False), ("update", f64, True, True)]

@@ -1,8 +1,9 @@
-"""A training step the GPU never waits for, proved on CPU by counting: every way a tensor reaches the host (numpy,
-item, float, int, bool, tolist, np.asarray) is wrapped, and the real T2T-ViT-7 recipe (mixup, cutmix, random
-erasing, accumulation, EMA) runs an epoch. Steps between print steps must read nothing; the reads of a print step
-all happen in Trainer.check(). Also counted: uploads (paddle.to_tensor) per micro-step, and the kernels a step
-launches (Paddle's profiler), which the fused AdamW and the EMA views bring down.
+"""A training step the GPU never waits for (but for fp16's overflow flag), proved on CPU by counting: every way a
+tensor reaches the host (numpy, item, float, int, bool, tolist, np.asarray) is wrapped, and the real T2T-ViT-7
+recipe (mixup, cutmix, random erasing, accumulation, EMA) runs an epoch. Steps between print steps must read
+nothing else; the reads of a print step all happen in Trainer.check(). Also counted: uploads (paddle.to_tensor)
+per micro-step, and the kernels a step launches (Paddle's profiler), which the fused AdamW and the EMA views bring
+down.
 """
 import collections
 import contextlib
@@ -98,7 +99,7 @@ def counting(trainer):
 @pytest.mark.parametrize("loss_scale", [False, True])
 def test_steps_between_print_steps_read_nothing_back_from_the_device(tmp_path, loss_scale):
     trainer = make_trainer(tmp_path)
-    if loss_scale:  # fp16's, which runs on a CPU too: an overflow is decided on the device
+    if loss_scale:  # fp16's, which runs on a CPU too
         trainer.scaler, trainer.loss_scale = LossScale(), LossScale.INIT
     N = trainer.sampler.steps_per_epoch
     with counting(trainer) as counts:
@@ -106,7 +107,9 @@ def test_steps_between_print_steps_read_nothing_back_from_the_device(tmp_path, l
     print({step: dict(c) for step, c in sorted(counts.items())})
     # Tagged with trainer.step when they happen: the micro-steps of step s (0-based) count under s, the check of
     # a print step after the step counter moved on, under the number it prints.
-    assert all(counts[s]["read"] == 0 for s in range(N + 1)), dict(counts)
+    # fp16 reads one flag per step, its overflow (as torch's GradScaler does: skipping the optimizer call exactly
+    # needs it on the host); float32 reads nothing.
+    assert all(counts[s]["read"] == (loss_scale if s < N else 0) for s in range(N + 1)), dict(counts)
     printed = [s for s in range(1, N + 1) if s % PRINT_EVERY == 0 or s == N]
     assert [s for s in range(N + 1) if counts[s]["check"]] == printed
     assert all(counts[s]["check"] <= 3 for s in printed)  # the loader's flag, the numbers, the loss scale

@@ -8,8 +8,9 @@
 - O2: half-precision weights with float32 master copies in the optimizer, except the own parameters of
   t2t.FLOAT32_LAYERS, and under autocast the ops of Paddle's O1 black list in float32: O1 and O2 compute the
   same dtype plan (tests/test_amp.py) and differ only in where the weights are kept.
-- LossScale: float16's dynamic loss scale, kept on the device, so that no step waits for the host to decide
-  whether it overflowed.
+- LossScale: float16's dynamic loss scale, kept on the device; whether a step overflowed is the one number a
+  float16 step reads back (torch's and Paddle's GradScaler read it too: skipping the optimizer call exactly needs
+  it on the host).
 """
 import contextlib
 
@@ -110,10 +111,10 @@ def check_o2_weights(model, dtype):
 
 class LossScale:
     """float16's dynamic loss scale, on the device: the loss is multiplied by it, the gradients divided back, and a
-    step whose gradients are not finite leaves the weights as they are (its gradients zeroed, its learning rate
-    0) and halves the scale, down to 1; 2000 finite steps in a row double it. The constants are those of torch's GradScaler
-    and apex (the official --amp). Nothing here is read on the host: read() returns the numbers the trainer
-    checks at its print steps.
+    step whose gradients are not finite is skipped (the trainer leaves out its optimizer call, as torch's
+    GradScaler does) and halves the scale, down to 1; 2000 finite steps in a row double it. The constants are
+    those of torch's GradScaler and apex (the official --amp). Its counts stay on the device: read() returns the
+    numbers the trainer checks at its print steps.
     """
 
     GROWTH_INTERVAL, GROWTH, BACKOFF, INIT = 2000, 2.0, 0.5, 2.0 ** 16
@@ -132,8 +133,8 @@ class LossScale:
         return loss * self.value
 
     def unscale(self, parameters):
-        """Divide the gradients by the scale and update it; returns the step's keep factor (float32 [1]: 1 for a
-        finite step, 0 for a skipped one, whose gradients are now zeros)."""
+        """Divide the gradients by the scale and update it; returns whether they overflowed (bool [1], on the
+        device; the gradients of an overflowing step are now zeros)."""
         groups = {}  # the kernels take one dtype at a time: float32, and AMP O2's half-precision gradients
         for p in parameters:
             if not p.stop_gradient and p.grad is not None:
@@ -150,7 +151,7 @@ class LossScale:
         self.streak = (self.streak + 1) * skip
         self.longest = paddle.maximum(self.longest, self.streak)
         self.skipped = self.skipped + skip
-        return 1.0 - found.astype("float32")
+        return found
 
     def read(self):
         """(scale, longest streak of skipped steps, skipped steps, of which at the floor) since the last read: one

@@ -77,7 +77,7 @@ class Trainer:
     The device is never waited for inside a step: losses, accuracies, the loss scale and the loaders' failure
     flags stay where they are computed and check() reads them all at once, at print steps (and before a save or
     a validation), where the run stops on a non-finite loss or a loss scale that keeps overflowing. Only
-    Global.nonfinite=skip reads each step's loss, to skip exactly that step.
+    Global.nonfinite=skip reads each step's loss, and fp16 each step's overflow flag, to skip exactly that step.
     """
 
     def __init__(self, cfg, runtime, model, optimizer, schedule, train_loader, sampler, val_loader, accum,
@@ -173,8 +173,9 @@ class Trainer:
     def optimizer_step(self, loss_is_finite=True):
         """Apply the accumulated gradients. loss_is_finite is this rank's verdict on the step's losses, which only
         Global.nonfinite=skip reads on the host (to skip exactly that step, agreed by every rank); otherwise a
-        non-finite loss is found by check(). With fp16's loss scale, a step whose gradients overflowed leaves
-        the weights as they are, decided on the device (its learning rate is multiplied by 0)."""
+        non-finite loss is found by check(). With fp16's loss scale, a step whose gradients overflowed is not
+        taken: weights, AdamW's moments and its step count stay as they are, as under the official run's
+        GradScaler."""
         if self.skip_each_step:
             # One all-reduce per step: do all ranks have a finite loss, and has any been asked to stop?
             finite, stops = self.rt.all_sum([float(loss_is_finite), float(self.stop.requested)])
@@ -190,13 +191,11 @@ class Trainer:
                 if self.ema:
                     self.ema.update(self.model)
                 return
-        if self.scaler:
-            keep = self.scaler.unscale(self.model.parameters())
-            if self.opt._global_learning_rate() is None:  # Paddle makes the tensor at its first step
-                self.opt._create_global_learning_rate()
-            lr = self.opt._global_learning_rate()
-            lr.multiply_(keep.reshape(lr.shape))  # set_lr sets it again at the next step
-        self.stepper.step()
+        # The one read of an fp16 step, as torch's GradScaler (the official run's) and Paddle's make: skipping the
+        # optimizer call exactly needs the overflow flag on the host. A step taken with a zero learning rate
+        # instead would keep the weights but decay the moments and advance the bias correction.
+        if not (self.scaler and bool(self.scaler.unscale(self.model.parameters()))):
+            self.stepper.step()
         self.opt.clear_grad()
         if self.ema:
             self.ema.update(self.model)
