@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import paddle
@@ -159,6 +160,7 @@ def test_val_sh_without_config_evaluates_a_checkpoint_of_any_run(run, tmp_path):
     # scripts/launch.sh passes -c only when CONFIG is set: the checkpoint alone decides, as with tools/val.py
     _, _, ckpt = run
     env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
+    env["PYTHON"] = sys.executable  # the interpreter under test, as tests/runner.py passes it to the scripts
     r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "val.sh"), "--weights", ckpt, "-o",
                         f"Global.log_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert r.returncode == 0 and "final val acc is:1.0000, top3: 1.0000, images: 12" in r.stdout, r.stderr
