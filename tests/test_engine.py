@@ -162,3 +162,21 @@ def test_restore_loads_strictly_and_refuses_non_finite_weights(tmp_path):
     with pytest.raises(UserError, match=r"\(model\) holds non-finite \(NaN/inf\) weights in 1 tensor\(s\): "
                                         r"fc.bias \(1000 of 1000\)"):
         make_trainer(tmp_path).restore(t.ckpts.latest, state)
+
+
+class FewClasses(Tiny):
+    """Tiny with a 3-class head."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = paddle.nn.Linear(3 * SIZE * SIZE, 3)
+
+
+def test_the_validation_line_of_a_three_class_run_names_its_top_3(tmp_path, caplog):
+    t = make_trainer(tmp_path, model=FewClasses())
+    t.cfg = load_config(SCHEMA_PATH, OVERRIDES + ["Global.num_classes=3"])  # lit_data's lists hold ImageNet labels
+    t.val_loader = [{"image": paddle.zeros([2, 3, SIZE, SIZE]), "label": paddle.to_tensor([0, 2])}]
+    with caplog.at_level("INFO", logger="test_engine"):
+        t.validate()
+    assert [r.message for r in caplog.records if " val (" in r.message] == [
+        "Epoch [1/3] val (model): top1 0.5000, top3 1.0000 on 2 images"]

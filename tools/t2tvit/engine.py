@@ -315,9 +315,10 @@ class Trainer:
         if self.ema:
             results["ema"] = evaluate(self.ema.module, self.val_loader, self.rt, autocast=self.autocast)[:2]
         which = best_source(results, self.cfg.EMA.best)
+        k = min(5, self.cfg.Global.num_classes)  # evaluate()'s top-k: of 3 classes, "top5" would be top-3
         for name, (t1, t5) in results.items():
             self.log.info(f"Epoch [{self.epoch + 1}/{self.cfg.Global.epochs}] val ({name}): top1 {t1:.4f}, "
-                          f"top5 {t5:.4f} on {n} images")
+                          f"top{k} {t5:.4f} on {n} images")
             prefix = "val" if name == "model" else "val_ema"
             self.scalars.add(f"{prefix}/top1", t1, self.epoch + 1)
             self.scalars.add(f"{prefix}/top5", t5, self.epoch + 1)
