@@ -448,7 +448,8 @@ def test_start_step_skips_exactly():
     assert len(sampler) == len(resumed) == 10
     assert resumed == full[6:]
     assert _steps(sampler, 5, start_step=8) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.UserError, match=r"cannot continue epoch 6 after optimizer step 9: the training set has "
+                                               r"100 images, 8 steps of 12 per epoch \(did the training list change"):
         sampler.set_epoch(5, start_step=9)
 
 

@@ -135,8 +135,7 @@ def test_a_fifo_named_like_an_image_is_an_error_record_never_a_hang(tmp_path, ca
         out.finish()
     assert done_failed == (1, 1)
     records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
-    assert records[1] == {"path": str(tmp_path / "b.jpg"), "error": "not a regular file (a FIFO, device, "
-                                                                       "socket or folder)"}
+    assert records[1] == {"path": str(tmp_path / "b.jpg"), "error": "not a regular file: a FIFO (named pipe)"}
     assert f"cannot read image {tmp_path / 'b.jpg'}: not a regular file" in capsys.readouterr().err
 
 

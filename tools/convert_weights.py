@@ -12,14 +12,13 @@ torch is needed by this tool alone: pip install -r requirements-convert.txt
 import argparse
 import hashlib
 import io
-import os
 import sys
 
 import numpy as np
 import paddle
 
 from t2tvit import atomic
-from t2tvit.checkpoint import load_file, match_state_dict, sha256_of
+from t2tvit.checkpoint import HashingReader, check_sha256, load_file, match_state_dict, open_weights
 from t2tvit.errors import UserError, cli
 from t2tvit.sizes import parse_size
 from t2tvit.t2t import create_model, linear_weight_names
@@ -33,20 +32,17 @@ def read_torch_state_dict(path, sha256=None):
     except ImportError:
         raise UserError("converting PyTorch checkpoints needs torch: pip install -r requirements-convert.txt "
                         "(the CPU wheel is enough; training and inference never need it)") from None
-    if not os.path.isfile(path):
-        raise UserError(f"--src: no such file: {path}")
+    with open_weights(path, "--src") as f:  # read once: the digest is that of the very bytes unpickled
+        reader = HashingReader(f)
+        data = io.BytesIO(reader.read())
     if sha256:
-        with open(path, "rb") as f:
-            got = sha256_of(f)
-        if got != sha256.strip().lower():
-            raise UserError(f"{path}: sha256 is {got}, not the expected {sha256}; refusing a file that is not the "
-                            "one published")
+        check_sha256(reader, path, sha256)
     try:
         # weights_only: a checkpoint from the internet must not be able to run code when unpickled. The one
         # class beyond tensors and plain types allowed is argparse.Namespace: the official main.py (timm's
         # CheckpointSaver) stores its command line as `args` in every full checkpoint.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as e:
         # torch's own text for this case advises weights_only=False, which is exactly what must not be done.
         raise UserError(f"{path} is not a PyTorch checkpoint of plain tensors ({type(e).__name__}); "

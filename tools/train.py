@@ -9,6 +9,11 @@ position of the micro-batch in the global batch). So 1, 4 or 8 devices follow th
 resumed from any checkpoint continues exactly as if it had never stopped.
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
+from t2tvit.preempt import hold_signals
+
+# run as a command: a signal while Paddle loads waits for our handler (GracefulStop.install), which stops at once
+if __name__ == "__main__":
+    hold_signals()
 import argparse
 import logging
 import os
@@ -94,10 +99,12 @@ def main(argv=None):
         lock.acquire(warn=print)
     stop.on_exit_now(lock.release)
     try:
-        build_trainer(cfg, stop, run_id).run()
+        trainer = build_trainer(cfg, stop, run_id)
+        stop.started()
+        trainer.run()
     except Stopped as e:
-        if not e.logged:  # a second signal before training started
-            log.warning(f"stopped at once by a second {signal_name(e.signum)} while starting: nothing was trained")
+        if not e.logged:  # a signal before training started
+            log.warning(f"stopped by {signal_name(e.signum)} while starting: nothing was trained")
         return e.exit_code
     except StorageError as e:
         raise UserError(f"{e}; newest complete checkpoint: {CheckpointDir(cfg.Global.output_dir).newest()}")

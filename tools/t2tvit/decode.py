@@ -4,12 +4,12 @@ read_image decodes the whole image, which is what evaluation and, by default, tr
 the opt-in fast decode of Data.reduced_decode. Both raise BadImage, with the path, for what Pillow cannot read.
 """
 import math
-import os
-import stat
 import warnings
 
 import numpy as np
 from PIL import Image
+
+from .inputs import NotRegular, open_regular
 
 # What Pillow raises for unreadable, truncated or malformed image files.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -38,20 +38,14 @@ def _to_rgb(img):
 
 
 def _open(path):
-    """`path` opened for reading if it is a regular file; a FIFO, device or socket named like an image is a
-    BadImage, never a hang: O_NONBLOCK keeps open() from waiting for a FIFO's writer, and the type is checked
-    on the opened descriptor (fstat), so the file cannot be swapped between a check and the open."""
+    """`path` opened for reading if it is a regular file; a FIFO, device, socket or folder named like an image is a
+    BadImage saying what it is, never a hang (inputs.open_regular)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return open_regular(path)
+    except NotRegular as e:
+        raise BadImage(path, f"not a regular file: {e.kind}") from None
     except OSError as e:
         raise BadImage(path, f"{type(e).__name__}: {e}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BadImage(path, "not a regular file (a FIFO, device, socket or folder)")
-    os.set_blocking(fd, True)
-    f = open(fd, "rb")
-    f.raw.name = path  # Pillow's messages name the file by it (else "name=3")
-    return f
 
 
 def read_image(path):

@@ -12,6 +12,7 @@ from the trainer and inherit this handler: there it ignores the signal (a termin
 SIGTERM reach every process of the job, but the trainer needs its workers to finish the step and ends them
 itself), unless the trainer is gone or exiting (multiprocessing's exit hook sends SIGTERM), when it exits.
 """
+import contextlib
 import ctypes
 import mmap
 import multiprocessing
@@ -54,6 +55,7 @@ class GracefulStop:
     def __init__(self):
         self.pid = os.getpid()
         self.signum = None
+        self.starting = False
         self.first_at = 0.0
         self.log = None
         self._exiting = mmap.mmap(-1, 1)  # shared with forked data loader workers: 1 once the trainer exits
@@ -64,10 +66,18 @@ class GracefulStop:
         return self.signum is not None
 
     def install(self, log=None):
+        """Handle SIGTERM / SIGINT from now on (and take any that hold_signals() kept waiting): until started(), a
+        signal stops the start-up at once (Stopped); after it, the first one asks for a stop at a step boundary."""
         self.log = log
+        self.starting = True
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
+        release_signals()
         return self
+
+    def started(self):
+        """Training begins: from now on a first signal stops the run after its current step, with a checkpoint."""
+        self.starting = False
 
     def on_exit_now(self, release):
         """Call `release` (e.g. the output folder's lock) also when the backstop ends the process outright."""
@@ -88,6 +98,10 @@ class GracefulStop:
         if self._exiting[0]:
             return
         now = time.monotonic()
+        if self.starting:  # nothing to save yet: no reason to wait
+            self.signum = signum
+            self.exiting()
+            raise Stopped(signum, at_once=True)
         if self.signum is None:
             self.signum, self.first_at = signum, now
             if self.log:
@@ -131,6 +145,43 @@ class GracefulStop:
         for release in releases:
             release()
         os._exit(128 + signum)
+
+
+def hold_signals():
+    """Keep SIGTERM and SIGINT waiting until a handler is in place (GracefulStop.install, exit_on_signals): call it
+    first thing in a command, before Paddle is imported. Meanwhile Python's SIGINT would be a KeyboardInterrupt
+    traceback, and Paddle's import puts in its C++ SIGTERM handler (a FatalError dump); a signal held here is
+    taken by our handler the moment it is installed. Threads started meanwhile keep them blocked, so they always
+    reach the main thread."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
+def release_signals():
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+@contextlib.contextmanager
+def exit_on_signals():
+    """For a command with nothing to finish on a stop (predict, export): inside, SIGTERM / SIGINT end it at once with
+    one line, `stopped by SIGINT`, and exit status 128 + the signal's number (including any hold_signals() kept
+    waiting). It raises SystemExit in the main thread, so every `finally` and `with` on the way out runs
+    (temporaries removed, locks released). The handlers before it are put back on leaving (commands run in-process
+    by the tests)."""
+    def handle(signum, frame):
+        os.write(2, f"stopped by {signal_name(signum)}\n".encode())  # not print(): the signal may have cut one
+        for sig in SIGNALS:  # a second signal while unwinding ends the process without a traceback
+            signal.signal(sig, lambda s, f: os._exit(128 + s))
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in SIGNALS}
+    release_signals()
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def die_with_parent():
