@@ -202,3 +202,70 @@ def test_python_tags_stay_refused_under_the_budget_loader(tmp_path):
     path.write_text("Global:\n  model: !!python/object/apply:os.system [echo owned]\n")
     with pytest.raises(UserError, match="tag.yaml"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize("shape", [(20000, 1), (1, 20000)], ids=["1 x 20000", "20000 x 1"])
+def test_a_tiny_png_of_a_long_thin_image_is_evaluated_in_bounded_memory(tmp_path, shape):
+    """A 140-byte PNG whose whole resize would be 4,960,000 x 248 pixels (5 GB): evaluated within 1 GB of address
+    space (the old transform dies of MemoryError there), at a peak RSS of a few tens of MB above the interpreter's."""
+    import resource
+    import subprocess
+    path = tmp_path / "strip.png"
+    Image.new("RGB", shape, (200, 30, 90)).save(path)
+    assert path.stat().st_size < 200
+    code = ("import resource, sys; from t2tvit.transforms import EvalTransform; "
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            "x = EvalTransform(224)(sys.argv[1]); "
+            "print(x.shape, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                       preexec_fn=limit, env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+                                                  PYTHONPATH=os.path.join(os.path.dirname(DEMO), "..", "tools")))
+    assert r.returncode == 0, r.stderr[-2000:]
+    shape_text, grown_kb = r.stdout.rsplit(" ", 1)
+    assert shape_text == "(3, 224, 224)" and int(grown_kb) < 64 * 1024, r.stdout  # KiB of peak RSS added
+
+
+def sixteen_bit_picture():
+    """A 64 x 48 picture with 16-bit gray levels over the whole range (a gradient, edges and noise)."""
+    rng = np.random.RandomState(0)
+    yy, xx = np.mgrid[0:48, 0:64]
+    levels = xx * 1000.0 + yy * 50 + rng.randint(0, 300, (48, 64))
+    levels[(xx // 9 + yy // 7) % 2 == 0] *= 0.5
+    return np.clip(levels, 0, 65535).astype(np.uint16)
+
+
+def test_high_bit_depth_images_read_as_the_same_picture_as_a_16_bit_png(tmp_path):
+    levels = sixteen_bit_picture()
+    Image.fromarray(levels).save(tmp_path / "p16.png")  # mode I;16: what the other files must give
+    (tmp_path / "p16.pgm").write_bytes(b"P5 64 48 65535\n" + levels.astype(">u2").tobytes())  # opens as mode I
+    Image.fromarray((levels / 65535.0).astype(np.float32)).save(tmp_path / "f32.tiff")  # mode F, in [0, 1]
+    Image.fromarray(levels).save(tmp_path / "p16.tiff")
+    expected = np.asarray(read_image(str(tmp_path / "p16.png")))
+    assert np.array_equal(expected[..., 0], levels >> 8) and expected.std() > 30  # scaled, not clipped to white
+    for name, mode in (("p16.pgm", "I"), ("f32.tiff", "F"), ("p16.tiff", "I;16")):
+        assert Image.open(tmp_path / name).mode == mode
+        np.testing.assert_array_equal(np.asarray(read_image(str(tmp_path / name))), expected, err_msg=name)
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: Image.fromarray(sixteen_bit_picture().astype(np.int32) * 1000).save(p / "i32.tiff"),
+     "a TIFF image of 32-bit integers (mode I), whose range is not known; convert it to 8 or 16 bits"),
+    (lambda p: Image.fromarray(sixteen_bit_picture().astype(np.float32) / 256).save(p / "f255.tiff"),
+     "a floating-point image with values from 0.261719 to 255.914: only [0, 1] has a known meaning"),
+    (lambda p: Image.fromarray(np.full((8, 8), np.nan, np.float32)).save(p / "nan.tiff"),
+     "a floating-point image holding NaN or inf"),
+])
+def test_an_image_whose_range_is_unknown_is_an_error_record(tmp_path, make, reason, capsys):
+    make(tmp_path)
+    Image.new("RGB", (4, 4)).save(tmp_path / "fine.png")
+    with classify.JsonLines(str(tmp_path / "p.jsonl")) as out:
+        assert classify.classify(classify.image_paths([str(tmp_path)]), lambda p: np.asarray(read_image(p), "float32"),
+                                 logits_of(5.0), NAMES, out=out) == (1, 1)
+        out.finish()
+    errors = [r["error"] for r in map(json.loads, (tmp_path / "p.jsonl").read_text().splitlines()) if "error" in r]
+    assert len(errors) == 1 and errors[0].startswith(reason), errors
+    assert "Traceback" not in capsys.readouterr().err
