@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import paddle
 
-from . import errors
+from . import errors, inputs
 from .decode import BadImage
 from .samplers import EvalBatchSampler, TrainBatchSampler
 from .transforms import build_transform
@@ -114,22 +114,34 @@ class CheckedLoader:
             yield batch
 
 
-def _read_lines(path):
+# List and class files are streamed within these budgets: ImageNet's train.txt is 1.28M lines, 50 MB; past a GiB a
+# "list" is a mistake or an attack (a 6 GB one was read whole), and no path or class name is 8,192 characters.
+LIST_MAX_BYTES = 1 << 30
+CLASSES_MAX_BYTES = 16 << 20
+MAX_LINE = 8192
+
+
+def _read_lines(path, max_bytes, what="list file"):
+    """(line number, line) of a UTF-8 list or class file, a BOM dropped, streamed (inputs.text_lines); a UserError
+    naming the file for one that is not a regular file, unreadable, not UTF-8, or over its budget."""
     try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM (some Windows editors write one) is dropped
-            return f.read().splitlines()
+        yield from inputs.text_lines(path, max_bytes, MAX_LINE)
+    except inputs.NotRegular as e:
+        raise errors.UserError(f"{what} {path} is {e.kind}, not a file") from None
+    except inputs.TooLarge as e:
+        raise errors.UserError(f"{what} {path}: {e}; is it the right file?") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise errors.UserError(f"cannot read {path}: {e}") from None
+        raise errors.UserError(f"cannot read {what} {path}: {e}") from None
 
 
 def read_list(list_file, root, num_classes, key="list file", allow_outside_root=False):
     """Parse `relative/path label` lines; check labels, that every path stays inside `root` (an absolute path
     or a `..` escape is refused unless allow_outside_root: Data.allow_outside_root) and that every listed
     image exists. A UTF-8 BOM at the start of the file is not part of the first path."""
-    if not os.path.isfile(list_file):
+    if not os.path.exists(list_file):
         raise errors.UserError(f"{key}: list file not found: {list_file}")
     paths, labels, linenos = [], [], []
-    for lineno, line in enumerate(_read_lines(list_file), 1):
+    for lineno, line in _read_lines(list_file, LIST_MAX_BYTES, f"{key}: list file"):
         if not line.strip():
             continue
         fields = line.rsplit(None, 1)
@@ -172,7 +184,7 @@ def _classes_file(cfg):
     """Data.classes as a file path: as given, else relative to Data.root."""
     name = cfg.Data.classes
     for path in (name, os.path.join(cfg.Data.root, name)):
-        if os.path.isfile(path):
+        if os.path.exists(path):  # a folder or FIFO by that name is then told as such (_read_lines)
             return path
     raise errors.UserError(f"Data.classes: {name!r} is neither imagenet1k, folders nor an existing file")
 
@@ -181,20 +193,25 @@ def class_folders(cfg):
     """Folder names in label order (folder i holds class i) for the folder layout."""
     classes = cfg.Data.classes
     if classes == "imagenet1k":
-        return [s for s in (line.strip() for line in _read_lines(IMAGENET_SYNSETS)) if s]
+        return _names(IMAGENET_SYNSETS)
     if classes == "folders":
         train_dir = os.path.join(cfg.Data.root, "train")
         if not os.path.isdir(train_dir):
             raise errors.UserError(
                 f"Data.classes: folders takes the class folders of {train_dir}, which does not exist")
         return _subfolders(train_dir)
-    return [s for s in (line.strip() for line in _read_lines(_classes_file(cfg))) if s]
+    return _names(_classes_file(cfg))
+
+
+def _names(path):
+    """The non-blank lines of a class file, stripped."""
+    return [s for s in (line.strip() for _, line in _read_lines(path, CLASSES_MAX_BYTES, "Data.classes file")) if s]
 
 
 def class_names(cfg):
     """Human-readable class names in label order, for printing predictions."""
     if cfg.Data.classes == "imagenet1k":
-        return [line.split(" ", 1)[1].strip() for line in _read_lines(IMAGENET_NAMES) if line.strip()]
+        return [line.split(" ", 1)[1] for line in _names(IMAGENET_NAMES)]
     return class_folders(cfg)
 
 
