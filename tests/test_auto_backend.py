@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from t2tvit import deploy
+from t2tvit import backends, deploy, export_files
 
 
 @pytest.fixture
@@ -12,7 +12,7 @@ def model_dir(tmp_path):
     """A folder with every format's model file (placeholders: the timing is injected)."""
     d = tmp_path / "model"
     d.mkdir()
-    for name in (deploy.META_FILE, deploy.ONNX_FILE, deploy.MODEL_FILES[0], deploy.PARAMS_FILE):
+    for name in (export_files.META_FILE, export_files.ONNX_FILE, export_files.MODEL_FILES[0], export_files.PARAMS_FILE):
         (d / name).write_text(name)
     return str(d)
 
@@ -28,15 +28,15 @@ def test_auto_follows_the_measurement_and_reuses_it_from_the_cache(model_dir, tm
     cache, calls = str(tmp_path / "cache" / "auto.json"), []
     timer = fake_timer({"openvino": 0.03, "paddle": 0.01, "onnxruntime": 0.02}, calls)
     backend, why = deploy.measured_auto_backend(model_dir, "fp32", 2, cache, timer)
-    assert backend == "paddle" and sorted(calls) == sorted(deploy.BACKENDS)
+    assert backend == "paddle" and sorted(calls) == sorted(backends.BACKENDS)
     assert why == f"fastest at batch 1 on this CPU (paddle 10.00 ms, onnxruntime 20.00 ms, openvino 30.00 ms; " \
                   f"timed now, cached in {cache})"
     calls.clear()
     assert deploy.measured_auto_backend(model_dir, "fp32", 2, cache, timer)[0] == "paddle" and calls == []
     [key] = json.load(open(cache))
-    assert key.startswith(deploy.machine_key() + "/" + deploy.export_digest(model_dir)) and "fp32/2 threads" in key
+    assert key.startswith(deploy.machine_key() + "/" + export_files.export_digest(model_dir)) and "fp32/2 threads" in key
     # Another model (new weights: new files) is timed again.
-    with open(f"{model_dir}/{deploy.ONNX_FILE}", "a") as f:
+    with open(f"{model_dir}/{export_files.ONNX_FILE}", "a") as f:
         f.write("new weights")
     timer = fake_timer({"openvino": 0.01, "paddle": 0.02, "onnxruntime": 0.03}, calls)
     assert deploy.measured_auto_backend(model_dir, "fp32", 2, cache, timer)[0] == "openvino" and len(calls) == 3
@@ -55,7 +55,7 @@ def test_a_corrupt_cache_is_ignored_with_a_warning_and_rewritten(model_dir, tmp_
 
 def test_one_candidate_needs_no_timing(model_dir, tmp_path):
     # int8 models exist for onnxruntime only: nothing to compare.
-    (tmp_path / "model" / deploy.INT8_MODEL["onnxruntime"]).write_text("int8")
+    (tmp_path / "model" / export_files.INT8_MODEL["onnxruntime"]).write_text("int8")
     backend, why = deploy.measured_auto_backend(model_dir, "int8", 1, str(tmp_path / "c.json"),
                                                 fake_timer({}, []))
     assert (backend, why) == ("onnxruntime", "the only installed backend that can run this model")

@@ -9,9 +9,11 @@ import pytest
 
 import export_model
 from runner import ROOT, error_lines, run_main, run_tool
-from t2tvit import deploy
+from t2tvit import backends, cpu_env, deploy, export, export_files
 from t2tvit.config import load_config
-from t2tvit.deploy import BACKENDS, BF16_BACKENDS, ONNX_FILE, Predictor, create_predictor, model_files
+from t2tvit.backends import BACKENDS, BF16_BACKENDS, Predictor
+from t2tvit.deploy import create_predictor
+from t2tvit.export_files import ONNX_FILE, model_files
 from t2tvit.errors import UserError
 from t2tvit.t2t import create_model
 from t2tvit.transforms import build_transform
@@ -75,14 +77,14 @@ def exported(tmp_path_factory):
 
 
 def test_every_deployment_backend_is_installed_where_the_tests_run():
-    assert deploy.available_backends() == list(BACKENDS)  # requirements-test.txt includes requirements-deploy.txt
+    assert backends.available_backends() == list(BACKENDS)  # requirements-test.txt includes requirements-deploy.txt
 
 
 @pytest.mark.slow
 def test_export_writes_both_formats_and_what_the_graph_takes(exported):
     out = exported[1]
     model_file, _, meta = model_files(out)
-    assert os.path.basename(model_file) in deploy.MODEL_FILES
+    assert os.path.basename(model_file) in export_files.MODEL_FILES
     assert sorted(os.listdir(out)) == sorted([os.path.basename(model_file), "inference.pdiparams",
                                               "inference.yml", ONNX_FILE])
     assert meta == {"model": "t2t_vit_7", "input": "x", "img_size": SIZE, "num_classes": CLASSES}
@@ -104,7 +106,7 @@ def test_each_backend_computes_the_dynamic_logits_at_two_batch_sizes(exported, b
 @pytest.mark.slow
 def test_paddle_backend_without_avx512_computes_the_dynamic_logits(exported, monkeypatch):
     # the predictor an AVX2-only CPU gets, without the oneDNN pass that dies there
-    monkeypatch.setattr(deploy, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(cpu_env, "cpu_flags", lambda: {"avx2"})
     _, out, x, expected = exported
     assert np.abs(Predictor(out, threads=2)(x[:2]) - expected[:2]).max() < FP32_TOL
 
@@ -112,10 +114,10 @@ def test_paddle_backend_without_avx512_computes_the_dynamic_logits(exported, mon
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BF16_BACKENDS)
 def test_bf16_stays_close_to_fp32_and_agrees_on_every_top1(exported, backend):
-    if deploy.precision_problem(backend, "bf16"):  # e.g. a CPU without AVX512_BF16 / AMX
-        pytest.skip(deploy.precision_problem(backend, "bf16"))
+    if backends.precision_problem(backend, "bf16"):  # e.g. a CPU without AVX512_BF16 / AMX
+        pytest.skip(backends.precision_problem(backend, "bf16"))
     _, out, x, expected = exported
-    assert "bf16" in deploy.supported_precisions(backend)
+    assert "bf16" in backends.supported_precisions(backend)
     predictor = create_predictor(out, backend, "bf16", threads=2)
     got = predictor(x)
     diff = np.abs(got - expected).max()
@@ -125,12 +127,12 @@ def test_bf16_stays_close_to_fp32_and_agrees_on_every_top1(exported, backend):
 
 @pytest.mark.slow
 def test_bf16_where_unsupported_is_one_clear_reason(exported, monkeypatch):
-    monkeypatch.setattr(deploy, "cpu_flags", lambda: {"avx2", "avx512f"})
-    assert [deploy.supported_precisions(b) for b in BACKENDS] == [["fp32"], ["fp32", "int8"], ["fp32", "int8"]]
+    monkeypatch.setattr(cpu_env, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert [backends.supported_precisions(b) for b in BACKENDS] == [["fp32"], ["fp32", "int8"], ["fp32", "int8"]]
     with pytest.raises(UserError, match="^bf16 needs a CPU with AVX512_BF16 or AMX; this CPU has neither$"):
         create_predictor(exported[1], "paddle", "bf16")
-    monkeypatch.setattr(deploy, "cpu_flags", lambda: {"avx512_bf16"})
-    assert deploy.supported_precisions("onnxruntime") == ["fp32"]
+    monkeypatch.setattr(cpu_env, "cpu_flags", lambda: {"avx512_bf16"})
+    assert backends.supported_precisions("onnxruntime") == ["fp32"]
     with pytest.raises(UserError, match="onnxruntime has no bf16"):
         create_predictor(exported[1], "onnxruntime", "bf16")
     with pytest.raises(UserError, match="unknown backend 'tensorflow'"):
@@ -153,11 +155,11 @@ def test_auto_backend_is_the_fastest_installed_whose_model_file_is_there(exporte
 
 @pytest.mark.slow
 def test_export_refuses_and_leaves_nothing_when_onnx_runtime_disagrees(exported, tmp_path, monkeypatch, capsys):
-    class Off(deploy.OnnxRuntimePredictor):
+    class Off(backends.OnnxRuntimePredictor):
         def run(self, images):
             return super().run(images) + 2 * FP32_TOL
 
-    monkeypatch.setitem(deploy.CHECKERS, "onnx", Off)
+    monkeypatch.setitem(export.CHECKERS, "onnx", Off)
     weights = os.path.join(os.path.dirname(exported[1]), "weights.pdparams")
     with pytest.raises(SystemExit):
         export_model.main(["-c", CONFIG, "--weights", weights, "--out", str(tmp_path / "inference"), *SMALL])
@@ -185,7 +187,7 @@ def test_export_onnx_only_replaces_a_previous_export(exported, tmp_path):
 @pytest.mark.slow
 def test_openvino_profile_says_where_the_time_goes_by_layer_type(exported):
     _, out, x, _ = exported
-    rows = deploy.openvino_profile(str(out), x[:2], runs=2)
+    rows = backends.openvino_profile(str(out), x[:2], runs=2)
     kinds = [kind for kind, _, _, _ in rows]
     assert "FullyConnected" in kinds and "MVN" in kinds  # the Linear GEMMs and LayerNorm
     assert all(ms >= 0 for _, _, ms, _ in rows) and sum(share for *_, share in rows) == pytest.approx(1.0)

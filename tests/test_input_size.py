@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from runner import ROOT, error_lines, fast_overrides, run_tool
-from t2tvit import deploy
+from t2tvit import deploy, export
 from t2tvit.config import SCHEMA_PATH, load_config
 from t2tvit.errors import UserError
 from t2tvit.sizes import parse_size
@@ -60,8 +60,8 @@ def test_an_export_at_a_non_square_size_computes_the_dynamic_logits_and_checks_t
     paddle.seed(4)
     model = create_model("t2t_vit_7", img_size=(64, 32), num_classes=3)
     model.eval()
-    diffs = deploy.export_checked(model, [64, 32], str(tmp_path / "inference"), ("paddle",))
-    assert diffs["paddle"] <= deploy.CHECK_TOL
+    diffs = export.export_checked(model, [64, 32], str(tmp_path / "inference"), ("paddle",))
+    assert diffs["paddle"] <= export.CHECK_TOL
     engine = deploy.create_predictor(str(tmp_path / "inference"), backend="paddle", threads=1)
     engine.check_img_size([64, 32])
     with pytest.raises(UserError, match="takes 64x32 px images but the config says"):

@@ -9,7 +9,7 @@ import paddle
 import pytest
 
 from runner import ROOT, command, run_main, run_tool
-from t2tvit import deploy, quantize
+from t2tvit import backends, cpu_env, export_files, quantize
 from t2tvit.deploy import create_predictor
 from t2tvit.errors import UserError
 from test_export import CONFIG, PHOTOS, SMALL, decisive_model, one_error_line, photos
@@ -36,13 +36,13 @@ def exported_int8(tmp_path_factory):
 def test_int8_export_writes_a_model_per_backend_and_reports_its_agreement(exported_int8):
     out, r = exported_int8
     assert r.returncode == 0, r.stderr[-3000:]
-    for name in quantize.INT8_FILES:
+    for name in export_files.INT8_FILES:
         assert os.path.getsize(os.path.join(out, name)) > 0
     assert "int8 top-1 agreement with fp32 on the 20 calibration images: onnxruntime 100.0%" in r.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", deploy.INT8_BACKENDS)
+@pytest.mark.parametrize("backend", backends.INT8_BACKENDS)
 def test_int8_agrees_with_fp32_on_every_photo(exported_int8, backend):
     out, _ = exported_int8
     x = photos()
@@ -58,11 +58,11 @@ def test_both_int8_models_run_every_linear_matmul_in_int8_and_keep_the_performer
     # before NNCF, those 21 MatMuls stay float in OpenVINO (33 of 54 int8, measured).
     import onnx
     out, r = exported_int8
-    quantised, kept = quantize.float_kept_matmuls(onnx.load(os.path.join(out, deploy.ONNX_FILE)))
-    counts = quantize.openvino_matmul_precisions(os.path.join(out, quantize.OV_INT8_FILE))
+    quantised, kept = quantize.float_kept_matmuls(onnx.load(os.path.join(out, export_files.ONNX_FILE)))
+    counts = quantize.openvino_matmul_precisions(os.path.join(out, export_files.OV_INT8_FILE))
     assert counts["int8"] == len(quantised) == 7 * 6 + 9 + 1  # blocks (q, k, v, proj, fc1, fc2), T2T module, head
     # ONNX Runtime too, the head included (its pre-processing fuses the head's MatMul + Add into a Gemm)
-    assert quantize.onnx_int8_matmuls(os.path.join(out, quantize.ORT_INT8_FILE)) == len(quantised)
+    assert quantize.onnx_int8_matmuls(os.path.join(out, export_files.ORT_INT8_FILE)) == len(quantised)
     assert counts["float, into Exp"] > 0 and counts["float, into Exp"] + counts["float"] == len(kept)
     assert quantize.int8_matmuls_line(out) in r.stdout
 
@@ -88,14 +88,14 @@ def test_only_linear_layers_are_quantised_and_the_performer_exp_stays_float(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ("auto",) + deploy.INT8_BACKENDS)
+@pytest.mark.parametrize("backend", ("auto",) + backends.INT8_BACKENDS)
 def test_predict_int8_runs_the_quantised_model(exported_int8, backend):
     out, _ = exported_int8
     r = run_tool("predict.py", PHOTOS[0], "--inference-dir", out, "--backend", backend, "--precision", "int8",
                  "--topk", "1", *SMALL, config=CONFIG)
     assert r.returncode == 0, r.stderr
     picked = r.stderr.split("backend: ", 1)[1].split()[0]
-    assert picked in deploy.INT8_BACKENDS and (backend == "auto" or picked == backend), r.stderr
+    assert picked in backends.INT8_BACKENDS and (backend == "auto" or picked == backend), r.stderr
     assert f"backend: {picked} int8 on cpu" in r.stderr and "class_id is: 0" in r.stdout
 
 
@@ -126,11 +126,11 @@ def test_int8_where_it_cannot_run_is_one_line(exported_int8, tmp_path, monkeypat
     assert one_error_line(r).endswith("--int8 quantises model.onnx: use --format onnx or all")
     fp32_only = tmp_path / "fp32"
     fp32_only.mkdir()
-    for name in (deploy.META_FILE, deploy.ONNX_FILE):
+    for name in (export_files.META_FILE, export_files.ONNX_FILE):
         shutil.copy(os.path.join(out, name), fp32_only / name)
     with pytest.raises(UserError, match="holds no int8 model for onnxruntime"):
         create_predictor(str(fp32_only), "onnxruntime", "int8")
-    monkeypatch.setattr(deploy, "cpu_flags", lambda: {"sse4_2"})
+    monkeypatch.setattr(cpu_env, "cpu_flags", lambda: {"sse4_2"})
     with pytest.raises(UserError, match="^int8 needs a CPU with AVX2"):
         create_predictor(out, "openvino", "int8")
 

@@ -15,7 +15,7 @@ from PIL import Image
 import faults
 import idx_to_dataset
 from runner import ROOT, error_lines, run_tool
-from t2tvit import deploy
+from t2tvit import backends
 from t2tvit.checkpoint import load_file
 from t2tvit.t2t import create_model
 
@@ -226,9 +226,9 @@ def test_trained_model_in_bf16_agrees_with_fp32_on_the_held_out_images(trained):
     report = json.loads(line[len("BENCHMARK_JSON "):])
     assert report["compared_images"] == 1000 and report["settings"]["img_size"] == 32
     rows = {r["setting"]: r for r in report["results"]}
-    bf16 = [b for b in deploy.available_backends() if "bf16" in deploy.supported_precisions(b)]
+    bf16 = [b for b in backends.available_backends() if "bf16" in backends.supported_precisions(b)]
     assert sorted(s for s in rows if s.endswith("bf16")) == sorted(f"{b} bf16" for b in bf16)
-    int8 = [b for b in deploy.available_backends() if "int8" in deploy.supported_precisions(b)]
+    int8 = [b for b in backends.available_backends() if "int8" in backends.supported_precisions(b)]
     assert sorted(s for s in rows if s.endswith("int8")) == sorted(f"{b} int8" for b in int8)
     fp32_top1 = rows["Paddle dynamic graph"]["top1_vs_labels"]
     for setting, row in rows.items():

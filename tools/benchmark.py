@@ -10,7 +10,7 @@ In one run, each measure in a fresh process (so that its environment applies and
   torch_train    its training step: forward, soft-target loss, backward, AdamW (drop path 0.1)
   eval_dynamic   Paddle's dynamic-graph model under no_grad
   train          Paddle's training step, as torch_train (the yardstick of its ratio)
-  engine         the exported model in every installed deployment backend x precision (t2tvit/deploy.py)
+  engine         the exported model in every installed deployment backend x precision (t2tvit/backends.py)
   data_train     one data worker running the full recipe's train transform, the official pixels (full decode,
                  RandomResizedCrop, flip, RandAugment m9; uint8 out: normalisation, mixup and erasing happen
                  on the batch) on ImageNet-sized JPEGs (500x375, made from lit_data)

@@ -32,7 +32,7 @@ import paddle
 
 from t2tvit.checkpoint import load_weights
 from t2tvit.config import add_config_args, config_from_args
-from t2tvit.deploy import FORMAT_CHOICES, RUNTIME_NAMES, export_checked, parse_formats
+from t2tvit.export import FORMAT_CHOICES, RUNTIME_NAMES, export_checked, parse_formats
 from t2tvit.errors import UserError, cli
 from t2tvit.quantize import DEFAULT_CALIB_SIZE, calibration_images, int8_agreement_line, int8_matmuls_line
 from t2tvit.sizes import image_hw

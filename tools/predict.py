@@ -10,7 +10,7 @@ Images are read and classified --batch-size at a time with tools/val.py's eval t
 `class_id is: N` (as the original repo did), its class name and the top-k probabilities. --weights: a .pdckpt
 checkpoint of this repo (its saved class names are used) or .pdparams weights (names from Data.classes);
 default Global.output_dir/best.pdckpt. --inference-dir: an exported model (tools/export_model.py) instead,
-run by a deployment backend (t2tvit/deploy.py) (auto: the fastest fp32 one installed).
+run by a deployment backend (t2tvit/backends.py, chosen by t2tvit/deploy.py) (auto: the fastest fp32 one installed).
 
 --output FILE.jsonl writes one JSON object per image, in input order: {"path", "class_id", "class_name",
 "topk": [[id, name, prob], ...]}, with "logits" (every class) under --logits. An image that cannot be read gets
@@ -35,7 +35,8 @@ import sys
 from t2tvit.classify import JsonLines, classify, image_paths
 from t2tvit.config import add_config_args, config_from_args
 from t2tvit.dataset import class_names
-from t2tvit.deploy import BACKENDS, PRECISIONS, Predictor, create_predictor
+from t2tvit.backends import BACKENDS, PRECISIONS, Predictor
+from t2tvit.deploy import create_predictor
 from t2tvit.errors import UserError, cli, shown
 from t2tvit.transforms import build_transform
 

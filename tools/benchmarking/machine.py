@@ -60,7 +60,7 @@ def gemm_rates(args):
     CPU has AVX512_BF16 or AMX; int8 (OpenVINO only: torch's CPU int8 matmul is a reference kernel, 0.3 GFLOP/s
     on a Zen 3 core) where it has AVX2. Both engines count: on AMD CPUs PyTorch's fp32 matmul (MKL) was 185.6
     GFLOP/s where OpenVINO ran the whole model at 268 GFLOP/s (Zen 5), so one engine alone is no limit."""
-    from t2tvit.deploy import cpu_has_bf16, cpu_flags
+    from t2tvit.cpu_env import cpu_has_bf16, cpu_flags
     n, repeat = GEMM_SIZE, max(args.repeat, 5)
     precisions = ["fp32"] + (["bf16"] if cpu_has_bf16() else []) + (["int8"] if "avx2" in cpu_flags() else [])
     engines = {}

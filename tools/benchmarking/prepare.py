@@ -33,7 +33,7 @@ def prepare(args):
     precisions installed."""
     paddle = start_paddle(args)
     from t2tvit.checkpoint import load_weights
-    from t2tvit.deploy import export
+    from t2tvit.export import export
     from t2tvit.t2t import linear_weight_names
     from t2tvit.transforms import build_transform
     cfg = config_of(args)
@@ -66,7 +66,7 @@ def prepare(args):
 
     reference = np.concatenate([predict(x) for x in image_batches(args)])
     np.save(logits_path(args.work_dir, "reference"), reference)
-    from t2tvit.deploy import available_backends, supported_precisions
+    from t2tvit.backends import available_backends, supported_precisions
     backends = {b: supported_precisions(b) for b in available_backends()} if "engine" in args.only else {}
     if "engine" in args.only:
         export(model, args.img_size, os.path.join(args.work_dir, "inference"))

@@ -1,4 +1,5 @@
-"""CPU settings every command needs before Paddle loads; imported first by each tool (no Paddle import here).
+"""CPU settings every command needs before Paddle loads, and what this CPU has; imported first by each tool (no
+Paddle import here).
 
 Sets, unless the user has already set them:
 - OMP_NUM_THREADS = the cores this process may use / the processes on this machine (PADDLE_LOCAL_SIZE, set by
@@ -31,6 +32,26 @@ def is_amd_cpu():
             return "AuthenticAMD" in f.read(1 << 16)
     except OSError:
         return False
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of AVX512_BF16 and AMX-BF16
+
+
+def cpu_flags():
+    """The CPU's feature flags as /proc/cpuinfo names them (avx2, avx512_vnni, ...); empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_bf16():
+    flags = cpu_flags()
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def cpu_settings(environ=None):

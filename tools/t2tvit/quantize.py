@@ -1,7 +1,7 @@
 """Post-training int8 quantisation of an exported model.onnx, calibrated on real images.
 
     images = calibration_images(cfg, ["photos/", "list.txt"], size=64)   # eval transform + normalisation
-    quantize_export(model_dir, images)     # writes INT8_FILES beside model.onnx
+    quantize_export(model_dir, images)     # writes export_files.INT8_FILES beside model.onnx
 
 Two int8 models are written from the same fp32 model.onnx and the same calibration images:
 - ONNX Runtime: static QDQ quantisation (onnxruntime.quantization.quantize_static), activations uint8
@@ -22,14 +22,10 @@ import os
 
 import numpy as np
 
+from .backends import open_backend
+from .cpu_env import cpu_flags
 from .errors import UserError
-
-ORT_INT8_FILE = "model_int8.onnx"
-OV_INT8_FILE = "model_int8.xml"
-OV_INT8_WEIGHTS = "model_int8.bin"
-INT8_FILES = (ORT_INT8_FILE, OV_INT8_FILE, OV_INT8_WEIGHTS)
-# The int8 model each int8 backend runs.
-INT8_MODEL = {"onnxruntime": ORT_INT8_FILE, "openvino": OV_INT8_FILE}
+from .export_files import INT8_MODEL, ONNX_FILE, ORT_INT8_FILE, OV_INT8_FILE
 DEFAULT_CALIB_SIZE = 300
 LIST_EXTENSIONS = (".txt",)
 
@@ -74,8 +70,6 @@ def calibration_images(cfg, sources, size=DEFAULT_CALIB_SIZE):
 
 
 def cpu_has_vnni():
-    from .deploy import cpu_flags
-
     return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
@@ -227,8 +221,6 @@ def quantize_export(model_dir, images, backends=("onnxruntime", "openvino")):
     {backend: file written}."""
     import onnx
 
-    from .deploy import ONNX_FILE
-
     fp32 = os.path.join(model_dir, ONNX_FILE)
     if not os.path.isfile(fp32):
         raise UserError(f"int8 is quantised from {ONNX_FILE}: export the onnx format too (--format onnx or all)")
@@ -249,10 +241,8 @@ def quantize_export(model_dir, images, backends=("onnxruntime", "openvino")):
 def int8_agreement(model_dir, images, batch=32):
     """{int8 backend: (max |logit difference|, top-1 agreement)} against ONNX Runtime's fp32 model.onnx on
     `images`."""
-    from .deploy import create_predictor
-
     def logits(backend, precision):
-        predictor = create_predictor(model_dir, backend, precision, threads=None)
+        predictor = open_backend(model_dir, backend, precision, threads=None)
         return np.concatenate([predictor(images[i:i + batch]) for i in range(0, len(images), batch)])
 
     fp32 = logits("onnxruntime", "fp32")

@@ -1,0 +1,309 @@
+"""The deployment backends: an exported model (export_files.py) run by Paddle Inference, ONNX Runtime or
+OpenVINO, each a callable `engine(images) -> logits`.
+
+    engine = open_backend(DIR, "openvino", precision="fp32", threads=None, device="cpu")
+    available_backends()                # installed of: paddle, onnxruntime, openvino
+    supported_precisions(backend)       # fp32, bf16 where the backend and this CPU have it, int8 (AVX2)
+
+`paddle` runs DIR/inference.json or .pdmodel (oneDNN on CPU; CUDA, or TensorRT with trt=, on GPU),
+`onnxruntime` and `openvino` run DIR/model.onnx. bf16 needs a CPU with AVX512_BF16 or AMX (read from
+/proc/cpuinfo, never assumed) and runs on paddle (oneDNN) and openvino; ONNX Runtime computes in fp32 on x86.
+int8 runs the post-training quantised models of t2tvit/quantize.py (export_model.py --int8) on onnxruntime and
+openvino, on CPUs with at least AVX2 (VNNI makes it faster; without it the int8 kernels use AVX2's u8 x s8
+multiply-add). Choosing a backend (backend="auto") is t2tvit/deploy.py's job.
+"""
+import importlib.util
+
+import numpy as np
+
+from . import cpu_env  # its cpu_flags() is read through the module, so a test can stand in another CPU
+from .cpu_env import usable_cores
+from .errors import UserError
+from .export_files import INT8_MODEL, int8_file, model_files, onnx_file
+from .runtime import keep_freed_memory
+from .sizes import image_hw
+
+BACKENDS = ("paddle", "onnxruntime", "openvino")  # also the names of their Python packages
+BACKEND_FORMAT = {"paddle": "paddle", "onnxruntime": "onnx", "openvino": "onnx"}
+PRECISIONS = ("fp32", "bf16", "int8")
+INT8_BACKENDS = tuple(INT8_MODEL)
+# Paddle's own int8 needs paddleslim's post-training quantisation, whose latest release (2.6.0, January 2024)
+# predates Paddle 3 and its PIR programs; it is not pinned for Paddle 2.6 alone: int8 is quantised once, from
+# model.onnx, for both Paddle versions.
+PADDLE_INT8_MISSING = "Paddle Inference has no int8 path here (paddleslim 2.6.0 predates Paddle 3)"
+BF16_BACKENDS = ("paddle", "openvino")
+# Fuses attention into one oneDNN kernel compiled for AVX-512; on AVX2-only CPUs it dies with SIGILL.
+AVX512_ONLY_PASSES = ("self_attention_fuse_pass",)
+
+
+def _check_backend(backend):
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; use one of auto, {', '.join(BACKENDS)}")
+
+
+def available_backends():
+    """The deployment backends installed here, in BACKENDS order."""
+    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+
+
+def supported_precisions(backend):
+    """Precisions `backend` runs at on this CPU: fp32, plus bf16 where both the backend and the CPU have it."""
+    _check_backend(backend)
+    return [p for p in PRECISIONS if precision_problem(backend, p) is None]
+
+
+def precision_problem(backend, precision, device="cpu"):
+    """Why `backend` cannot run at `precision` here, or None if it can."""
+    if precision not in PRECISIONS:
+        return f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}"
+    if precision == "fp32":
+        return None
+    if device != "cpu":
+        return f"{precision} is a CPU path here; on GPU use the paddle backend with trt='fp16' (--trt fp16)"
+    if precision == "int8":
+        return int8_problem(backend)
+    if backend not in BF16_BACKENDS:
+        return (f"{backend} has no {precision} on x86 CPUs (its CPU kernels compute in fp32); "
+                f"use --backend {' or '.join(BF16_BACKENDS)} for {precision}")
+    if not cpu_env.cpu_has_bf16():
+        return "bf16 needs a CPU with AVX512_BF16 or AMX; this CPU has neither"
+    if backend == "paddle" and paddle_major() == 2:
+        return ("Paddle Inference 2.6's bf16 passes break this model (elementwise_mul fails at run time); "
+                "use Paddle 3.x, or --backend openvino for bf16")
+    return None
+
+
+def int8_problem(backend):
+    """Why `backend` cannot run int8 on this CPU, or None."""
+    if backend not in INT8_BACKENDS:
+        why = PADDLE_INT8_MISSING if backend == "paddle" else f"{backend} has no int8 model"
+        return f"{why}; use --backend {' or '.join(INT8_BACKENDS)} for int8"
+    if "avx2" not in cpu_env.cpu_flags():
+        return "int8 needs a CPU with AVX2 (its u8 x s8 kernels); this CPU has none"
+    return None
+
+
+def paddle_major():
+    import paddle
+
+    return int(paddle.__version__.split(".")[0])
+
+
+def open_backend(model_dir, backend, precision="fp32", threads=None, device="cpu"):
+    """The engine of `backend` (a name, not "auto") on the export in model_dir, at `precision` with `threads`
+    CPU threads (default: every core this process may use)."""
+    _check_backend(backend)
+    if backend not in available_backends():
+        raise UserError(f"backend {backend} is not installed: pip install -r requirements-deploy.txt")
+    problem = precision_problem(backend, precision, device)
+    if problem:
+        raise UserError(problem)
+    if backend == "paddle":
+        return Predictor(model_dir, device, threads, precision=precision)
+    if backend == "onnxruntime":
+        return OnnxRuntimePredictor(model_dir, threads, device, precision)
+    if device != "cpu":
+        raise UserError("the openvino backend runs on CPU here; use --backend paddle or onnxruntime on GPU")
+    return OpenVinoPredictor(model_dir, threads, precision)
+
+
+class Engine:
+    """What every backend shares: the exported input size, and `engine(images) -> logits`."""
+
+    backend = precision = None
+    auto_reason = None  # with backend="auto": why this backend was picked
+
+    def __init__(self, meta):
+        self.img_size = image_hw(meta["img_size"])  # (H, W); older exports wrote one integer
+        self.num_classes = int(meta["num_classes"])
+
+    def check_img_size(self, img_size):
+        if self.img_size != image_hw(img_size):
+            h, w = self.img_size
+            size = h if h == w else f"{h}x{w}"
+            raise UserError(f"the exported model takes {size} px images but the config says "
+                            f"Global.img_size={img_size}: pass the config it was exported with")
+
+    def __call__(self, images):
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != (3, *self.img_size):
+            raise UserError(f"the exported model takes [N, 3, {', '.join(map(str, self.img_size))}] images, "
+                            f"got {list(images.shape)}")
+        return self.run(images)
+
+    def run(self, images):
+        raise NotImplementedError
+
+
+def reuse_memory(config, model_file):
+    """Let intermediate tensors share memory (a third of the peak on CPU); the pass exists for Paddle 2.6's
+    program format only: Paddle 3.3 fails to create the predictor with it on a PIR (.json) model."""
+    if model_file.endswith(".pdmodel"):
+        config.enable_memory_optim()
+
+
+def cpu_config(model_file, params_file, threads=None, kernels="onednn", precision="fp32"):
+    """A paddle.inference.Config running on CPU with oneDNN ('onednn', fp32 or bf16) or Paddle's own kernels
+    ('paddle', fp32)."""
+    import paddle.inference as pi
+
+    keep_freed_memory()
+    # Config(model_file, params_file): Paddle 2.6 misreads a single path prefix.
+    config = pi.Config(model_file, params_file)
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(threads or usable_cores())
+    if kernels == "onednn":
+        config.enable_mkldnn()
+        config.set_mkldnn_cache_capacity(16)  # oneDNN caches kernels per input shape
+        if "avx512f" not in cpu_env.cpu_flags():
+            for name in AVX512_ONLY_PASSES:
+                config.delete_pass(name)
+        if precision == "bf16":
+            config.enable_mkldnn_bfloat16()
+    elif kernels == "paddle" and precision == "fp32":
+        config.disable_mkldnn()
+    else:
+        raise UserError(f"Paddle Inference CPU kernels {kernels!r} at {precision}: use onednn (fp32 or bf16) "
+                        f"or paddle (fp32)")
+    reuse_memory(config, model_file)
+    config.disable_glog_info()
+    return config
+
+
+def gpu_config(model_file, params_file, trt=None, trt_input=None, max_batch=64, gpu_id=0):
+    """A paddle.inference.Config on GPU `gpu_id`; trt 'fp32' or 'fp16' runs it through TensorRT, for inputs
+    trt_input = (name, shape without the batch) and batches up to max_batch."""
+    import paddle.inference as pi
+
+    config = pi.Config(model_file, params_file)
+    config.enable_use_gpu(256, gpu_id)
+    reuse_memory(config, model_file)
+    if trt:
+        if trt not in ("fp32", "fp16"):
+            raise UserError(f"--trt {trt!r}: use fp32 or fp16")
+        mode = pi.PrecisionType.Half if trt == "fp16" else pi.PrecisionType.Float32
+        config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=max_batch, min_subgraph_size=3,
+                                      precision_mode=mode, use_static=False, use_calib_mode=False)
+        name, shape = trt_input
+        config.set_trt_dynamic_shape_info({name: [1] + shape}, {name: [max_batch] + shape},
+                                          {name: [max_batch] + shape})
+    config.disable_glog_info()
+    return config
+
+
+class Predictor(Engine):
+    """The `paddle` backend: Paddle Inference on the exported Paddle program.
+
+    device: 'cpu' or 'gpu'. CPU: oneDNN kernels ('paddle' for Paddle's own, fp32 only) at `precision`
+    (fp32 or bf16), `threads` math threads. GPU: trt None, 'fp32' or 'fp16' (TensorRT, engines built for
+    batches up to max_batch).
+    """
+
+    backend = "paddle"
+
+    def __init__(self, model_dir, device="cpu", threads=None, kernels="onednn", trt=None, max_batch=64,
+                 gpu_id=0, precision="fp32"):
+        import paddle.inference as pi
+
+        model_file, params_file, meta = model_files(model_dir)
+        super().__init__(meta)
+        self.precision = precision
+        if device == "gpu":
+            trt_input = (meta["input"], [3, *self.img_size])
+            config = gpu_config(model_file, params_file, trt, trt_input, max_batch, gpu_id)
+        else:
+            config = cpu_config(model_file, params_file, threads, kernels, precision)
+        self.predictor = pi.create_predictor(config)
+        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+
+    def run(self, images):
+        self.input.reshape(list(images.shape))
+        self.input.copy_from_cpu(images)
+        self.predictor.run()
+        return self.output.copy_to_cpu()
+
+
+class OnnxRuntimePredictor(Engine):
+    """The `onnxruntime` backend: ONNX Runtime on model.onnx, fp32 (CPU, or CUDA where this build has it), or
+    on model_int8.onnx at int8."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, model_dir, threads=None, device="cpu", precision="fp32"):
+        import onnxruntime as ort
+
+        path, meta = onnx_file(model_dir)
+        super().__init__(meta)
+        self.precision = precision
+        if precision == "int8":
+            path = int8_file(model_dir, self.backend)
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError("this onnxruntime has no CUDA; install onnxruntime-gpu or use --backend paddle")
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or usable_cores()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, images):
+        return self.session.run(None, {self.input_name: images})[0]
+
+
+class OpenVinoPredictor(Engine):
+    """The `openvino` backend: OpenVINO on model.onnx, on CPU, fp32 or bf16; int8 on NNCF's model_int8.xml.
+
+    OpenVINO runs bf16 by default on CPUs that have it; fp32 is asked for explicitly (also at int8: the
+    layers left in float then compute in fp32)."""
+
+    backend = "openvino"
+
+    def __init__(self, model_dir, threads=None, precision="fp32", profile=False):
+        import openvino as ov
+
+        path, meta = onnx_file(model_dir)
+        super().__init__(meta)
+        self.precision = precision
+        if precision == "int8":
+            path = int8_file(model_dir, self.backend)
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                  "INFERENCE_NUM_THREADS": threads or usable_cores(),
+                  "PERFORMANCE_HINT": "LATENCY",  # one stream: every thread on the one request
+                  "PERF_COUNT": profile}
+        self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+
+    def run(self, images):
+        return self.request.infer({0: images})[self.output].copy()
+
+    def time_by_layer_type(self):
+        """{(OpenVINO layer type, kernel): ms} of the last run (PERF_COUNT on): the plugin's per-node counters,
+        summed by the type of the node it executed (FullyConnected = the Linear GEMMs, MatMul = the
+        activation x activation products, Subgraph = fused element-wise chains, MVN = LayerNorm, ...)."""
+        times = {}
+        for node in self.request.get_profiling_info():
+            if node.status.name == "EXECUTED":
+                key = (node.node_type, node.exec_type)
+                times[key] = times.get(key, 0.0) + node.real_time.total_seconds() * 1e3
+        return times
+
+
+def openvino_profile(model_dir, images, precision="fp32", threads=None, runs=10):
+    """[(layer type, kernel, ms per run, share)] of OpenVINO running `images` (one batch) through the export,
+    the median over `runs` runs after one warm-up, largest first."""
+    predictor = OpenVinoPredictor(model_dir, threads, precision, profile=True)
+    predictor(images)
+    samples = []
+    for _ in range(runs):
+        predictor(images)
+        samples.append(predictor.time_by_layer_type())
+    median = {k: float(np.median([s.get(k, 0.0) for s in samples])) for k in samples[0]}
+    total = sum(median.values())
+    return sorted(((kind, kernel, ms, ms / total) for (kind, kernel), ms in median.items()), key=lambda r: -r[2])

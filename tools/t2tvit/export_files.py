@@ -1,0 +1,91 @@
+"""The files of an exported model directory (tools/export_model.py writes them; every backend reads them).
+
+    model_files(DIR) -> (inference.json or .pdmodel, inference.pdiparams, meta)   the Paddle Inference program
+    onnx_file(DIR) -> (model.onnx, meta)                                          what ONNX Runtime and OpenVINO run
+    int8_file(DIR, backend)                                                       the int8 model of that backend
+    read_meta(DIR)                                                                inference.yml: what the graph takes
+
+META_FILE is the export's commit record: an export folder without it holds no model that any reader accepts.
+"""
+import hashlib
+import os
+
+import yaml
+
+from .errors import UserError
+
+PREFIX = "inference"
+MODEL_FILES = (PREFIX + ".json", PREFIX + ".pdmodel")  # Paddle 3.x (PIR) writes .json, 2.6 .pdmodel
+PARAMS_FILE = PREFIX + ".pdiparams"
+META_FILE = PREFIX + ".yml"  # what the graph takes: model name, input name, img_size, num_classes
+ONNX_FILE = "model.onnx"
+# The post-training int8 models (t2tvit/quantize.py), both quantised from model.onnx.
+ORT_INT8_FILE = "model_int8.onnx"
+OV_INT8_FILE = "model_int8.xml"
+OV_INT8_WEIGHTS = "model_int8.bin"
+INT8_FILES = (ORT_INT8_FILE, OV_INT8_FILE, OV_INT8_WEIGHTS)
+# The int8 model each int8 backend runs.
+INT8_MODEL = {"onnxruntime": ORT_INT8_FILE, "openvino": OV_INT8_FILE}
+# Export formats and the files each one writes (with META_FILE, which every format needs).
+FORMATS = {"paddle": MODEL_FILES + (PARAMS_FILE,), "onnx": (ONNX_FILE,), "int8": INT8_FILES}
+
+
+def read_meta(model_dir):
+    """The exported model's META_FILE: {model, input, img_size, num_classes}."""
+    if not os.path.isdir(model_dir):
+        raise UserError(f"inference model directory not found: {model_dir}")
+    meta = os.path.join(model_dir, META_FILE)
+    if not os.path.isfile(meta):
+        raise UserError(f"{model_dir} holds no exported model ({META_FILE} is missing); write one with "
+                        f"tools/export_model.py")
+    with open(meta) as f:
+        return yaml.safe_load(f)
+
+
+def model_files(model_dir):
+    """(model file, params file, meta dict) of the Paddle Inference model in model_dir."""
+    meta = read_meta(model_dir)
+    params = os.path.join(model_dir, PARAMS_FILE)
+    for name in MODEL_FILES:
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path) and os.path.isfile(params):
+            return path, params, meta
+    raise UserError(f"{model_dir} holds no Paddle Inference model ({' or '.join(MODEL_FILES)} with "
+                    f"{PARAMS_FILE}); export one with tools/export_model.py --format paddle (or all)")
+
+
+def onnx_file(model_dir):
+    """(path of model.onnx, meta dict) of the ONNX model in model_dir."""
+    meta = read_meta(model_dir)
+    path = os.path.join(model_dir, ONNX_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{model_dir} holds no {ONNX_FILE}; export one with tools/export_model.py --format onnx "
+                        f"(or all)")
+    return path, meta
+
+
+def int8_file(model_dir, backend):
+    """Path of `backend`'s int8 model in model_dir (written by tools/export_model.py --int8)."""
+    read_meta(model_dir)
+    path = os.path.join(model_dir, INT8_MODEL[backend])
+    if not os.path.isfile(path):
+        raise UserError(f"{model_dir} holds no int8 model for {backend} ({INT8_MODEL[backend]}); write it with "
+                        f"tools/export_model.py --int8 --calib IMAGES")
+    return path
+
+
+def has_format(model_dir, fmt):
+    return any(os.path.isfile(os.path.join(model_dir, name)) for name in FORMATS[fmt])
+
+
+def export_digest(model_dir):
+    """A hash of the exported model files in model_dir (a new export is a new model to time)."""
+    digest = hashlib.sha256()
+    for name in sorted(sum(FORMATS.values(), (META_FILE,))):
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            digest.update(name.encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
