@@ -269,3 +269,127 @@ def test_an_image_whose_range_is_unknown_is_an_error_record(tmp_path, make, reas
     errors = [r["error"] for r in map(json.loads, (tmp_path / "p.jsonl").read_text().splitlines()) if "error" in r]
     assert len(errors) == 1 and errors[0].startswith(reason), errors
     assert "Traceback" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- outputs, locks and signals
+
+PHOTO = os.path.join(os.path.dirname(DEMO), "..", "lit_data", "val", "n01614925", "imagenet_17.JPEG")
+AT_32 = ["-o", "Global.img_size=32", "Global.device=cpu"]
+
+
+def test_predict_output_follows_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with classify.JsonLines(str(tmp_path / "p.jsonl")) as out:
+            run_classify(["x.png"], out)
+            out.finish()
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "p.jsonl").st_mode & 0o777 == 0o644  # mkstemp's 0600 before
+
+
+@pytest.mark.parametrize("case", ["missing", "undecodable"])
+def test_visualize_with_an_unreadable_image_is_one_line(tmp_path, case):
+    from runner import error_lines, run_main
+    image = tmp_path / "x.jpg"
+    if case == "undecodable":
+        image.write_bytes(b"\xff\xd8 not a JPEG")
+    r = run_main("visualize.py", image, "--out", tmp_path / "v.png", *AT_32)
+    assert r.returncode == 2 and len(error_lines(r)) == 1, r.stderr
+    assert error_lines(r)[0].startswith(f"error: cannot read image {image}: ")
+    assert not list(tmp_path.glob("v*"))
+
+
+def test_visualize_writes_into_a_new_folder_atomically(tmp_path):
+    from runner import run_main
+    out = tmp_path / "new" / "v.png"
+    r = run_main("visualize.py", PHOTO, "--out", out, *AT_32)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(out.parent)) == ["v.heads.png", "v.png", "v.t2t.png"]  # no temporary left
+    assert Image.open(out).size == (32, 32)
+
+
+def test_a_second_export_into_one_folder_is_refused_and_a_killed_ones_temporaries_are_removed(tmp_path):
+    from t2tvit.export import export_checked
+    from t2tvit.lockfile import OutputLock
+    from t2tvit.t2t import create_model
+    model = create_model("t2t_vit_7", img_size=32, num_classes=5)
+    model.eval()
+    out = tmp_path / "exported"
+    killed = [tmp_path / "exported.tmpk2j4x9ab", tmp_path / "exported.tmp_0z9y8x7"]
+    killed[0].mkdir()
+    (killed[0] / "inference.pdiparams").write_bytes(b"17 MB of an export that was killed")
+    killed[1].write_bytes(b"a stray file of the same kind")
+    keep = [tmp_path / "exported.tmp-notes", tmp_path / "exported.tmp12345678x"]  # not tempfile's names
+    for path in keep:
+        path.write_text("mine")
+    holder = OutputLock(str(out), "another export")
+    try:
+        with pytest.raises(UserError, match=f"--out {out} is being written by another run \\(pid {os.getpid()}"):
+            export_checked(model, 32, str(out), ("paddle",))
+        assert all(path.exists() for path in killed)  # a live holder may own them
+    finally:
+        holder.release()
+    export_checked(model, 32, str(out), ("paddle",))
+    assert not any(path.exists() for path in killed) and all(path.exists() for path in keep)
+    assert sorted(os.listdir(tmp_path)) == sorted(["exported", *(p.name for p in keep)])  # no lock, no temporary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_export_removes_its_temporary_in_one_line_without_paddles_dump(tmp_path, sig):
+    import signal
+    import subprocess
+    from runner import ROOT, command
+    import paddle
+    from t2tvit.t2t import create_model
+    weights = tmp_path / "w.pdparams"
+    paddle.save(create_model("t2t_vit_7", img_size=32).state_dict(), str(weights))
+    out = tmp_path / "exported"
+    cmd, env = command("export_model.py", "--weights", weights, "--out", out, *AT_32)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("exported.tmp*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # until the export is writing its temporary folder
+    time.sleep(0.5)
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + getattr(signal, sig), stderr[-3000:]
+    assert f"stopped by {sig}" in stderr.splitlines()
+    assert "Traceback" not in stderr and "FatalError" not in stderr, stderr[-3000:]
+    assert os.listdir(tmp_path) == ["w.pdparams"]  # no temporary, no lock, no half export
+
+
+@pytest.mark.slow
+def test_a_signal_while_training_starts_ends_it_at_once_in_one_line(tmp_path):
+    from runner import error_lines, fast_overrides, tool_with_fault
+    r = tool_with_fault(["--signal", "SIGTERM", "t2tvit.dataset.build_loader", 1], "train.py", *fast_overrides(tmp_path))
+    assert r.returncode == 143, r.stdout[-2000:] + r.stderr[-2000:]
+    text = r.stdout + r.stderr
+    assert "SIGTERM received while starting: stopped, nothing was trained" in text
+    assert "Traceback" not in text and "FatalError" not in text and not error_lines(r)
+    assert os.listdir(tmp_path / "out") == []  # its lock released, nothing written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool, sig", [("train.py", "SIGTERM"), ("train.py", "SIGINT"), ("predict.py", "SIGINT"),
+                                       ("predict.py", "SIGTERM")])
+def test_a_signal_in_a_commands_first_second_is_one_line_and_its_exit_status(tmp_path, tool, sig):
+    """Paddle loads in that second: Python's SIGINT would be a KeyboardInterrupt traceback there, and Paddle's import
+    puts in a C++ SIGTERM handler that prints a FatalError dump."""
+    import signal
+    import subprocess
+    from runner import ROOT, command, fast_overrides
+    args = fast_overrides(tmp_path) if tool == "train.py" else [PHOTO, "--weights", tmp_path / "none.pdparams"]
+    cmd, env = command(tool, *args)
+    if tool == "train.py":  # as users start it
+        cmd, env = ["bash", os.path.join(ROOT, "scripts", "train.sh"), *map(str, args)], dict(env, PYTHON=sys.executable)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=120)
+    text = stdout + stderr
+    assert proc.returncode == 128 + getattr(signal, sig), text[-3000:]
+    assert "Traceback" not in text and "FatalError" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    said = [line for line in text.splitlines() if sig in line]
+    assert len(said) == 1 and ("stopped" in said[0]), text[-3000:]

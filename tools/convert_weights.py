@@ -9,9 +9,15 @@ The result is checked key by key against the Paddle model and re-loaded strictly
 --src may also be a full checkpoint of the official main.py (its `args` is an argparse.Namespace).
 torch is needed by this tool alone: pip install -r requirements-convert.txt
 """
+from t2tvit.preempt import exit_on_signals, hold_signals
+
+# run as a command: until main(), a signal while torch and Paddle load waits, then is one line (not a traceback)
+if __name__ == "__main__":
+    hold_signals()
 import argparse
 import hashlib
 import io
+import os
 import sys
 
 import numpy as np
@@ -19,7 +25,8 @@ import paddle
 
 from t2tvit import atomic
 from t2tvit.checkpoint import HashingReader, check_sha256, load_file, match_state_dict, open_weights
-from t2tvit.errors import UserError, cli
+from t2tvit.errors import UserError, cli, shown
+from t2tvit.lockfile import OutputLock
 from t2tvit.sizes import parse_size
 from t2tvit.t2t import create_model, linear_weight_names
 
@@ -68,9 +75,17 @@ def encode(state, dst):
 
 
 def write_file(data, dst):
-    """dst := data through atomic.py's exclusive temporary: whole or untouched; an OSError is one UserError line."""
+    """dst := data through atomic.py's exclusive temporary: whole or untouched; an OSError is one UserError line.
+    DST.lock keeps a second converter off dst; holding it, the temporaries of a killed one are removed."""
     try:
-        atomic.write_bytes(dst, data)
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        lock = OutputLock(dst, f"--dst {shown(dst)}")
+        try:
+            for path in atomic.remove_stale_temporaries(dst):
+                print(f"note: removed {shown(path)}, left by a conversion that was killed", file=sys.stderr)
+            atomic.write_bytes(dst, data)
+        finally:
+            lock.release()
     except OSError as e:
         raise UserError(f"cannot write {dst}: {e.strerror or e}") from None
 
@@ -94,6 +109,7 @@ def convert(src, dst, model_name, img_size=224, num_classes=1000, sha256=None):
 
 
 @cli
+@exit_on_signals()
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", required=True, help="official .pth / .pth.tar file")

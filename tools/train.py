@@ -95,16 +95,16 @@ def main(argv=None):
     # Rank 0 writes the output folder, so it alone takes its lock, before anything is written or the ranks
     # meet: a refusal exits it with 2, which makes paddle.distributed.launch end the other ranks.
     lock = RunLock(cfg.Global.output_dir, run_id, shlex.join(launch_argv()))
+    stop.on_exit_now(lock.release)  # before it is taken: a signal while starting ends the process at once
     if dist.get_rank() == 0:
         lock.acquire(warn=print)
-    stop.on_exit_now(lock.release)
     try:
         trainer = build_trainer(cfg, stop, run_id)
         stop.started()
         trainer.run()
     except Stopped as e:
-        if not e.logged:  # a signal before training started
-            log.warning(f"stopped by {signal_name(e.signum)} while starting: nothing was trained")
+        if not e.logged:  # a second signal before training started
+            log.warning(f"stopped at once by a second {signal_name(e.signum)} while starting: nothing was trained")
         return e.exit_code
     except StorageError as e:
         raise UserError(f"{e}; newest complete checkpoint: {CheckpointDir(cfg.Global.output_dir).newest()}")

@@ -67,7 +67,8 @@ class GracefulStop:
 
     def install(self, log=None):
         """Handle SIGTERM / SIGINT from now on (and take any that hold_signals() kept waiting): until started(), a
-        signal stops the start-up at once (Stopped); after it, the first one asks for a stop at a step boundary."""
+        signal ends the process at once (one line, the on_exit_now steps, 128 + its number); after it, the first one
+        asks for a stop at a step boundary."""
         self.log = log
         self.starting = True
         for sig in SIGNALS:
@@ -98,10 +99,11 @@ class GracefulStop:
         if self._exiting[0]:
             return
         now = time.monotonic()
-        if self.starting:  # nothing to save yet: no reason to wait
-            self.signum = signum
+        if self.starting:  # nothing to save yet: end at once (raising here could unwind through Paddle's C++)
             self.exiting()
-            raise Stopped(signum, at_once=True)
+            if self.log:
+                self.log.warning(f"{signal_name(signum)} received while starting: stopped, nothing was trained")
+            self._end_now(signum, self._at_exit_now)
         if self.signum is None:
             self.signum, self.first_at = signum, now
             if self.log:
@@ -162,18 +164,37 @@ def release_signals():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
+_UNDO_ON_STOP = []  # what exit_on_signals' handler undoes before ending the process, newest first
+
+
+@contextlib.contextmanager
+def undone_on_stop(undo):
+    """Inside, a stop by exit_on_signals calls `undo()` (remove a temporary, release a lock) before the process ends."""
+    _UNDO_ON_STOP.append(undo)
+    try:
+        yield
+    finally:
+        _UNDO_ON_STOP.remove(undo)
+
+
 @contextlib.contextmanager
 def exit_on_signals():
     """For a command with nothing to finish on a stop (predict, export): inside, SIGTERM / SIGINT end it at once with
-    one line, `stopped by SIGINT`, and exit status 128 + the signal's number (including any hold_signals() kept
-    waiting). It raises SystemExit in the main thread, so every `finally` and `with` on the way out runs
-    (temporaries removed, locks released). The handlers before it are put back on leaving (commands run in-process
-    by the tests)."""
+    one line, `stopped by SIGINT`, and exit status 128 + the signal's number (including a signal hold_signals()
+    kept waiting), after the undo steps registered with undone_on_stop. The process ends from the handler itself
+    (os._exit): an exception raised there would unwind through whatever Paddle runs at that moment (its dy2static
+    translator catches and reprints it, a C++ frame may crash). The handlers before it are put back on leaving
+    (commands run in-process by the tests)."""
     def handle(signum, frame):
+        for sig in SIGNALS:  # one stop: a repeat (a launcher forwards up to three) changes nothing
+            signal.signal(sig, signal.SIG_IGN)
         os.write(2, f"stopped by {signal_name(signum)}\n".encode())  # not print(): the signal may have cut one
-        for sig in SIGNALS:  # a second signal while unwinding ends the process without a traceback
-            signal.signal(sig, lambda s, f: os._exit(128 + s))
-        raise SystemExit(128 + signum)
+        for undo in reversed(_UNDO_ON_STOP):
+            with contextlib.suppress(Exception):
+                undo()
+        with contextlib.suppress(Exception):  # what was printed so far (predict's lines) stays printed
+            sys.stdout.flush()
+        os._exit(128 + signum)
 
     previous = {sig: signal.signal(sig, handle) for sig in SIGNALS}
     release_signals()
