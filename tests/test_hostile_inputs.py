@@ -393,3 +393,39 @@ def test_a_signal_in_a_commands_first_second_is_one_line_and_its_exit_status(tmp
     assert "Traceback" not in text and "FatalError" not in text and "KeyboardInterrupt" not in text, text[-3000:]
     said = [line for line in text.splitlines() if sig in line]
     assert len(said) == 1 and ("stopped" in said[0]), text[-3000:]
+
+
+def test_the_converter_locks_its_destination_and_removes_a_killed_conversions_temporary(tmp_path, capsys):
+    import convert_weights
+    from t2tvit.lockfile import OutputLock
+    dst = tmp_path / "w.pdparams"
+    stale = tmp_path / "w.pdparams.tmpa1b2c3d4"  # what atomic.write_bytes leaves when the process is killed
+    stale.write_bytes(b"x" * 1000)
+    holder = OutputLock(str(dst), "another conversion")
+    try:
+        with pytest.raises(UserError, match="--dst .*w.pdparams is being written by another run"):
+            convert_weights.write_file(b"weights", str(dst))
+        assert stale.exists() and not dst.exists()
+    finally:
+        holder.release()
+    convert_weights.write_file(b"weights", str(dst))
+    assert os.listdir(tmp_path) == ["w.pdparams"] and dst.read_bytes() == b"weights"
+    assert f"note: removed {stale}, left by a conversion that was killed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resuming_mid_epoch_after_the_training_list_shrank_is_one_line(tmp_path, one_process_run):
+    import paddle
+    from runner import LIT_DATA, ONE, error_lines, fast_overrides, run_tool
+    from t2tvit.checkpoint import load_file
+    state = load_file(str(one_process_run.folder / "out" / "latest.pdckpt"))
+    state["epoch"], state["step"] = 1, 4  # saved at step 4 of epoch 2, with 5 steps of 4 images per epoch
+    checkpoint = tmp_path / "mid.pdckpt"
+    paddle.save(state, str(checkpoint))
+    short = tmp_path / "short.txt"
+    short.write_text("".join(open(os.path.join(LIT_DATA, "train.txt")).readlines()[:8]))  # now 2 steps per epoch
+    r = run_tool("train.py", *fast_overrides(tmp_path, **ONE, **{"Data.train_list": short}), "--resume", checkpoint)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert error_lines(r) == ["error: cannot continue epoch 2 after optimizer step 4: the training set has 8 images, 2 "
+                              "steps of 4 per epoch (did the training list change since the checkpoint was saved? "
+                              "resume with the same data, or start afresh in another Global.output_dir)"]
