@@ -7,7 +7,9 @@ tuple((name, ndarray)), which paddle.load turns back into a tensor), and numpy's
 (multiarray._reconstruct, ndarray, dtype, and multiarray.scalar for numpy numbers); numpy 1 writes them
 under numpy.core, numpy 2 under numpy._core. No eval, no Paddle class. The unpickler below resolves exactly
 those names and refuses every other one before anything is called, so a crafted file stops with one line.
-Published weights are better taken as .safetensors (a JSON header and raw bytes; nothing to execute).
+What it built is then checked once per object (check_tree: a budget of values counted at each reference and
+of depth, tensor dtypes only, string keys) before anything walks it, so a few hundred bytes cannot stand for
+more than memory holds. Published weights are better taken as .safetensors (a JSON header and raw bytes).
 """
 import collections
 import pickle
@@ -191,8 +193,9 @@ def _as_paddle_load_returns(obj, to_tensor):
 def load_paddle_file(f, path):
     """What paddle.load(path) returns for a file paddle.save wrote (open as binary `f`), executing nothing.
 
-    Tensors come back as paddle Tensors, as from paddle.load. A file that names any other global, or
-    is not a pickle at all, is a UserError naming the file (and the refused global).
+    Tensors come back as paddle Tensors, as from paddle.load. A file that names any other global, is not a
+    pickle at all, or holds what check_tree refuses (over budget, no tensor's dtype, non-string keys) is a
+    UserError naming the file and what is wrong.
     """
     try:
         obj = _AllowListUnpickler(f).load()
@@ -201,6 +204,9 @@ def load_paddle_file(f, path):
                         "holds (unpickling it could run code); take weights as .safetensors") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    except MemoryError:
+        raise UserError(f"cannot read {path}: it declares an object larger than this machine's memory (a damaged or "
+                        "crafted file)") from None
     except Exception as e:  # truncated or foreign bytes raise many types; the user needs the path
         raise UserError(f"cannot read {path} as Paddle weights or checkpoint ({type(e).__name__}: {e})") from None
     problem = check_tree(obj)
