@@ -42,8 +42,8 @@ def read_torch_state_dict(path, sha256=None):
     with open_weights(path, "--src") as f:  # read once: the digest is that of the very bytes unpickled
         reader = HashingReader(f)
         data = io.BytesIO(reader.read())
-    if sha256:
-        check_sha256(reader, path, sha256)
+        if sha256:
+            check_sha256(reader, path, sha256)
     try:
         # weights_only: a checkpoint from the internet must not be able to run code when unpickled. The one
         # class beyond tensors and plain types allowed is argparse.Namespace: the official main.py (timm's
