@@ -418,11 +418,12 @@ def test_resuming_mid_epoch_after_the_training_list_shrank_is_one_line(tmp_path,
     import paddle
     from runner import LIT_DATA, ONE, error_lines, fast_overrides, run_tool
     from t2tvit.checkpoint import load_file
+    short = tmp_path / "short.txt"
     state = load_file(str(one_process_run.folder / "out" / "latest.pdckpt"))
     state["epoch"], state["step"] = 1, 4  # saved at step 4 of epoch 2, with 5 steps of 4 images per epoch
+    state["config"]["Data"]["train_list"] = str(short)  # by a run of this list, which has shrunk since
     checkpoint = tmp_path / "mid.pdckpt"
     paddle.save(state, str(checkpoint))
-    short = tmp_path / "short.txt"
     short.write_text("".join(open(os.path.join(LIT_DATA, "train.txt")).readlines()[:8]))  # now 2 steps per epoch
     r = run_tool("train.py", *fast_overrides(tmp_path, **ONE, **{"Data.train_list": short}), "--resume", checkpoint)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]

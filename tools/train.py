@@ -6,7 +6,8 @@
 The config states the global batch; per-device batch x devices x accumulation steps always equals it, and
 every random draw (data order, augmentation, mixup, drop path) is a function of (seed, epoch, step, and the
 position of the micro-batch in the global batch). So 1, 4 or 8 devices follow the same recipe, and a run
-resumed from any checkpoint continues exactly as if it had never stopped.
+resumed from any checkpoint continues exactly as if it had never stopped. It resumes only under its own config
+(--accept-changes continues it under a changed one, recording each change); a finished run is not trained again.
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 from t2tvit.preempt import hold_signals
@@ -24,10 +25,10 @@ import paddle
 import paddle.distributed as dist
 
 from t2tvit.batch_augment import BatchAugment
-from t2tvit.checkpoint import CheckpointDir, load_weights
+from t2tvit.checkpoint import CheckpointDir, RunComplete, load_weights
 from t2tvit.config import add_config_args, config_from_args
 from t2tvit.dataset import build_loader, class_names
-from t2tvit.ema import ModelEMA
+from t2tvit.ema import ModelEMA, short_run_note
 from t2tvit.engine import Trainer, batch_plan
 from t2tvit.errors import StorageError, UserError, cli
 from t2tvit.optim import build_optimizer
@@ -38,10 +39,15 @@ from t2tvit.scheduler import WarmupCosineLR
 from t2tvit.t2t import create_model
 
 
-def build_trainer(cfg, stop, run_id):
+def build_trainer(cfg, stop, run_id, accept_changes=False):
     """Every part of a run, from the config, in the order that makes it reproducible; resumed or fine-tuned."""
     g = cfg.Global
     rt = Runtime(cfg)
+    # What this run continues, decided before anything is written: a refused or finished run leaves every file
+    # as it was (RunComplete). Warnings about skipped checkpoints wait for the log.
+    ckpts = CheckpointDir(g.output_dir, g.keep_last)
+    skipped, names = [], class_names(cfg)
+    path, state = ckpts.resume_from(g.resume, skipped.append, cfg.to_dict(), names, accept_changes)
     log = make_logger("train", os.path.join(g.log_dir, "train.log"), rt.is_main, run_id=run_id)
     scalars = Scalars(g.log_dir, rt.is_main, log)
     metrics = MetricsFile(g.log_dir, rt.is_main, run_id=run_id)
@@ -63,13 +69,16 @@ def build_trainer(cfg, stop, run_id):
     if amp_on and g.amp_level == "O2":
         model, opt = paddle.amp.decorate(model, opt, level="O2", dtype="float16" if g.amp == "fp16" else "bfloat16")
     ema = ModelEMA(model, cfg.EMA.decay) if cfg.EMA.enable else None
-    ckpts = CheckpointDir(g.output_dir, g.keep_last)
+    short = ema and short_run_note(cfg.EMA.decay, g.epochs * sampler.steps_per_epoch, cfg.EMA.best)
+    if short:
+        log.info(short)
     if rt.is_main:  # holding the folder's lock: no live run owns them
         ckpts.remove_stale_temporaries()
     trainer = Trainer(cfg, rt, model, opt, WarmupCosineLR.from_config(cfg, sampler.steps_per_epoch), train_loader,
                       sampler, val_loader, accum, BatchAugment.from_config(cfg), ckpts, log, scalars, metrics,
-                      class_names(cfg), ema=ema, scaler=scaler, autocast=autocast, stop=stop, run_id=run_id)
-    path, state = ckpts.resume_from(g.resume, log.warning)
+                      names, ema=ema, scaler=scaler, autocast=autocast, stop=stop, run_id=run_id)
+    for warning in skipped:
+        log.warning(warning)
     if path is not None:
         trainer.restore(path, state)
     elif g.pretrained:
@@ -85,6 +94,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(ap)
     ap.add_argument("--resume", default=None, help="checkpoint to resume from (overrides Global.resume)")
+    ap.add_argument("--accept-changes", action="store_true",
+                    help="continue a run whose checkpoint holds another config under this one (each change is "
+                         "logged to train.log and metrics.jsonl); the model, sizes, global batch and class names "
+                         "never change within a run")
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     if args.resume is not None:
@@ -99,9 +112,12 @@ def main(argv=None):
     if dist.get_rank() == 0:
         lock.acquire(warn=print)
     try:
-        trainer = build_trainer(cfg, stop, run_id)
+        trainer = build_trainer(cfg, stop, run_id, args.accept_changes)
         stop.started()
         trainer.run()
+    except RunComplete as done:  # exit 0: `train.sh && val.sh` evaluates the finished run
+        print(done, flush=True)
+        return 0
     except Stopped as e:
         if not e.logged:  # a second signal before training started
             log.warning(f"stopped at once by a second {signal_name(e.signum)} while starting: nothing was trained")

@@ -18,9 +18,11 @@ import paddle
 from . import atomic
 from .errors import StorageError, UserError
 from .inputs import NotRegular, open_regular
+from .run_identity import CLASS_NAMES, FIXED, class_difference, differences, flatten, same, shown
 from .safe_load import load_paddle_file
 
-CKPT_PATTERN = re.compile(r"^ckpt-e(\d{4})-s(\d{6})\.pdckpt$")
+# At least 4 and 6 digits (the names are zero-padded to those), more past epoch 9999 or step 999999.
+CKPT_PATTERN = re.compile(r"^ckpt-e(\d{4,})-s(\d{6,})\.pdckpt$")
 
 
 def atomic_save(obj, path):
@@ -315,26 +317,27 @@ def training_state(model, optimizer, ema, scaler, progress, arch, global_batch, 
 
 def run_fit(config):
     """The settings a run can only continue under: they decide tensor shapes, the schedule or the data order."""
-    g = config["Global"]
-    return {"Global.model": g["model"], "Global.img_size": g["img_size"], "Global.num_classes": g["num_classes"],
-            "Data.global_batch_size": config["Data"]["global_batch_size"]}
+    flat = flatten(config)
+    return {k: flat[k] for k in FIXED}
 
 
 def restore_training(state, path, model, optimizer, ema=None, scaler=None, config=None):
     """Load a training checkpoint into the run's parts; returns its progress {epoch, step, best, skips}.
 
     config: this run's config as a dict. A checkpoint saved under other shape-, schedule- or order-deciding
-    settings (run_fit) is refused with one line listing them all; its tensors then load strictly.
+    settings (run_fit) is refused with one line listing them all; its tensors then load strictly. (Whether the
+    checkpoint is this run's at all is CheckpointDir.resume_from's question, asked before anything is built.)
     """
     progress = checked_progress(state, path)
     saved = state.get("config") if isinstance(state.get("config"), dict) else None
     try:
         recorded = run_fit(saved)
-    except (KeyError, TypeError):  # a checkpoint without its config: the fields training_state always writes
+    except (KeyError, AttributeError):  # a checkpoint without its config: the fields training_state always writes
         recorded = {"Global.model": state.get("arch"), "Global.img_size": state.get("img_size"),
                     "Data.global_batch_size": state.get("global_batch")}
     wanted = run_fit(config)
-    differ = [f"{k} (checkpoint {recorded[k]}, config {wanted[k]})" for k in recorded if recorded[k] != wanted[k]]
+    differ = [f"{k} (checkpoint {recorded[k]}, config {wanted[k]})" for k in recorded
+              if not same(k, recorded[k], wanted[k])]
     if differ:
         raise UserError(f"{path} does not fit this config, which differs in {', '.join(differ)}; resume it with "
                         "its own settings, or start afresh in another Global.output_dir")
@@ -345,6 +348,10 @@ def restore_training(state, path, model, optimizer, ema=None, scaler=None, confi
     if scaler and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     return progress
+
+
+class RunComplete(Exception):
+    """The run to resume has trained every epoch of its config: nothing to train (train.py exits with 0)."""
 
 
 class CheckpointDir:
@@ -393,8 +400,13 @@ class CheckpointDir:
         return self.latest + (f" (= {os.path.basename(twins[0])})" if twins else "")
 
     def _periodic(self):
-        return sorted(p for p in glob.glob(os.path.join(self.root, "ckpt-e*.pdckpt"))
-                      if CKPT_PATTERN.match(os.path.basename(p)))
+        """The periodic checkpoints, oldest first: by (epoch, step) as numbers, whatever their digit count."""
+        found = []
+        for p in glob.glob(os.path.join(self.root, "ckpt-e*.pdckpt")):
+            m = CKPT_PATTERN.match(os.path.basename(p))
+            if m:
+                found.append(((int(m.group(1)), int(m.group(2))), p))
+        return [p for _, p in sorted(found)]
 
     def _prune(self):
         periodic = self._periodic()
@@ -402,33 +414,107 @@ class CheckpointDir:
             if not os.path.samefile(old, self.latest):
                 os.remove(old)
 
-    def resume_from(self, resume, warn):
-        """(path, loaded checkpoint) to resume from, or (None, None): Global.resume = 'auto' | '' | a path.
+    def _files(self):
+        """The folder's checkpoint files, newest first: latest, the periodic ones, best."""
+        return [p for p in [self.latest] + self._periodic()[::-1] + [self.best] if os.path.isfile(p)]
 
-        'auto' takes latest.pdckpt; when it cannot be read, the newest readable periodic checkpoint, then
-        best.pdckpt, saying so through `warn`. A path that cannot be read is an error.
+    def resume_from(self, resume, warn, config=None, class_names=None, accept_changes=False):
+        """(path, loaded checkpoint) to resume from, or (None, None) to start afresh: Global.resume = 'auto' | '' |
+        a path. Call it before anything is written; it asks no other process, so with several, rank 0 can decide
+        and hand the path to the others (which load it and restore; RunComplete and errors end them all).
+
+        'auto' takes the newest readable checkpoint of the folder: latest.pdckpt, else (saying why through `warn`)
+        the newest periodic one, then best.pdckpt; a folder without any starts afresh. A fresh start ('') or a
+        checkpoint from elsewhere never writes over a folder that holds checkpoints: that is an error.
+
+        With config (this run's, a dict) and class_names, the checkpoint must be a run of this experiment
+        (run_identity.py): a difference in an identity key is an error listing each, unless accept_changes (the
+        trainer then records them); the model, sizes, global batch and class names never change. A checkpoint
+        that has trained all of config's epochs raises RunComplete.
         """
+        files = self._files()
         if resume == "":
+            if files:
+                raise UserError(f"Global.resume is '' (start afresh), but {self.root} holds a run's checkpoints "
+                                f"({self._names(files)}), which a fresh start would overwrite; continue that run "
+                                "(Global.resume=auto), or train in a new Global.output_dir")
             return None, None
-        if resume != "auto":
+        if resume == "auto":
+            if not files:
+                return None, None
+            path, state = self._newest_readable(files, warn)
+        else:
             if not os.path.isfile(resume):
                 raise UserError(f"Global.resume: no checkpoint at {resume}")
-            return resume, load_file(resume)
-        if not os.path.isfile(self.latest):
-            return None, None
-        unreadable = []
-        for path in [self.latest] + self._periodic()[::-1] + [self.best]:
-            if not os.path.isfile(path):
-                continue
+            if files and not os.path.samefile(os.path.dirname(os.path.abspath(resume)), self.root):
+                raise UserError(f"Global.resume {resume}: {self.root} holds another run's checkpoints "
+                                f"({self._names(files)}), which resuming into it would overwrite; continue {resume} "
+                                "in a new Global.output_dir, or the folder's own run with Global.resume=auto")
+            path, state = resume, self._read(resume)
+        if config is not None:
+            self._check_same_run(path, state, config, class_names, accept_changes, warn)
+            epoch, epochs = state["epoch"], config["Global"]["epochs"]
+            if isinstance(epoch, int) and epoch >= epochs:
+                raise RunComplete(f"{path} has trained all {epochs} epochs of its run: nothing to train. Its best: "
+                                  f"{self._best_of(path, state)}; to train again, use a new Global.output_dir")
+        return path, state
+
+    @staticmethod
+    def _names(files):
+        names = [os.path.basename(p) for p in files]
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    @staticmethod
+    def _read(path):
+        state = load_file(path)
+        if not (isinstance(state, dict) and {"model", "optimizer", "epoch", "step"} <= set(state)):
+            raise UserError(f"{path} is not a training checkpoint")
+        return state
+
+    def _newest_readable(self, files, warn):
+        skipped = [] if os.path.isfile(self.latest) else [f"{self.latest} does not exist"]
+        for path in files:
             try:
-                state = load_file(path)
-                if not (isinstance(state, dict) and {"model", "optimizer", "epoch", "step"} <= set(state)):
-                    raise UserError(f"{path} is not a training checkpoint")
+                state = self._read(path)
             except UserError as e:
-                unreadable.append(str(e))
+                skipped.append(str(e))
                 continue
-            if unreadable:
-                warn(f"warning: {'; '.join(unreadable)}; resuming from {path}, the newest readable checkpoint")
+            if skipped:
+                warn(f"warning: {'; '.join(skipped)}; resuming from {path}, the newest readable checkpoint")
             return path, state
-        raise UserError(f"Global.resume=auto: no readable checkpoint in {self.root} ({'; '.join(unreadable)}). "
+        raise UserError(f"Global.resume=auto: no readable checkpoint in {self.root} ({'; '.join(skipped)}). "
                         "Pass --resume PATH, or move the folder away to start afresh")
+
+    @staticmethod
+    def _check_same_run(path, state, config, class_names, accept_changes, warn):
+        recorded = state.get("config")
+        if not isinstance(recorded, dict):
+            warn(f"warning: {path} records no config (an older version wrote it): only its model, img_size and "
+                 "global batch are checked against this run's")
+            return
+        differ = differences(recorded, config)
+        recorded_names = state.get("class_names") if isinstance(state.get("class_names"), (list, tuple)) else []
+        classes = class_difference(recorded_names, class_names) if class_names is not None else ""
+        fixed = [f"{k} (checkpoint {shown(a)}, config {shown(b)})" for k, a, b in differ if k in FIXED]
+        other = [f"{k} (checkpoint {shown(a)}, config {shown(b)})" for k, a, b in differ if k not in FIXED]
+        other += [classes] * bool(classes)
+        if fixed:
+            what = f"{path} does not fit this config, which differs in {', '.join(fixed)}" + \
+                (f"; it also differs in {', '.join(other)}" if other else "")
+        else:
+            what = f"{path} is a run of another experiment: this config differs in {', '.join(other)}"
+        if fixed or classes:
+            raise UserError(f"{what}; a run keeps its {', '.join(FIXED)} and {CLASS_NAMES}: train this config "
+                            "in a new Global.output_dir")
+        if differ and not accept_changes:
+            raise UserError(f"{what}; train this config in a new Global.output_dir, or continue that run with these "
+                            "changes by adding --accept-changes (each is recorded in train.log and metrics.jsonl)")
+
+    @staticmethod
+    def _best_of(path, state):
+        best = os.path.join(os.path.dirname(path), "best.pdckpt")
+        record = state.get("best") if isinstance(state.get("best"), dict) else {}
+        acc = record.get("acc")
+        return (f"{best if os.path.isfile(best) else 'best.pdckpt is missing'} (top1 "
+                f"{f'{acc:.4f}' if isinstance(acc, float) else acc}, {record.get('which')} weights, epoch "
+                f"{record.get('epoch')})")

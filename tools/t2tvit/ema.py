@@ -60,3 +60,21 @@ def best_source(results, choice="ema"):
     if choice == "either":
         return max(results, key=lambda k: results[k][0])
     return choice
+
+
+def short_run_note(decay, steps, choice):
+    """One line for a run of `steps` optimizer steps, fewer than its EMA's horizon 2 / (1 - decay); else None.
+
+    After n steps the average still holds decay ** n of the weights it started from: over e^-2 (14%) below the
+    horizon, so on a short run the EMA stays near the start (random or pretrained) and, picking best.pdckpt by
+    it (EMA.best: ema), an early model wins. 'either' takes the better of the two each time.
+    """
+    if steps * (1 - decay) >= 2 - 1e-9:  # (1 - 0.9) * 20 is 1.9999999999999996 in floats
+        return None
+    picks = {"ema": "best.pdckpt follows them (EMA.best: ema): EMA.best=either keeps the better of the model and its "
+                    "EMA, a lower EMA.decay averages over fewer steps",
+             "either": "best.pdckpt is the better of the model and its EMA (EMA.best: either)",
+             "model": "best.pdckpt follows the model (EMA.best: model)"}[choice]
+    return (f"note: this run has {steps} optimizer steps, under the ~{2 / (1 - decay):.0f} that EMA.decay {decay} "
+            f"averages over (2 / (1 - decay)): the EMA weights will still hold {decay ** steps:.0%} of the starting "
+            f"ones; {picks}")

@@ -15,6 +15,7 @@ from .ema import best_source
 from .errors import UserError
 from .mixup import soft_target_cross_entropy
 from .preempt import GracefulStop, Interruptible, Stopped, resume_command, signal_name
+from .run_identity import differences, shown
 from .runtime import Timer, derived_seed, format_eta
 
 
@@ -94,6 +95,13 @@ class Trainer:
         self.epoch, self.step, self.best, self.skips = (progress[k] for k in ("epoch", "step", "best", "skips"))
         self.log.info(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step}, best {self.best}"
                       + (f" (saved by run {state['run']})" if state.get("run") else ""))
+        # Only --accept-changes lets a checkpoint of another config this far (CheckpointDir.resume_from).
+        recorded = state.get("config")
+        for key, old, new in differences(recorded, self.cfg.to_dict()) if isinstance(recorded, dict) else ():
+            self.log.warning(f"config change accepted (--accept-changes) at epoch {self.epoch + 1}, step "
+                             f"{self.step}: {key} {shown(old)} -> {shown(new)}")
+            self.metrics.write(kind="config_change", epoch=self.epoch + 1, step=self.step, key=key, checkpoint=old,
+                               config=new)
 
     def save(self, is_best=False):
         if not self.rt.is_main:
