@@ -1,13 +1,14 @@
 """Run the repo's tools as a user would: subprocesses on lit_data with small, fast settings, each with a timeout.
 
 The helpers every test module shares (tests/conftest.py turns the main ones into fixtures): ROOT, the reference
-fixtures' folder, run_tool / run_main (the same in this process) / start / tool_with_fault, error_lines, losses,
-fast_overrides, train_once.
+fixtures (their folders, official_weights, write_official_checkpoint, official_eval_errors), run_tool / run_main
+(the same in this process) / start / tool_with_fault, error_lines, losses, fast_overrides, train_once.
 """
 import collections
 import contextlib
 import importlib
 import io
+import math
 import os
 import socket
 import subprocess
@@ -15,22 +16,59 @@ import sys
 import tempfile
 import time
 
-import pytest
+import numpy as np
 
+import official_fixtures
 from t2tvit.runtime import MetricsFile, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIT_DATA = os.path.join(ROOT, "lit_data")
 DEMO = os.path.join(ROOT, "config", "t2t_vit_7_demo.yaml")
-# The official code's outputs (read-only, maintained beside the repo; see its README).
-REFERENCE = os.path.join(ROOT, "..", "shared", "fixtures", "t2t_vit_7")
-needs_reference = pytest.mark.skipif(not os.path.isdir(REFERENCE), reason=f"the reference fixtures are not at "
-                                     f"{REFERENCE} (they are maintained beside the repo, see its README)")
+# The official code's outputs, in the repo (tests/data/official: made by tools/make_reference.py, see its README).
+REFERENCE = official_fixtures.EVAL
+TRAIN_REFERENCE = official_fixtures.TRAIN_STEP
 ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 # The seeded run that resumed runs must reproduce exactly (with or without periodic checkpoints).
 ONE = {"Global.seed": 7, "Data.num_workers": 1}
 # A finished training run shared by several tests, read-only: its folder (out/, log/), stdout and losses().
 TrainedRun = collections.namedtuple("TrainedRun", "folder losses stdout")
+
+
+def official_weights(folder=REFERENCE):
+    """A fixture's weights as the official state dict holds them ({name: array}, torch layout): the seeded tensors
+    and the fixed position table (the model's own, which tests/test_model.py proves the official's bit for bit)."""
+    from t2tvit.t2t import sinusoid_table
+    meta = official_fixtures.read_meta(folder)
+    weights = official_fixtures.seeded_weights(meta["weights"]["spec"], meta["weights"]["seed"])
+    tokens, dim = (meta["img_size"] // 16) ** 2 + 1, weights["cls_token"].shape[-1]
+    return {"pos_embed": sinusoid_table(tokens, dim), **weights}
+
+
+def write_official_checkpoint(path, folder=REFERENCE):
+    """Write a fixture's weights as the official release stores them: {'state_dict_ema': name -> torch tensor}."""
+    import torch
+    torch.save({"state_dict_ema": {k: torch.from_numpy(v) for k, v in official_weights(folder).items()}}, str(path))
+    return str(path)
+
+
+def official_eval_errors(logits, intermediates):
+    """{what: error} of an eval of the reference weights on the reference input against the official outputs: max
+    |diff| of the logits; for each intermediate, max |diff| over its kept elements and |norm difference| /
+    sqrt(size) (which the max |diff| over all its elements bounds), after checking its shape."""
+    meta = official_fixtures.read_meta(REFERENCE)
+    with np.load(os.path.join(REFERENCE, "outputs.npz")) as ref:
+        errors = {"logits": float(np.abs(logits - ref["logits"]).max())}
+        for name, info in meta["intermediates"].items():
+            got = intermediates[name]
+            assert list(got.shape) == info["shape"], name
+            errors[name] = float(np.abs(official_fixtures.sample(got, **meta["sample"]) - ref[name]).max())
+            errors[f"{name} norm"] = abs(official_fixtures.norm(got) - info["norm"]) / math.sqrt(got.size)
+    return errors
+
+
+def reference_input():
+    meta = official_fixtures.read_meta(REFERENCE)["input"]
+    return official_fixtures.random_input(meta["seed"], tuple(meta["shape"]))
 
 
 def fast_overrides(tmp_path, **extra):

@@ -1,11 +1,11 @@
 """tools/benchmark.py runs every measurement end to end (at toy sizes: this checks plumbing, not speed)."""
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 from benchmarking.settings import JSON_PREFIX, MEASURES
+from skip_policy import installed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")
@@ -30,7 +30,7 @@ def test_one_run_measures_everything_side_by_side():
     report = report_of(r)
     assert report["settings"]["calib"] == [calib]
     rows = {row["measure"]: row for row in report["results"]}
-    has_torch = importlib.util.find_spec("torch") is not None
+    has_torch = installed("torch")
     expected = [m for m in MEASURES if has_torch or not m.startswith("torch_")]
     assert sorted(set(rows)) == sorted(expected)
     for row in report["results"]:
@@ -70,6 +70,7 @@ def test_rounds_interleave_and_pool_the_timed_runs():
     assert r.returncode == 0, r.stderr
     report = report_of(r)
     assert report["settings"]["rounds"] == 2
+    assert report["settings"]["config"] == os.path.join("config", "t2t_vit_7.yaml")  # no absolute path of this machine
     for row in report["results"]:
         assert len(row["rounds_images_per_s"]) == 2 and len(row["seconds_per_item"]) == 4
 
@@ -78,7 +79,7 @@ def test_stages_time_each_stage_in_both_frameworks():
     r = run(*TINY, "--repeat", "1", "--only", "eval_dynamic", "--stages")
     assert r.returncode == 0, r.stderr
     stages = report_of(r)["stages_seconds"]
-    frameworks = ["paddle"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    frameworks = ["paddle"] + (["torch"] if installed("torch") else [])
     assert sorted(stages) == frameworks
     names = list(stages["paddle"])
     assert names[1] == "T2T Performer 1" and names[-1] == "whole model" and "7 backbone blocks" in names

@@ -6,7 +6,8 @@ import numpy as np
 import paddle
 import pytest
 
-from runner import REFERENCE, error_lines, needs_reference, run_main
+import official_fixtures
+from runner import REFERENCE, error_lines, official_eval_errors, official_weights, reference_input, run_main
 from t2tvit.checkpoint import load_file, match_state_dict
 from t2tvit.errors import UserError
 from t2tvit.t2t import VARIANTS, create_model, frozen_parameter_names, linear_weight_names, sinusoid_table
@@ -44,7 +45,6 @@ def test_unknown_model_lists_known_ones():
         create_model("t2t_vit_8")
 
 
-@needs_reference
 def test_frozen_parameters_are_the_official_ones():
     meta = json.load(open(os.path.join(REFERENCE, "meta.json")))
     model = create_model("t2t_vit_7")
@@ -87,9 +87,16 @@ def test_drop_path_rates_are_linear_over_blocks():
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.1)
 
 
+def test_the_position_table_is_the_official_codes_bit_for_bit():
+    official = official_fixtures.read_meta(REFERENCE)["pos_embed"]
+    assert list(create_model("t2t_vit_7").pos_embed.shape) == official["shape"] == [1, 197, 256]
+    assert official_fixtures.digest({"pos_embed": create_model("t2t_vit_7").pos_embed.numpy()}) == official["sha256"]
+    assert official_fixtures.digest({"pos_embed": sinusoid_table(197, 256)}) == official["sha256"]
+
+
 def reference_model():
     model = create_model("t2t_vit_7")
-    state = dict(np.load(os.path.join(REFERENCE, "state_dict_torch_layout.npz")))
+    state = official_weights()
     state, notes = match_state_dict(model, torch_layout_to_paddle(model, state), "fixture")
     assert notes == []
     model.set_state_dict(state)
@@ -112,15 +119,10 @@ def run_with_intermediates(model, x):
     return logits, seen
 
 
-@needs_reference
 def test_logits_and_intermediates_match_reference():
-    x = np.load(os.path.join(REFERENCE, "input.npy"))
-    logits, seen = run_with_intermediates(reference_model(), x)
-    ref = np.load(os.path.join(REFERENCE, "intermediates.npz"))
-    for name in ref.files:
-        assert seen[name].shape == ref[name].shape, name
-        assert np.abs(seen[name] - ref[name]).max() < PARITY_TOL, name
-    assert np.abs(logits - np.load(os.path.join(REFERENCE, "logits.npy"))).max() < PARITY_TOL
+    errors = official_eval_errors(*run_with_intermediates(reference_model(), reference_input()))
+    print("max |diff| against the official code:", errors)
+    assert len(errors) == 13 and {k: e for k, e in errors.items() if not e < PARITY_TOL} == {}
 
 
 def convert(tmp_path, *args):
@@ -128,18 +130,18 @@ def convert(tmp_path, *args):
 
 
 @pytest.mark.slow
-@needs_reference
-def test_converter_cli_gives_reference_logits(tmp_path):
+def test_converter_cli_gives_reference_logits(tmp_path, official_checkpoint):
     pytest.importorskip("torch")
     dst = tmp_path / "t2t_vit_7.pdparams"
-    r = convert(tmp_path, "--src", os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), "--dst", str(dst), "--model", "t2t_vit_7")
+    r = convert(tmp_path, "--src", official_checkpoint, "--dst", str(dst), "--model", "t2t_vit_7")
     assert r.returncode == 0, r.stderr
     model = create_model("t2t_vit_7")
     model.set_state_dict(load_file(str(dst)))
     model.eval()
     with paddle.no_grad():
-        logits = model(paddle.to_tensor(np.load(os.path.join(REFERENCE, "input.npy")))).numpy()
-    assert np.abs(logits - np.load(os.path.join(REFERENCE, "logits.npy"))).max() < PARITY_TOL
+        logits = model(paddle.to_tensor(reference_input())).numpy()
+    with np.load(os.path.join(REFERENCE, "outputs.npz")) as ref:
+        assert np.abs(logits - ref["logits"]).max() < PARITY_TOL
 
 
 def save_official_layout(model, path, wrap="state_dict_ema", prefix=""):
@@ -175,33 +177,31 @@ def test_converter_round_trip_other_variants(tmp_path, name, img, wrap, prefix):
 
 
 @pytest.mark.slow
-@needs_reference
-def test_converter_for_fine_tuning_drops_head_and_remakes_position_table(tmp_path):
+def test_converter_for_fine_tuning_drops_head_and_remakes_position_table(tmp_path, official_checkpoint):
     pytest.importorskip("torch")
     dst = tmp_path / "ft.pdparams"
-    r = convert(tmp_path, "--src", os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), "--dst", str(dst),
+    r = convert(tmp_path, "--src", official_checkpoint, "--dst", str(dst),
                 "--model", "t2t_vit_7", "--num-classes", "10", "--img-size", "64")
     assert r.returncode == 0, r.stderr
     assert "head.weight [256, 1000] dropped" in r.stdout and "pos_embed" in r.stdout
     state = load_file(str(dst))
-    ref = np.load(os.path.join(REFERENCE, "state_dict_torch_layout.npz"))
+    ref = official_weights()
     np.testing.assert_array_equal(state["blocks.3.attn.qkv.weight"].numpy(), ref["blocks.3.attn.qkv.weight"].T)
     model = create_model("t2t_vit_7", img_size=64, num_classes=10)
     match_state_dict(model, state, "ft")  # loads strictly
 
 
 @pytest.mark.slow
-@needs_reference
 @pytest.mark.parametrize("case", ["unknown_model", "wrong_model", "not_a_checkpoint", "missing_src", "pickle"])
-def test_converter_bad_input_one_line_and_nothing_written(tmp_path, case):
+def test_converter_bad_input_one_line_and_nothing_written(tmp_path, case, official_checkpoint):
     pytest.importorskip("torch")
-    src, model = os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), "t2t_vit_7"
+    src, model = official_checkpoint, "t2t_vit_7"
     if case == "unknown_model":
         model = "t2t_vit_77"
     elif case == "wrong_model":
         model = "t2t_vit_12"
     elif case == "not_a_checkpoint":
-        src = os.path.join(REFERENCE, "input.npy")
+        src = os.path.join(REFERENCE, "outputs.npz")
     elif case == "missing_src":
         src = str(tmp_path / "nope.pth")
     else:
@@ -215,7 +215,7 @@ def test_converter_bad_input_one_line_and_nothing_written(tmp_path, case):
     errors = error_lines(r)
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
     assert not dst.exists() and not list(tmp_path.glob("out.pdparams*"))
-    key = {"unknown_model": "t2t_vit_77", "wrong_model": "missing: blocks.7", "not_a_checkpoint": "input.npy",
+    key = {"unknown_model": "t2t_vit_77", "wrong_model": "missing: blocks.7", "not_a_checkpoint": "outputs.npz",
            "missing_src": "nope.pth", "pickle": "evil.pth"}[case]
     assert key in errors[0]
 

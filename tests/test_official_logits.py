@@ -1,6 +1,6 @@
 """End to end: the official checkpoint, converted and run by predict.py on real photos, gives the logits that the
 official pipeline gives in PyTorch (its eval transform written out in reference_pipeline.py, the official model in
-tools/torch_reference.py, itself proven against ../shared/fixtures): pixels, normalisation, weights and model.
+tools/torch_reference.py, itself proven against tests/data/official): pixels, normalisation, weights and model.
 """
 import json
 import os
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from reference_pipeline import reference_eval, reference_normalize
-from runner import LIT_DATA, REFERENCE, ROOT, needs_reference, run_tool
+from runner import LIT_DATA, ROOT, official_weights, run_tool
 
 torch = pytest.importorskip("torch", reason="torch is not installed (requirements-test.txt installs it)")
 
@@ -17,11 +17,9 @@ TOL = 1e-5
 
 
 def official_logits(paths):
-    from torch_reference import create_reference
+    from torch_reference import create_reference, load_torch_layout
 
-    model = create_reference("t2t_vit_7")
-    release = torch.load(os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), map_location="cpu", weights_only=True)
-    model.load_state_dict(release["state_dict_ema"], strict=True)
+    model = load_torch_layout(create_reference("t2t_vit_7"), official_weights())
     model.eval()
     x = np.stack([reference_normalize(reference_eval(p, 224)) for p in paths])
     with torch.no_grad():
@@ -29,10 +27,9 @@ def official_logits(paths):
 
 
 @pytest.mark.slow
-@needs_reference
-def test_predict_logits_on_real_photos_are_the_official_pipelines_within_1e_5(tmp_path):
+def test_predict_logits_on_real_photos_are_the_official_pipelines_within_1e_5(tmp_path, official_checkpoint):
     weights = tmp_path / "t2t_vit_7.pdparams"
-    r = run_tool("convert_weights.py", "--src", os.path.join(REFERENCE, "t2t_vit_7.pth.tar"), "--dst", weights,
+    r = run_tool("convert_weights.py", "--src", official_checkpoint, "--dst", weights,
                  "--model", "t2t_vit_7", config=None)
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "logits.jsonl"
@@ -44,4 +41,5 @@ def test_predict_logits_on_real_photos_are_the_official_pipelines_within_1e_5(tm
     ours = np.array([rec["logits"] for rec in records], np.float32)
     expected = official_logits([rec["path"] for rec in records])
     assert ours.shape == expected.shape == (20, 1000)
+    print(f"max |diff| {np.abs(ours - expected).max():.2e}, logits std {expected.std():.3f}")
     assert np.abs(ours - expected).max() <= TOL

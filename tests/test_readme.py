@@ -3,10 +3,12 @@ one CI runs, the recorded figures match the committed logs. (tests/test_docs.py 
 import os
 import re
 import shlex
+import subprocess
+import zipfile
 
 import yaml
 
-from runner import ROOT
+from runner import LIT_DATA, ROOT, run_main
 from t2tvit.config import load_config
 from t2tvit.runtime import read_metrics
 
@@ -14,11 +16,11 @@ README = open(os.path.join(ROOT, "README.md")).read()
 DOCS = {name: open(os.path.join(ROOT, "docs", name)).read() for name in sorted(os.listdir(os.path.join(ROOT, "docs")))
         if name.endswith(".md")}
 TRAINING = DOCS["training.md"]  # where the Fashion-MNIST run is reported
+DEFAULTS = yaml.safe_load(open(os.path.join(ROOT, "config", "default.yaml")))
 
 
 def test_every_config_key_is_documented():
-    schema = yaml.safe_load(open(os.path.join(ROOT, "config", "default.yaml")))
-    keys = [f"{section}.{key}" for section, values in schema.items() for key in values]
+    keys = [f"{section}.{key}" for section, values in DEFAULTS.items() for key in values]
     assert len(keys) > 40
     assert [k for k in keys if f"`{k}`" not in DOCS["configuration.md"]] == []
 
@@ -34,6 +36,42 @@ def test_referenced_repo_files_exist():
     for text in [README, *DOCS.values()]:
         paths = set(re.findall(r"((?:tools|config|scripts|tests|lit_data|docs)/[\w./-]+\.(?:py|yaml|sh|JPEG|md))", text))
         assert paths and [p for p in paths if not os.path.isfile(os.path.join(ROOT, p))] == []
+
+
+def test_committed_logs_docs_and_data_hold_no_absolute_path_of_this_machine():
+    # committed files only (git ls-files): a user's own runs write absolute paths into log/ and output/, untracked
+    folders = ("log", "docs", "config", "lit_data", os.path.join("tests", "data"))
+    tracked = subprocess.run(["git", "-C", ROOT, "ls-files", "-z", *folders], capture_output=True, text=True,
+                             check=True).stdout.split("\0")
+    checked = 0
+    for rel in tracked:
+        if rel.endswith((".log", ".jsonl", ".json", ".md", ".yaml", ".txt")):
+            text = open(os.path.join(ROOT, rel), encoding="utf-8").read()
+            checked += 1
+            assert "/work/" not in text and not re.search(r'": "/', text), rel
+    assert checked > 30
+
+
+def test_what_an_editable_install_leaves_in_the_checkout_is_ignored_by_git():
+    left = ["build/lib/t2tvit/t2t.py", "tools/t2tvit.egg-info/PKG-INFO"]  # pip install -e . (setuptools)
+    ignored = subprocess.run(["git", "-C", ROOT, "check-ignore", *left], capture_output=True, text=True).stdout
+    assert ignored.split() == left
+
+
+def test_lit_data_is_what_make_lit_data_makes_of_the_foolbox_photos(tmp_path):
+    # the wheel's names, imagenet_<k>_<class id>.jpg, for the committed photos: the tool rewrites the same lists
+    # and README (the photos themselves it re-encodes)
+    wheel = tmp_path / "foolbox-3.3.4-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z, open(os.path.join(LIT_DATA, "val.txt")) as f:
+        for rel, cls in (line.split() for line in f if line.strip()):
+            k = re.search(r"imagenet_(\d+)\.JPEG$", rel).group(1)
+            z.write(os.path.join(LIT_DATA, rel), f"foolbox/data/imagenet_{k}_{cls}.jpg")
+    r = run_main("make_lit_data.py", wheel, "--out", tmp_path / "lit_data", config=None)
+    assert r.returncode == 0, r.stderr
+    for name in ("README.md", "train.txt", "val.txt"):
+        with open(os.path.join(LIT_DATA, name)) as committed:
+            assert (tmp_path / "lit_data" / name).read_text() == committed.read(), name
+    assert "`tools/t2tvit/data/imagenet_synsets.txt`" in (tmp_path / "lit_data" / "README.md").read_text()
 
 
 def test_fashion_mnist_figures_are_those_of_the_committed_run():
@@ -72,7 +110,11 @@ def test_each_committed_fashion_mnist_run_is_what_its_documented_command_gives_t
         cfg = load_config(os.path.join(ROOT, args[1]), overrides)
         if not os.path.isfile(os.path.join(ROOT, cfg.Global.log_dir, "train.log")):
             continue  # a command for the user's own run, not one committed here
-        assert logged_config(os.path.join(ROOT, cfg.Global.log_dir)) == cfg.to_dict(), command
+        logged, today = logged_config(os.path.join(ROOT, cfg.Global.log_dir)), cfg.to_dict()
+        for section, keys in DEFAULTS.items():  # a key added since the run must be at its default there
+            for key in set(keys) - set(logged[section]):
+                assert today[section].pop(key) == keys[key], (command, f"{section}.{key}")
+        assert logged == today, command
         checked += 1
     assert checked == 6  # the committed Fashion-MNIST run and the five of the transfer experiment
 

@@ -16,6 +16,7 @@ from runner import (ENV, ONE, ROOT, children, error_lines, fast_overrides, free_
 from t2tvit.checkpoint import load_file
 from t2tvit.runlock import LOCK_NAME
 from t2tvit.runtime import MetricsFile, read_metrics
+from t2tvit.shared_dir import TOKEN_NAME
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(\d{8}-\d{6}-\d+-[0-9a-f]{4})\] \S")
 STOP_LINE = re.compile(r"stopped by (SIG\w+) at epoch (\d+)/3, step (\d+)/5, checkpoint (\S+); resume with: (.+)")
@@ -194,6 +195,7 @@ def test_two_machines_train_like_two_processes(tmp_path, two_process_run):
     assert second.wait(timeout=300) == 0 and first.returncode == 0, first.stdout[-3000:]
     log = (tmp_path / "log" / "train.log").read_text()  # written by rank 0, on whichever node it landed
     assert "x 2 device(s)" in log
+    assert (tmp_path / "out" / TOKEN_NAME).is_file()  # both machines checked that they share the output folder
     assert_same_weights(final_weights(tmp_path / "out"), final_weights(two_process_run[0] / "out"))
     val, ref = (val_metrics(d / "log") for d in (tmp_path, two_process_run[0]))
     assert len(val) == 6 and val == ref

@@ -1,32 +1,28 @@
 """The PyTorch T2T-ViT that tools/benchmark.py measures against computes the official logits."""
-import os
-
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIX = os.path.join(ROOT, "..", "shared", "fixtures", "t2t_vit_7")
+from official_fixtures import read_meta
+from runner import REFERENCE, official_eval_errors, official_weights, reference_input
+
 PARITY_TOL = 1e-5  # a faithful float32 port lands ~1e-6 from the reference
 
 torch = pytest.importorskip("torch", reason="torch is not installed (requirements-test.txt installs it)")
-pytestmark = pytest.mark.skipif(not os.path.isdir(FIX), reason=f"no reference fixtures at {FIX}")
 
 
 def test_logits_and_intermediates_match_the_official_code():
     from torch_reference import create_reference, load_torch_layout
-    model = load_torch_layout(create_reference("t2t_vit_7"), np.load(os.path.join(FIX, "state_dict_torch_layout.npz")))
+    model = load_torch_layout(create_reference("t2t_vit_7"), official_weights())
     model.eval()
-    ref = np.load(os.path.join(FIX, "intermediates.npz"))
     modules = dict(model.named_modules())
     seen = {}
-    for name in ref.files:
+    for name in read_meta(REFERENCE)["intermediates"]:
         modules[name].register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out.detach().numpy()))
     with torch.no_grad():
-        logits = model(torch.from_numpy(np.load(os.path.join(FIX, "input.npy")))).numpy()
-    for name in ref.files:
-        assert seen[name].shape == ref[name].shape, name
-        assert np.abs(seen[name] - ref[name]).max() <= PARITY_TOL, name
-    assert np.abs(logits - np.load(os.path.join(FIX, "logits.npy"))).max() <= PARITY_TOL
+        logits = model(torch.from_numpy(reference_input())).numpy()
+    errors = official_eval_errors(logits, seen)
+    print("max |diff| against the official code:", errors)
+    assert len(errors) == 13 and {k: e for k, e in errors.items() if not e <= PARITY_TOL} == {}
 
 
 def test_parameter_count_and_frozen_tensors_are_the_official_ones():

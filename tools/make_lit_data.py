@@ -17,7 +17,8 @@ from t2tvit import errors
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
-SYNSETS = os.path.join(TOOLS, "data", "imagenet_synsets.txt")
+DATA = os.path.join(TOOLS, "t2tvit", "data")  # the package's class tables
+SYNSETS = os.path.join(DATA, "imagenet_synsets.txt")
 NAME = re.compile(r"^foolbox/data/imagenet_(\d{2})_(\d+)\.jpg$")
 SHORT_SIDE = 256
 
@@ -67,7 +68,7 @@ def read_synsets():
 
 
 def read_label_names():
-    with open(os.path.join(TOOLS, "data", "imagenet1k_label_list.txt")) as f:
+    with open(os.path.join(DATA, "imagenet1k_label_list.txt")) as f:
         return [line.rstrip("\n").split(" ", 1)[1] for line in f if line.strip()]
 
 
@@ -94,11 +95,11 @@ def photos(wheel):
 
 
 @errors.cli
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("wheel", help="foolbox-3.3.4-py3-none-any.whl")
     ap.add_argument("--out", default=os.path.join(ROOT, "lit_data"), help="output folder (default: lit_data)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     synsets = read_synsets()
     names = read_label_names()

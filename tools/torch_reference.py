@@ -2,7 +2,7 @@
 
 Not part of the Paddle model: nothing that trains, evaluates or deploys imports it. It exists so that the
 benchmark can time, on the user's own machine and in the same run, what a user would otherwise run, and
-tests/test_torch_reference.py proves on ../shared/fixtures that it computes the official logits (to ~1e-6).
+tests/test_torch_reference.py proves on tests/data/official that it computes the official logits (bit for bit there).
 It follows the official formulation op for op where that decides speed (unfold soft splits, einsum-based
 Performer with its repeat-ed sums, [B, N, 3, heads, head_dim] attention), and takes the official parameter
 names and torch layout, so a state dict of the release (or the fixture's npz) loads strictly.

@@ -24,6 +24,7 @@ import sys
 import paddle
 import paddle.distributed as dist
 
+from t2tvit import watchdog
 from t2tvit.batch_augment import BatchAugment
 from t2tvit.checkpoint import CheckpointDir, RunComplete, load_weights
 from t2tvit.config import add_config_args, config_from_args
@@ -33,9 +34,10 @@ from t2tvit.engine import Trainer, batch_plan
 from t2tvit.errors import StorageError, UserError, cli
 from t2tvit.optim import build_optimizer
 from t2tvit.preempt import GracefulStop, Stopped, launch_argv, signal_name
-from t2tvit.runlock import RunLock, new_run_id
+from t2tvit.runlock import RunLock, this_run_id
 from t2tvit.runtime import MetricsFile, Runtime, Scalars, amp_context, make_logger
 from t2tvit.scheduler import WarmupCosineLR
+from t2tvit.shared_dir import resume_point
 from t2tvit.t2t import create_model
 
 
@@ -43,11 +45,14 @@ def build_trainer(cfg, stop, run_id, accept_changes=False):
     """Every part of a run, from the config, in the order that makes it reproducible; resumed or fine-tuned."""
     g = cfg.Global
     rt = Runtime(cfg)
+    watchdog.start(g.hang_timeout)  # from here on, a process that makes no progress ends itself
     # What this run continues, decided before anything is written: a refused or finished run leaves every file
-    # as it was (RunComplete). Warnings about skipped checkpoints wait for the log.
+    # as it was (RunComplete). Warnings about skipped checkpoints wait for the log. Rank 0 decides, every rank
+    # checks that it sees the same folder and loads the same file (shared_dir.py).
     ckpts = CheckpointDir(g.output_dir, g.keep_last)
     skipped, names = [], class_names(cfg)
-    path, state = ckpts.resume_from(g.resume, skipped.append, cfg.to_dict(), names, accept_changes)
+    path, state = resume_point(rt, ckpts, run_id, lambda: ckpts.resume_from(g.resume, skipped.append, cfg.to_dict(),
+                                                                             names, accept_changes))
     log = make_logger("train", os.path.join(g.log_dir, "train.log"), rt.is_main, run_id=run_id)
     scalars = Scalars(g.log_dir, rt.is_main, log)
     metrics = MetricsFile(g.log_dir, rt.is_main, run_id=run_id)
@@ -104,7 +109,7 @@ def main(argv=None):
         cfg.Global.resume = args.resume
     log = logging.getLogger("train")
     stop = GracefulStop().install(log)  # after `import paddle`, whose own SIGTERM handler this replaces
-    run_id = new_run_id()
+    run_id = this_run_id()
     # Rank 0 writes the output folder, so it alone takes its lock, before anything is written or the ranks
     # meet: a refusal exits it with 2, which makes paddle.distributed.launch end the other ranks.
     lock = RunLock(cfg.Global.output_dir, run_id, shlex.join(launch_argv()))
@@ -125,6 +130,7 @@ def main(argv=None):
     except StorageError as e:
         raise UserError(f"{e}; newest complete checkpoint: {CheckpointDir(cfg.Global.output_dir).newest()}")
     finally:
+        watchdog.stop()
         stop.exiting()  # however the run ends, its data loader workers end with it
         lock.release()
 

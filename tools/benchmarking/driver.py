@@ -13,7 +13,7 @@ from t2tvit.errors import UserError
 from .data_measures import make_jpegs
 from .machine import load_average, machine_info
 from .report import add_compute_bound, agreement, finish, print_latency, print_stages, print_table
-from .settings import BENCHMARK, JSON_PREFIX, MEASURES, TORCH_MEASURES, YARDSTICK
+from .settings import BENCHMARK, JSON_PREFIX, MEASURES, TORCH_MEASURES, YARDSTICK, repo_relative
 from .workdir import profile_path
 
 
@@ -127,7 +127,7 @@ def drive(args):
     machine = machine_info()
     settings = {k: getattr(args, k) for k in ("config", "override", "model", "batch", "img_size", "threads",
                                               "device", "warmup", "repeat", "rounds", "calib")}
-    settings["weights"] = prepared["weights"]
+    settings["config"], settings["weights"] = repo_relative(args.config), prepared["weights"]
     report = {"machine": machine, "load_average_before": load_before, "load_average_after": load_average(),
               "settings": settings, "notes": report_notes, "results": rows, "stages_seconds": stages,
               "gemm_gflops": gemm, "gemm_engine": gemm_by, "model_macs": prepared["model_macs"],

@@ -8,7 +8,7 @@ from t2tvit.errors import UserError
 
 from .machine import model_macs
 from .paddle_measures import new_paddle_model, start_paddle
-from .settings import PHOTOS, ROOT, config_of
+from .settings import PHOTOS, config_of, repo_relative
 from .workdir import compared_crops, image_batches, logits_path
 
 
@@ -19,7 +19,7 @@ def agreement_paths(args, cfg):
         paths = sorted(glob.glob(os.path.join(PHOTOS, "*", "*.JPEG")))
         if not paths:
             raise UserError(f"no photos under {PHOTOS} to compare logits on")
-        return os.path.relpath(PHOTOS, ROOT), paths, None
+        return repo_relative(PHOTOS), paths, None
     from t2tvit.dataset import build_dataset
     dataset = build_dataset(cfg, "val")
     picked = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), args.agree_limit)).round().astype(int))

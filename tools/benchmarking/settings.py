@@ -19,6 +19,12 @@ YARDSTICK = {"eval_dynamic": "torch_eval", "engine": "torch_eval", "torch_eval":
 JSON_PREFIX = "BENCHMARK_JSON "
 
 
+def repo_relative(path):
+    """path relative to the repo when it lies inside it, else as given: a report shows no machine's absolute paths."""
+    full = os.path.abspath(path)
+    return os.path.relpath(full, ROOT) if full.startswith(ROOT + os.sep) else path
+
+
 def timed(fn, warmup, repeat):
     """Seconds of each of `repeat` calls of fn, after `warmup` untimed ones."""
     for _ in range(warmup):

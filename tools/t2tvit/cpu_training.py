@@ -5,9 +5,9 @@ The model (t2t.py) builds its layers from these classes; each is the Paddle laye
 same names, same checkpoints), and in eval mode, under to_static, on a GPU and in every export it runs the plain
 Paddle forward, which the inference engine fuses. What each replaces, measured side by side on 2 threads:
 
-- Linear: the bias is added as ones[rows, 1] @ bias[1, out]. Paddle's CPU backward of a broadcast add sums the
-  output gradient over rows with a kernel ~40x slower than a matrix-vector product; the GEMM turns that sum into
-  a GEMM and gives the same values (each product is 1 * b).
+- Linear: the bias is added as ones[rows, 1] @ bias[1, out], with one bias row per sample. Paddle's CPU backward
+  of a broadcast add sums the output gradient over rows with a kernel ~40x slower than a matrix-vector product;
+  the GEMM turns that sum into a GEMM and gives the same values (each product is 1 * b).
 - Dropout: the mask comes from integer random numbers. Paddle's CPU dropout draws one float per element through
   a slow path, ~50 ms forward + backward for the 6.4M activations of the first T2T Performer (PyTorch: ~35 ms).
   A uniform integer in [0, 2^24) per element, kept where it is >= round(p * 2^24), is the same Bernoulli draw (a
@@ -27,7 +27,8 @@ Exactness (tests/test_kernels.py checks each against float64 on adversarial inpu
   there (6e-4 relative error of dx at mean / std 100);
 - its column sums (dweight, dbias) are GEMMs per sample, then summed over the batch: one float32 GEMM over all
   B * T rows (25k at the first Performer) drifts to 3.4e-6 relative from float64 at batch 8 (the reference's
-  own: 1.7e-6);
+  own: 1.7e-6); so is the Linear's bias gradient (one GEMM over the 25k rows: 3.5e-6 from float64 where the
+  official code's sum is 2.6e-7; per sample: 3e-7);
 - the bias GEMM has float64's values and gradients at scales 1e-6 to 1e6; the integer dropout's kept values are
   x / (1 - p) to float32 rounding and its gradient is exactly the mask.
 """
@@ -53,7 +54,9 @@ class Linear(nn.Linear):
             return y
         bias = self.bias if self.bias.dtype == y.dtype else self.bias.astype(y.dtype)  # under AMP
         if _training_on_cpu(self, y):
-            return y + paddle.matmul(paddle.ones(y.shape[:-1] + [1], dtype=y.dtype), bias.unsqueeze(0))
+            # the bias as one row per sample: its gradient is a GEMM per sample, then a sum over the batch
+            rows = bias.reshape([1] * (y.ndim - 1) + [-1]).expand(y.shape[:-2] + [1, bias.shape[0]])
+            return y + paddle.matmul(paddle.ones(y.shape[:-1] + [1], dtype=y.dtype), rows)
         return y + bias
 
 

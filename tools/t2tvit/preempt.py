@@ -228,9 +228,9 @@ def launch_argv():
     return [sys.executable, *sys.argv]
 
 
-def resume_command(checkpoint, argv=None):
-    """`argv` (default: this run's command) with --resume pointing at `checkpoint`."""
-    argv, out, skip = list(argv or launch_argv()), [], False
+def resume_argv(checkpoint, argv):
+    """`argv` with --resume pointing at `checkpoint` (any --resume it had removed)."""
+    out, skip = [], False
     for a in argv:
         if skip:
             skip = False
@@ -238,7 +238,12 @@ def resume_command(checkpoint, argv=None):
             skip = True
         elif not a.startswith("--resume="):
             out.append(a)
-    return shlex.join(out + ["--resume", checkpoint])
+    return out + ["--resume", checkpoint]
+
+
+def resume_command(checkpoint, argv=None):
+    """`argv` (default: this run's command) with --resume pointing at `checkpoint`, as a shell command."""
+    return shlex.join(resume_argv(checkpoint, list(argv or launch_argv())))
 
 
 class Interruptible:

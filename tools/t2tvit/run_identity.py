@@ -23,6 +23,7 @@ OPERATIONAL = {
     "Global.resume": "how this session starts",
     "Global.nonfinite": "what a NaN loss does: the line that stops a run on one suggests changing it",
     "Global.max_skips": "how many NaN steps Global.nonfinite=skip tolerates",
+    "Global.hang_timeout": "how long a process may go without progress before it is ended and the run restarted",
     "Data.batch_size": "the most images a device holds: the global batch (identity) stays whole",
     "Data.num_workers": "how many processes read the images",
     "Data.allow_outside_root": "a permission: the list files say which images are used",

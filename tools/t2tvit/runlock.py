@@ -7,6 +7,7 @@ system): the run refuses, naming the holder.
 """
 import json
 import os
+import re
 import secrets
 import socket
 import time
@@ -15,11 +16,20 @@ from .errors import UserError
 from .lockfile import LockFile
 
 LOCK_NAME = "train.lock"
+# scripts/paddle_launch.py gives every rank of one launch the same run id through this variable
+RUN_ID_ENV = "T2T_RUN_ID"
+RUN_ID = re.compile(r"\d{8}-\d{6}-\d+-[0-9a-f]{4}")
 
 
 def new_run_id():
     """A run's id: its start time, pid and random hex (unique across restarts and hosts)."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def this_run_id():
+    """The id its launcher gave this run (RUN_ID_ENV), else a new one."""
+    given = os.environ.get(RUN_ID_ENV, "")
+    return given if RUN_ID.fullmatch(given) else new_run_id()
 
 
 def describe(holder):

@@ -12,6 +12,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
+from . import watchdog
 from .errors import StorageError, UserError
 
 
@@ -55,6 +56,8 @@ class Runtime:
         self.device = select_device(cfg.Global.device)
         self.world = dist.get_world_size()
         if self.world > 1:
+            if cfg.Global.hang_timeout > 0:  # NCCL's process group reads it when it is made (docs/training.md)
+                os.environ["PADDLE_PG_TIMEOUT"] = str(int(cfg.Global.hang_timeout * 1000))
             dist.init_parallel_env()
         self.rank = dist.get_rank()
         self.is_main = self.rank == 0
@@ -64,7 +67,9 @@ class Runtime:
         t = paddle.to_tensor(np.asarray(values, dtype="float64"))
         if self.world > 1:
             dist.all_reduce(t)
-        return t.numpy().tolist()
+        values = t.numpy().tolist()
+        watchdog.progress()
+        return values
 
 
 def derived_seed(*parts):
