@@ -371,18 +371,23 @@ def test_a_signal_while_training_starts_ends_it_at_once_in_one_line(tmp_path):
     assert os.listdir(tmp_path / "out") == []  # its lock released, nothing written
 
 
-def holding_signals(pid, tool):
-    """Whether process pid runs tools/TOOL and its main thread blocks SIGINT and SIGTERM (preempt.hold_signals), from
-    /proc (the shell scripts that exec it block signals now and then too)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if f"tools/{tool}".encode() not in f.read():
-                return False
-        with open(f"/proc/{pid}/status") as f:
-            mask = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
-    except (OSError, StopIteration):
-        return False
-    return mask & (1 << 1) and mask & (1 << 14)
+def holding_signals(tool, marker):
+    """Whether a process running tools/TOOL with `marker` in its command line blocks SIGINT and SIGTERM in its main
+    thread (preempt.hold_signals), from /proc. Not train.sh's supervisor (scripts/paddle_launch.py), nor the shell
+    scripts that exec it, which block signals now and then too."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if len(argv) < 2 or not argv[1].endswith(f"tools/{tool}".encode()) or marker.encode() not in b" ".join(argv):
+                continue
+            with open(f"/proc/{pid}/status") as f:
+                mask = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+        except (OSError, StopIteration):
+            continue
+        if mask & (1 << 1) and mask & (1 << 14):
+            return True
+    return False
 
 
 @pytest.mark.slow
@@ -400,9 +405,9 @@ def test_a_signal_while_paddle_loads_is_one_line_and_its_exit_status(tmp_path, t
         cmd, env = ["bash", os.path.join(ROOT, "scripts", "train.sh"), *map(str, args)], dict(env, PYTHON=sys.executable)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not holding_signals(proc.pid, tool) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)  # until it holds them: past the interpreter's own start, while Paddle loads
-    proc.send_signal(getattr(signal, sig))
+    while not holding_signals(tool, str(tmp_path)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)  # until the tool holds them: past the interpreter's own start, while Paddle loads
+    proc.send_signal(getattr(signal, sig))  # to the command started: train.sh's supervisor passes it on
     stdout, stderr = proc.communicate(timeout=120)
     text = stdout + stderr
     assert proc.returncode == 128 + getattr(signal, sig), text[-3000:]
@@ -446,3 +451,38 @@ def test_resuming_mid_epoch_after_the_training_list_shrank_is_one_line(tmp_path,
     assert error_lines(r) == ["error: cannot continue epoch 2 after optimizer step 4: the training set has 8 images, 2 "
                               "steps of 4 per epoch (did the training list change since the checkpoint was saved? "
                               "resume with the same data, or start afresh in another Global.output_dir)"]
+
+
+def catching_sigterm(pid, program):
+    """Whether process pid runs `program` and has a handler for SIGTERM (/proc/PID/status SigCgt; Python itself
+    catches SIGINT only)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if program not in f.read():
+                return False
+        with open(f"/proc/{pid}/status") as f:
+            return bool(int(next(line for line in f if line.startswith("SigCgt:")).split()[1], 16) & (1 << 14))
+    except (OSError, StopIteration):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_train_sh_s_supervisor_starts_is_one_line(tmp_path, sig):
+    """train.sh runs train.py under scripts/paddle_launch.py, whose own start (its imports) comes first."""
+    import signal
+    import subprocess
+    from runner import ROOT, fast_overrides
+    cmd = ["bash", os.path.join(ROOT, "scripts", "train.sh"), *fast_overrides(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHON=sys.executable), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and not catching_sigterm(proc.pid, b"paddle_launch.py"):
+        time.sleep(0.002)  # until the supervisor's first lines have run: it is importing the rest
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + getattr(signal, sig), stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stderr and "FatalError" not in stderr, stderr[-2000:]
+    said = [line for line in (stdout + stderr).splitlines() if sig in line]
+    assert said == [f"stopped by {sig} while starting: nothing was run"], stdout[-2000:] + stderr[-2000:]
+    assert not (tmp_path / "out").exists()

@@ -77,6 +77,13 @@ class HashingReader:
         return self.digest.hexdigest()
 
 
+def sha256_of(f):
+    """Hex sha256 of an open binary file, read from its start; leaves it at the start again."""
+    digest = HashingReader(f).hexdigest()
+    f.seek(0)
+    return digest
+
+
 def check_sha256(reader, path, sha256):
     """UserError unless the file `reader` (a HashingReader) went through has the hex digest `sha256`."""
     got = reader.hexdigest()
