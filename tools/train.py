@@ -65,6 +65,7 @@ def build_trainer(cfg, stop, run_id, accept_changes=False):
     paddle.seed(g.seed)
     model = create_model(g.model, img_size=g.img_size, num_classes=g.num_classes, drop_rate=cfg.Model.drop_rate,
                          attn_drop_rate=cfg.Model.attn_drop_rate, drop_path_rate=cfg.Model.drop_path_rate)
+    model.set_grad_checkpointing(g.grad_checkpointing)
     opt = build_optimizer(model, cfg)
     autocast, note = amp_context(g.amp, g.amp_level, rt.device)
     amp_on = note is None and g.amp != "none"

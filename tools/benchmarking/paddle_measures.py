@@ -50,6 +50,7 @@ def measure_train(args):
     from t2tvit.optim import build_optimizer
     cfg = config_of(args)
     model = shared_paddle_model(args, paddle, drop_path_rate=cfg.Model.drop_path_rate)
+    model.set_grad_checkpointing(cfg.Global.grad_checkpointing)  # -o Global.grad_checkpointing=true
     model.train()
     opt = build_optimizer(model, cfg)
     x = paddle.to_tensor(random_batch(args))

@@ -262,15 +262,17 @@ def build_dataset(cfg, split, defer_errors=False):
                         defer_errors=defer_errors)
 
 
-def build_loader(cfg, split, batch_size=None, world_size=1, rank=0, accum_steps=1):
+def build_loader(cfg, split, batch_size=None, world_size=1, rank=0, accum_steps=1, dataset=None):
     """(loader, batch sampler) for 'train' or 'val': a paddle.io.DataLoader wrapped in CheckedLoader.
 
     batch_size: images per device and micro-step (default Data.batch_size). Train batches are dicts of
     "image" [B,3,H,W] uint8 (batch_augment.BatchAugment makes them model inputs), "label", "seed" (the sample
     seeds), "n_bad" and "failed"; call batch_sampler.set_epoch(epoch, start_step) before each epoch. Val
-    batches: "image" [B,3,H,W] float32 normalised, "label", "failed".
+    batches: "image" [B,3,H,W] float32 normalised, "label", "failed". dataset: a defer_errors dataset to load
+    instead of the config's split (eval_sets.py: the robustness sets).
     """
-    dataset = build_dataset(cfg, split, defer_errors=True)
+    if dataset is None:
+        dataset = build_dataset(cfg, split, defer_errors=True)
     batch_size = batch_size or cfg.Data.batch_size
     if split == "train":
         sampler = TrainBatchSampler(len(dataset), batch_size, world_size, rank, accum_steps, cfg.Global.seed)

@@ -20,8 +20,9 @@ from .runtime import Timer, derived_seed, format_eta
 
 
 @paddle.no_grad()
-def evaluate(model, loader, runtime, log=None, print_every=0):
-    """Returns (top1, top5, images) over every rank's share of the set."""
+def evaluate(model, loader, runtime, log=None, print_every=0, observe=None):
+    """Returns (top1, top5, images) over every rank's share of the set; observe(logits, batch), if given, sees
+    each batch (eval_sets.py scores the ReaL labels so)."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = seen = 0
@@ -36,6 +37,8 @@ def evaluate(model, loader, runtime, log=None, print_every=0):
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.sum())
         seen += labels.shape[0]
+        if observe:
+            observe(logits, batch)
         timer.lap()
         if log and print_every and (i + 1) % print_every == 0:
             log.info(f"Step [{i + 1}/{len(loader)}], acc: {correct1 / seen:.4f}, read_time: {read_time / (i + 1):.4f}")
@@ -131,13 +134,19 @@ class Trainer:
         """Loss and backward of one augmented micro-batch, its gradient scaled by 1 / accum and accumulated;
         returns (loss, logits). Apart from micro_step, the training-step parity test calls it with the official
         code's batches (tests/test_official_train_step.py)."""
-        sync = contextlib.nullcontext() if last or self.rt.world == 1 else self.net.no_sync()
+        # Paddle's recompute (grad checkpointing) runs a backward inside the backward, which DataParallel's reducer
+        # cannot follow: its gradients are then averaged over the devices here, as the reducer averages them.
+        by_hand = self.rt.world > 1 and self.model.grad_checkpointing
+        sync = contextlib.nullcontext() if (last and not by_hand) or self.rt.world == 1 else self.net.no_sync()
         with sync:
             with self.autocast():
                 logits = self.net(images)
             loss = soft_target_cross_entropy(logits.astype("float32"), targets)
             scaled = loss / self.accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        if last and by_hand:
+            from paddle.distributed.fleet.utils.hybrid_parallel_util import fused_allreduce_gradients
+            fused_allreduce_gradients(list(self.model.parameters()), None)
         return loss, logits
 
     def optimizer_step(self, loss_is_finite):

@@ -107,7 +107,11 @@ class LockFile:
             holder = self.parse(os.pread(fd, 1 << 16, 0).decode(errors="replace"))
             if not self._stale(fd, holder):
                 raise self.refusal(holder)
-            if os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False)):
+            try:
+                still = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
+            except FileNotFoundError:  # its holder released it (removed, then unlocked) since we opened it
+                return False
+            if still:
                 os.replace(tmp, self.path)
                 warn(self.taken_over(holder))
                 return True

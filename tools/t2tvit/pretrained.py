@@ -7,7 +7,8 @@ from .sizes import image_hw
 log = logging.getLogger("t2tvit")
 
 
-def create_model(name, pretrained=None, num_classes=1000, img_size=224, prefer="best", reset_head=False, **kwargs):
+def create_model(name, pretrained=None, num_classes=1000, img_size=224, prefer="best", reset_head=False,
+                 features_only=False, out_indices=3, **kwargs):
     """Build variant `name` for num_classes and img_size (S or (H, W)); load `pretrained` if given.
 
     pretrained: converted official weights, a weights file or training checkpoint of this repo (its 'best' of
@@ -16,6 +17,7 @@ def create_model(name, pretrained=None, num_classes=1000, img_size=224, prefer="
     fresh (reset_head: one of the same count too, for other classes), the fixed sinusoid position table is
     regenerated for img_size. What was re-made is logged (logger 't2tvit') and kept in model.pretrained_notes;
     anything else that does not fit is one UserError line.
+    features_only: the backbone of blocks out_indices (t2t.FeatureBackbone), made once the weights are loaded.
     kwargs (drop_path_rate, drop_rate, ...) go to the model.
     """
     model = t2t.create_model(name, num_classes=num_classes, img_size=image_hw(img_size), **kwargs)
@@ -27,4 +29,4 @@ def create_model(name, pretrained=None, num_classes=1000, img_size=224, prefer="
         log.info("loaded %s (%s) into %s", pretrained, which, name)
         for note in notes:
             log.info("  %s", note)
-    return model
+    return t2t.FeatureBackbone(model, out_indices) if features_only else model

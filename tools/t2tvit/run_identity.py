@@ -23,6 +23,8 @@ OPERATIONAL = {
     "Global.resume": "how this session starts",
     "Global.nonfinite": "what a NaN loss does: the line that stops a run on one suggests changing it",
     "Global.max_skips": "how many NaN steps Global.nonfinite=skip tolerates",
+    "Global.grad_checkpointing": "whether activations are kept or recomputed in backward: the same gradients, bit for "
+                                 "bit (tests/test_grad_checkpointing.py), in less memory",
     "Global.hang_timeout": "how long a process may go without progress before it is ended and the run restarted",
     "Data.batch_size": "the most images a device holds: the global batch (identity) stays whole",
     "Data.num_workers": "how many processes read the images",

@@ -45,6 +45,46 @@ def drop_path(x, p, training):
     return x * mask / keep
 
 
+def checkpointed(layer, x, enabled):
+    """layer(x); when `enabled` while training with gradients on, its activations are dropped after the forward and
+    recomputed in backward (Paddle's recompute), the random state of its dropout and drop path replayed, so the
+    gradients are those of the plain run, bit for bit on CPU (tests/test_grad_checkpointing.py).
+
+    Paddle's recompute is a PyLayer: when no input needs a gradient (the first T2T layer takes the image's
+    patches) its output would need none either, and the layer's weights would get no gradient; the input is then
+    given one (a [B, T, 147] gradient computed and dropped). Its hook-based variant (use_reentrant=False) cannot
+    replay the random state on CPU in Paddle 2.6 and gave other gradients in 3.3.
+    """
+    if not (enabled and layer.training and paddle.in_dynamic_mode() and paddle.is_grad_enabled()):
+        return layer(x)
+    from paddle.distributed.fleet.utils import recompute  # imported on first use: it loads paddle.distributed
+    if x.stop_gradient:
+        x = x.detach()
+        x.stop_gradient = False
+    return recompute(layer, x, preserve_rng_state=True, use_reentrant=True)
+
+
+def take_indices(count, indices):
+    """timm's feature_take_indices: (absolute block indices, the largest) from None (all blocks), an int n (the last
+    n) or a list of indices (negative ones count from the end; kept in the order given)."""
+    if indices is None:
+        indices = count
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= count:
+            raise UserError(f"indices={indices}: the last n blocks must be 1 to {count}")
+        take = list(range(count - indices, count))
+    else:
+        take = []
+        for i in indices:
+            absolute = count + i if i < 0 else i
+            if not 0 <= absolute < count:
+                raise UserError(f"block index {i} is outside the model's {count} blocks")
+            take.append(absolute)
+        if not take:
+            raise UserError("indices=[]: name at least one block")
+    return take, max(take)
+
+
 class DropPath(nn.Layer):
     def __init__(self, p=0.0):
         super().__init__()
@@ -137,6 +177,8 @@ class TokenTransformer(nn.Layer):
 class T2TModule(nn.Layer):
     """Tokens-to-token: three soft splits with a T2T layer between them, then a projection to embed_dim."""
 
+    grad_checkpointing = False  # recompute the T2T layers in backward (T2T_ViT.set_grad_checkpointing)
+
     def __init__(self, img_size=224, tokens_type="performer", in_chans=3, embed_dim=768, token_dim=64):
         super().__init__()
         if tokens_type == "performer":
@@ -161,9 +203,9 @@ class T2TModule(nn.Layer):
 
     def forward(self, x):
         x = F.unfold(x, [7, 7], strides=4, paddings=2).transpose([0, 2, 1])
-        x = self._reshape_to_image(self.attention1(x), self.grids[0])
+        x = self._reshape_to_image(checkpointed(self.attention1, x, self.grad_checkpointing), self.grids[0])
         x = F.unfold(x, [3, 3], strides=2, paddings=1).transpose([0, 2, 1])
-        x = self._reshape_to_image(self.attention2(x), self.grids[1])
+        x = self._reshape_to_image(checkpointed(self.attention2, x, self.grad_checkpointing), self.grids[1])
         x = F.unfold(x, [3, 3], strides=2, paddings=1).transpose([0, 2, 1])
         return self.project(x)
 
@@ -230,6 +272,8 @@ class Block(nn.Layer):
 
 
 class T2T_ViT(nn.Layer):
+    grad_checkpointing = False  # recompute each block in backward (set_grad_checkpointing)
+
     def __init__(self, img_size=224, tokens_type="performer", in_chans=3, num_classes=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=False, qk_scale=None, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.0, token_dim=64):
@@ -264,16 +308,73 @@ class T2T_ViT(nn.Layer):
                 _ones(layer.weight)
                 _zeros(layer.bias)
 
-    def forward_features(self, x):
+    def embed(self, x):
+        """Images -> the [B, 1 + N, C] tokens entering the first block: the class token, then the T2T tokens of
+        the H/16 x W/16 grid row by row, plus the position table."""
         x = self.tokens_to_token(x)
         cls = self.cls_token.expand([x.shape[0], -1, -1])
-        x = self.pos_drop(paddle.concat([cls.astype(x.dtype), x], axis=1) + self.pos_embed.astype(x.dtype))
+        return self.pos_drop(paddle.concat([cls.astype(x.dtype), x], axis=1) + self.pos_embed.astype(x.dtype))
+
+    def forward_features(self, x):
+        x = self.embed(x)
         for blk in self.blocks:
-            x = blk(x)
+            x = checkpointed(blk, x, self.grad_checkpointing)
         return self.norm(x)[:, 0]
+
+    def forward_head(self, x, pre_logits=False):
+        """The head on forward_intermediates' final [B, 1 + N, C] features: it sees the class token alone."""
+        x = x[:, 0]
+        return x if pre_logits else self.head(x)
 
     def forward(self, x):
         return self.head(self.forward_features(x))
+
+    def set_grad_checkpointing(self, enable=True):
+        """Recompute every block and both T2T layers in backward instead of keeping their activations (timm's
+        method; Global.grad_checkpointing in training): less memory, one more forward per step, same gradients."""
+        self.grad_checkpointing = enable
+        self.tokens_to_token.grad_checkpointing = enable
+
+    def forward_intermediates(self, x, indices=None, return_prefix_tokens=False, norm=False, stop_early=False,
+                              output_fmt="NCHW", intermediates_only=False):
+        """The outputs of the blocks named by `indices`, as timm's VisionTransformer gives them.
+
+        indices: None (every block), n (the last n) or a list (negative ones from the end). Each intermediate is
+        a block's output without the class token, after the final norm if `norm`: an NCHW map [B, C, H/16, W/16]
+        (tokens row by row, as the T2T module folds them) or NLC tokens [B, N, C]; return_prefix_tokens pairs it
+        with its class token [B, 1, C]. Returns the list if intermediates_only, else (final features, list) with
+        the final features [B, 1 + N, C] after the final norm, what forward_head takes (its class token is what
+        the head sees). stop_early: no block after the last one named is run.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise UserError(f"output_fmt {output_fmt!r}: use NCHW or NLC")
+        take, last = take_indices(len(self.blocks), indices)
+        grid = (x.shape[2] // 16, x.shape[3] // 16)
+        x = self.embed(x)
+        intermediates = []
+        for i, blk in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
+            x = checkpointed(blk, x, self.grad_checkpointing)
+            if i in take:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix = [y[:, :1] for y in intermediates]
+        intermediates = [y[:, 1:] for y in intermediates]
+        if output_fmt == "NCHW":
+            intermediates = [y.transpose([0, 2, 1]).reshape([y.shape[0], y.shape[2], *grid]) for y in intermediates]
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix))
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
+        """Drop what forward_intermediates(indices) does not use: the blocks after the last one named, the head
+        (prune_head) and the final norm (prune_norm). Returns the absolute indices kept."""
+        take, last = take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.head = nn.Identity()
+            self.num_classes = 0
+        return take
 
 
 # name -> (tokens_type, embed_dim, depth, num_heads, mlp_ratio), as in the official release.
@@ -292,8 +393,29 @@ VARIANTS = {
 }
 
 
-def create_model(name, **kwargs):
-    """Build a variant by name; kwargs (img_size, num_classes, drop_path_rate, ...) go to T2T_ViT."""
+class FeatureBackbone(nn.Layer):
+    """A T2T-ViT as a backbone (timm's FeatureGetterNet): forward(x) is the list of the maps of blocks
+    `out_indices` (forward_intermediates' intermediates: NCHW [B, C, H/16, W/16] or NLC tokens, after the final
+    norm if `norm`). The blocks after the last one, the head and (without `norm`) the final norm are dropped.
+    feature_info: per map, its channels, its reduction (16) and the block it comes from."""
+
+    def __init__(self, model, out_indices=3, norm=False, output_fmt="NCHW"):
+        super().__init__()
+        self.out_indices = model.prune_intermediate_layers(out_indices, prune_norm=not norm)
+        self.model, self.norm, self.output_fmt = model, norm, output_fmt
+        self.feature_info = [{"num_chs": model.embed_dim, "reduction": 16, "module": f"blocks.{i}"}
+                             for i in self.out_indices]
+
+    def forward(self, x):
+        return self.model.forward_intermediates(x, indices=self.out_indices, norm=self.norm,
+                                                output_fmt=self.output_fmt, intermediates_only=True)
+
+
+def create_model(name, features_only=False, out_indices=3, **kwargs):
+    """Build a variant by name; kwargs (img_size, num_classes, drop_path_rate, ...) go to T2T_ViT.
+
+    features_only: a FeatureBackbone of blocks out_indices instead (as timm's create_model: an int n is the
+    last n blocks, 3 by default as timm's ViTs; a list names blocks, negative ones from the end)."""
     if name not in VARIANTS:
         raise UserError(f"unknown model {name!r}; known models: {', '.join(VARIANTS)}")
     tokens_type, embed_dim, depth, num_heads, mlp_ratio = VARIANTS[name]
@@ -301,7 +423,7 @@ def create_model(name, **kwargs):
                 mlp_ratio=mlp_ratio)
     model = T2T_ViT(**{**arch, **kwargs})
     model.arch_name = name
-    return model
+    return FeatureBackbone(model, out_indices) if features_only else model
 
 
 def _factory(name):
