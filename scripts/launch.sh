@@ -2,7 +2,8 @@
 # Run tools/TOOL on one device, or on several through paddle.distributed.launch (what train.sh and val.sh call).
 #   scripts/launch.sh train.py [ARGS...]     ARGS: -o Section.key=value overrides, --resume, --weights, ...
 # Environment:
-#   CONFIG=config/t2t_vit_7.yaml  the config (default: the lit_data demo, config/t2t_vit_7_demo.yaml)
+#   CONFIG=config/t2t_vit_7.yaml  the config (default: the tool's, the lit_data demo config/t2t_vit_7_demo.yaml;
+#                                 given --weights, a checkpoint's own settings, which a CONFIG may not contradict)
 #   GPUS=0,1,2,3                  several GPUs on this machine
 #   NPROC=2                       several CPU processes (gloo), e.g. to try multi-process runs without a GPU
 #   NNODES=2 MASTER=IP:PORT       several machines: run the same command on each (same GPUS), MASTER = first machine
@@ -15,13 +16,14 @@
 # was left, after one line naming it and the command that resumes the run. train.py, and any tool on several
 # processes, runs under scripts/paddle_launch.py, which does all this (docs/training.md#preemption-and-faults).
 # CPU threads per process (and MKL's fast path on AMD) are set by tools/t2tvit/cpu_env.py, which every tool imports
-# first, so `python tools/X.py` and this script run with the same settings.
+# first, so `python tools/X.py` and this script run with the same settings; it also keeps known third-party noise
+# off the output (tools/t2tvit/quiet.py, each message by name; -v shows it). No warning category is silenced here:
+# Paddle's AMP warnings (bf16 not supported, falling back) must reach the user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tool=${1:?usage: scripts/launch.sh TOOL.py [ARGS...] (e.g. train.py, val.py)}
 shift
 [ -f "tools/$tool" ] || { echo "error: scripts/launch.sh: no tool tools/$tool" >&2; exit 2; }
-export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore::UserWarning}
 launch=()
 if [ -n "${GPUS:-}" ]; then
   launch=(--devices "$GPUS")
@@ -34,6 +36,6 @@ fi
 [ ${#launch[@]} -eq 0 ] || launch+=(--log_dir "${LAUNCH_LOG_DIR:-log/launch_${tool%.py}}")
 [ "$tool" != train.py ] || launch=(--restarts "${MAX_RESTARTS:-3}" ${launch[@]+"${launch[@]}"})
 if [ ${#launch[@]} -eq 0 ]; then
-  exec "${PYTHON:-python3}" "tools/$tool" -c "${CONFIG:-config/t2t_vit_7_demo.yaml}" "$@"
+  exec "${PYTHON:-python3}" "tools/$tool" ${CONFIG:+-c "$CONFIG"} "$@"
 fi
-exec "${PYTHON:-python3}" scripts/paddle_launch.py "${launch[@]}" "tools/$tool" -c "${CONFIG:-config/t2t_vit_7_demo.yaml}" "$@"
+exec "${PYTHON:-python3}" scripts/paddle_launch.py "${launch[@]}" "tools/$tool" ${CONFIG:+-c "$CONFIG"} "$@"

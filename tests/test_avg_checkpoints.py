@@ -11,6 +11,7 @@ import pytest
 from runner import error_lines, fast_overrides, run_main
 from t2tvit import config
 from t2tvit.checkpoint import atomic_save, load_file, sha256_of, training_state
+from t2tvit.dataset import imagenet_names
 from t2tvit.ema import ModelEMA
 from t2tvit.optim import build_optimizer
 from t2tvit.t2t import create_model
@@ -104,8 +105,10 @@ def test_a_pdparams_average_is_a_plain_state_dict_with_its_record_beside_it(tmp_
 
 
 @pytest.mark.slow
-def test_the_averaged_file_evaluates_through_val(tmp_path, run_folder):
-    out, _ = run_folder
+def test_the_averaged_file_evaluates_through_val(tmp_path):
+    # a run of ImageNet's classes: the averaged file states them (its header), and val.py refuses weights whose
+    # classes are not those of the validation set (lit_data's are ImageNet's)
+    out, _ = make_run(tmp_path / "run", names=imagenet_names())
     path = tmp_path / "avg.safetensors"
     assert average("--input", out, "-n", 3, "--output", path).returncode == 0
     r = run_main("val.py", "--weights", path, *fast_overrides(tmp_path, **{"Global.num_classes": 1000}))

@@ -98,7 +98,10 @@ def test_cli_arguments():
     assert args.override == ["Global.epochs=100", "Global.seed=4", "Data.root=/x"]
     cfg = config.config_from_args(args)
     assert (cfg.Global.epochs, cfg.Global.seed, cfg.Data.root) == (100, 4, "/x")
-    assert os.path.samefile(parser.parse_args([]).config, T2T_7)  # found from any working directory
+    # Without -c: every command's one default, the lit_data demo that scripts/train.sh trains, found from any
+    # working directory.
+    assert parser.parse_args([]).config is None and os.path.isabs(config.DEFAULT_CONFIG)
+    assert config.config_from_args(parser.parse_args([])).Global.output_dir == "output/t2t_vit_7_demo"
     assert parser.parse_args(["-c", "a.yaml"]).config == "a.yaml"
 
 

@@ -228,7 +228,7 @@ def test_predict_through_each_backend_agrees_with_the_dynamic_model(exported, ba
 @pytest.mark.slow
 def test_infer_cli_config_of_another_img_size_is_one_line(exported):
     r = run_tool("infer.py", IMAGE, "--inference-dir", exported[1], config=CONFIG)
-    assert f"takes {SIZE} px images but the config says Global.img_size=224" in one_error_line(r)
+    assert f"Global.img_size {SIZE} (the export) vs 224 ({CONFIG})" in one_error_line(r)
 
 
 @pytest.mark.slow

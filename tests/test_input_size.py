@@ -1,4 +1,5 @@
 """Global.img_size [H, W]: config, transforms, converter parsing, train/val/predict and export at a non-square size."""
+import argparse
 import glob
 import os
 
@@ -8,11 +9,12 @@ import pytest
 from PIL import Image
 
 from runner import ROOT, error_lines, fast_overrides, run_tool
-from t2tvit import deploy, export
+from t2tvit import deploy, export, export_meta
 from t2tvit.config import SCHEMA_PATH, load_config
 from t2tvit.errors import UserError
 from t2tvit.sizes import parse_size
 from t2tvit.t2t import create_model
+from t2tvit.tool_config import config_for
 from t2tvit.transforms import build_transform
 
 PHOTO = sorted(glob.glob(os.path.join(ROOT, "lit_data", "val", "*", "*.JPEG")))[0]
@@ -63,9 +65,12 @@ def test_an_export_at_a_non_square_size_computes_the_dynamic_logits_and_checks_t
     diffs = export.export_checked(model, [64, 32], str(tmp_path / "inference"), ("paddle",))
     assert diffs["paddle"] <= export.CHECK_TOL
     engine = deploy.create_predictor(str(tmp_path / "inference"), backend="paddle", threads=1)
-    engine.check_img_size([64, 32])
-    with pytest.raises(UserError, match="takes 64x32 px images but the config says"):
-        engine.check_img_size(64)
+    said = export_meta.read(str(tmp_path / "inference"))
+    asked = argparse.Namespace(config=None, override=["Global.img_size=[64,32]"], img_size=None)
+    assert config_for(asked, said)[0].Global.img_size == [64, 32]
+    asked.override = ["Global.img_size=64"]
+    with pytest.raises(UserError, match=r"Global.img_size 64x32 \(the export\) vs 64 \(-o Global.img_size=64\)"):
+        config_for(asked, said)
     with pytest.raises(UserError, match=r"takes \[N, 3, 64, 32\] images"):
         engine(np.zeros((1, 3, 32, 64), "float32"))
 

@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import zipfile
 
+import pytest
 import yaml
 
 from runner import LIT_DATA, ROOT, run_main
@@ -155,3 +156,21 @@ def test_deployment_precision_table_is_the_committed_measurement():
     for name, t1, agree, diff in rows:
         m_diff, m_agree, m_top1 = measured[names[name]]
         assert (float(t1), float(agree), float(diff)) == (m_top1, m_agree, round(m_diff, 2)), name
+
+
+def test_the_readme_example_classifies_a_photo_with_a_checkpoint_of_the_user_s_own_run(tmp_path, monkeypatch,
+                                                                                        capsys):
+    from test_artifacts import checkpoint_of, make_class_folders
+
+    code = README.split("<!-- classify-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 10
+    data = make_class_folders(tmp_path / "data")
+    os.makedirs(tmp_path / "output" / "finetune")
+    os.replace(checkpoint_of(tmp_path, data), tmp_path / "output" / "finetune" / "best.pdckpt")
+    os.replace(data / "val" / "green" / "2.png", tmp_path / "photo.jpg")  # a PNG named .jpg: read by content
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines][0] == "green" and len(lines) == 3
+    probs = [float(line.split(": ")[1]) for line in lines]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=2e-3)

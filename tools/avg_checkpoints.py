@@ -17,6 +17,7 @@ import sys
 from t2tvit import averaging
 from t2tvit.checkpoint import load_file, match_state_dict
 from t2tvit.errors import cli
+from t2tvit.quiet import add_verbose_flag
 from t2tvit.t2t import create_model
 
 
@@ -29,6 +30,7 @@ def main(argv=None):
     ap.add_argument("--ema", action="store_true", help="average the EMA weights (default: the model's)")
     ap.add_argument("--metrics", default="", help="with --best: the run's metrics.jsonl (default: its log folder's)")
     ap.add_argument("--output", required=True, help="the averaged weights: a .safetensors or .pdparams file")
+    add_verbose_flag(ap)
     args = ap.parse_args(argv)
     averaging.output_format(args.output)
     which = "ema" if args.ema else "model"

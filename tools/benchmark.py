@@ -16,11 +16,13 @@ In one run, each measure in a fresh process (so that its environment applies and
                  on the batch) on ImageNet-sized JPEGs (500x375, made from lit_data)
   data_train_reduced  the same with Data.reduced_decode (JPEGs decoded at 1/2-1/8 scale where the crop allows)
   data_val       the same for the validation transform (full decode, resize, center crop, normalisation)
-The model, image size, classes and transforms come from the config (default config/t2t_vit_7.yaml; --model
-and --img-size override it). Each model measure is timed on a random batch (warm-up runs, then --repeat timed
-runs; with --rounds R every measure runs R times, interleaved, and images/s is the median of all its timed
-runs) and also run once on real images through the val transform: the 20 photos of lit_data/val, or with
---agree-on val the config's validation split (at most --agree-limit images, evenly spaced). Its max |logit
+The model, image size, classes and transforms come from the config (default config/t2t_vit_7_demo.yaml, every
+command's; --model and --img-size override it), or from --weights where they say what they are (a checkpoint:
+its model, size, classes and eval preprocessing; a -c / -o / --model that says otherwise is an error,
+--img-size measures at another size; t2tvit/tool_config.py). Each model measure is timed on a random batch
+(warm-up runs, then --repeat timed runs; with --rounds R every measure runs R times, interleaved, and images/s
+is the median of all its timed runs) and also run once on real images through the val transform: the 20 photos
+of lit_data/val, or with --agree-on val the config's validation split (at most --agree-limit images, evenly spaced). Its max |logit
 difference| and top-1 agreement are against Paddle's float32 dynamic-graph model with the same weights
 (--weights, else random init, seed 0; random-init logits have tiny top-2 gaps, so top-1 agreement means more
 with trained weights: the report gives the reference's top-2 gaps). Threads default to the cores of this
@@ -38,21 +40,56 @@ images: up to 300, evenly spaced, through the val transform), else on up to 300 
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
+import json
+import os
 import sys
 
 from benchmarking.driver import drive
-from benchmarking.settings import MEASURES, RECIPE
+from benchmarking.settings import MEASURES
 from benchmarking.worker import WORKERS, worker
+from t2tvit.config import DEFAULT_CONFIG, ROOT
 from t2tvit.errors import UserError, cli
+from t2tvit.quiet import add_verbose_flag
+
+
+def settle_config(args):
+    """What every worker runs: --config (default DEFAULT_CONFIG) with overrides, --model and --img-size, or what
+    --weights says it is (the config may not say otherwise); checked here, before any worker starts."""
+    from t2tvit.artifact import SETTINGS, read_weights
+    from t2tvit.config import load_config
+    from t2tvit.tool_config import config_for
+
+    if not args.weights:
+        cfg = load_config(args.config or DEFAULT_CONFIG, args.override)  # a bad file or key: one line
+        args.config = args.config or DEFAULT_CONFIG
+        args.model = args.model or cfg.Global.model
+        args.img_size = args.img_size or cfg.Global.img_size
+        return
+    _, art = read_weights(args.weights)
+    asked = argparse.Namespace(config=args.config, img_size=[str(args.img_size)] if args.img_size else None,
+                               override=args.override + ([f"Global.model={args.model}"] if args.model else []))
+    cfg, notes = config_for(asked, art)
+    for line in [art.loaded_line()] + [f"note: {note}" for note in notes]:
+        print(line, file=sys.stderr)
+    args.config = args.config or DEFAULT_CONFIG
+    # The workers read the config again: what the weights said goes to them as overrides.
+    args.override = args.override + [f"{key}={json.dumps(cfg[key.split('.')[0]][key.split('.')[1]])}"
+                                     for key in SETTINGS if key != "Global.img_size"]
+    args.model = cfg.Global.model
+    args.img_size = cfg.Global.img_size
+    if not isinstance(args.img_size, int):
+        raise UserError(f"the benchmark measures square images: --img-size S (the weights are {args.img_size})")
 
 
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-c", "--config", default=RECIPE,
-                    help="config giving the model, image size, classes and transforms (default: %(default)s)")
+    ap.add_argument("-c", "--config", default=None,
+                    help="config giving the model, image size, classes and transforms (default: "
+                         f"{os.path.relpath(DEFAULT_CONFIG, ROOT)})")
     ap.add_argument("-o", "--override", nargs="+", default=[], metavar="Section.key=value",
                     help="override config keys, e.g. -o Data.root=data/fashion_mnist")
+    add_verbose_flag(ap)
     ap.add_argument("--model", help="model variant (default: the config's Global.model)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--img-size", type=int, help="image size (default: the config's Global.img_size)")
@@ -89,10 +126,7 @@ def main(argv=None):
     ap.add_argument("--precision", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.worker:
-        from t2tvit.config import load_config
-        cfg = load_config(args.config, args.override)  # a bad file or key: one line, before any worker runs
-        args.model = args.model or cfg.Global.model
-        args.img_size = args.img_size or cfg.Global.img_size
+        settle_config(args)
     for key in ("batch", "threads", "repeat", "rounds", "data_images", "agree_limit"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")

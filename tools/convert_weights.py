@@ -9,6 +9,7 @@ The result is checked key by key against the Paddle model and re-loaded strictly
 --src may also be a full checkpoint of the official main.py (its `args` is an argparse.Namespace).
 torch is needed by this tool alone: pip install -r requirements-convert.txt
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 from t2tvit.preempt import exit_on_signals, hold_signals
 
 # run as a command: until main(), a signal while torch and Paddle load waits, then is one line (not a traceback)
@@ -27,6 +28,7 @@ from t2tvit import atomic
 from t2tvit.checkpoint import HashingReader, check_sha256, load_file, match_state_dict, open_weights
 from t2tvit.errors import UserError, cli, shown
 from t2tvit.lockfile import OutputLock
+from t2tvit.quiet import add_verbose_flag
 from t2tvit.sizes import parse_size
 from t2tvit.t2t import create_model, linear_weight_names
 
@@ -112,6 +114,7 @@ def convert(src, dst, model_name, img_size=224, num_classes=1000, sha256=None):
 @exit_on_signals()
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_verbose_flag(ap)
     ap.add_argument("--src", required=True, help="official .pth / .pth.tar file")
     ap.add_argument("--dst", required=True, help="output .safetensors (to publish) or .pdparams file")
     ap.add_argument("--model", required=True, help="model name, e.g. t2t_vit_7")

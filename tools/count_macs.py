@@ -8,6 +8,7 @@ import sys
 
 from t2tvit.errors import cli
 from t2tvit.macs import KINDS, count_macs, count_parameters
+from t2tvit.quiet import add_verbose_flag
 from t2tvit.sizes import parse_size
 from t2tvit.t2t import VARIANTS, create_model
 
@@ -15,6 +16,7 @@ from t2tvit.t2t import VARIANTS, create_model
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_verbose_flag(ap)
     ap.add_argument("--model", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--img-size", nargs="+", default=["224"], metavar="S", help="S, HxW or H W")
     args = ap.parse_args(argv)

@@ -1,13 +1,16 @@
 """Export a trained or converted T2T-ViT for deployment: Paddle Inference and ONNX, dynamic batch dimension.
 
-    python tools/export_model.py -c CONFIG --weights FILE --out DIR [--format paddle|onnx|all] [-o Key=Value ...]
+    python tools/export_model.py --weights FILE --out DIR [-c CONFIG] [--format paddle|onnx|all] [-o Key=Value ...]
                                  [--int8 --calib DIR_OR_LIST [DIR_OR_LIST ...] [--calib-size N]]
 
 Writes DIR/inference.json (Paddle 3.x) or DIR/inference.pdmodel (Paddle 2.6) with DIR/inference.pdiparams
 (format paddle: the `paddle` backend) and DIR/model.onnx (format onnx, through paddle2onnx: the `onnxruntime`
-and `openvino` backends), with DIR/inference.yml saying what the graph takes. Default: all where paddle2onnx
-and onnxruntime are installed (requirements-deploy.txt), else paddle. Input `x`: [N, 3, S, S] float32
-normalised with Data.mean / Data.std, S = Global.img_size; output: [N, num_classes] logits. Before anything
+and `openvino` backends), with DIR/inference.yml saying what the export is (t2tvit/export_meta.py): the model
+and size, the eval preprocessing, the class names and the sha256 of the weights, so that predict.py
+--inference-dir DIR needs nothing else. A checkpoint's own model, size, classes and preprocessing are exported
+(a -c / -o that says otherwise is an error; --img-size exports at another size). Default format: all where
+paddle2onnx and onnxruntime are installed (requirements-deploy.txt), else paddle. Input `x`: [N, 3, S, S]
+float32 normalised with Data.mean / Data.std, S = Global.img_size; output: [N, num_classes] logits. Before anything
 is written to DIR, each written model is run (Paddle Inference; ONNX Runtime for model.onnx) and must give
 the dynamic model's logits within 1e-4; a previous export's model files in DIR are replaced.
 
@@ -30,23 +33,20 @@ import sys
 
 import paddle
 
-from t2tvit.checkpoint import load_weights
-from t2tvit.config import add_config_args, config_from_args
-from t2tvit.export import FORMAT_CHOICES, RUNTIME_NAMES, export_checked, parse_formats
 from t2tvit.errors import UserError, cli
+from t2tvit.export import FORMAT_CHOICES, RUNTIME_NAMES, export_checked, parse_formats
+from t2tvit.export_meta import description
 from t2tvit.quantize import DEFAULT_CALIB_SIZE, calibration_images, int8_agreement_line, int8_matmuls_line
+from t2tvit.quiet import add_verbose_flag, filtered_output
 from t2tvit.sizes import image_hw
-from t2tvit.t2t import create_model
+from t2tvit.tool_config import add_weights_args, class_names_for, load_model
 
 
 @cli
 @exit_on_signals()
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_args(ap)
-    ap.add_argument("--weights", required=True, help=".pdckpt checkpoint (its EMA or model weights, whichever "
-                                                     "validated better) or .pdparams / .safetensors weights")
-    ap.add_argument("--sha256", default="", help="hex sha256 the weights file must have (refused otherwise)")
+    add_verbose_flag(add_weights_args(ap, required=True))
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--format", choices=FORMAT_CHOICES, default=None,
                     help="paddle (Paddle Inference), onnx (model.onnx) or all; default: all where paddle2onnx "
@@ -69,24 +69,26 @@ def main(argv=None):
     if args.format is None and "onnx" not in formats:
         print("note: paddle2onnx / onnxruntime not installed: writing the Paddle Inference model only "
               "(pip install -r requirements-deploy.txt for model.onnx)")
-    cfg = config_from_args(args)
-    g = cfg.Global
     paddle.set_device("cpu")
-    model = create_model(g.model, img_size=g.img_size, num_classes=g.num_classes)
-    which, notes = load_weights(model, args.weights, sha256=args.sha256)
+    cfg, model, art, notes = load_model(args)
+    g = cfg.Global
+    print(art.loaded_line())
     for note in notes:
         print(f"note: {note}")
-    model.eval()
+    names, why = class_names_for(cfg, art)
+    if why:
+        print(f"note: the export holds {why}")
     out = os.path.abspath(args.out)
     calib = calibration_images(cfg, args.calib, args.calib_size) if args.int8 else None
-    diffs = export_checked(model, g.img_size, out, formats, calib)
+    with filtered_output():  # paddle2onnx's, Paddle's glog, ONNX Runtime's and NNCF's progress and INFO lines
+        diffs = export_checked(model, g.img_size, out, formats, calib, description(model, cfg, art, names))
+        agreement = int8_agreement_line(out, calib) if args.int8 else None
     files = ", ".join(sorted(os.listdir(out)))
-    source = args.weights if which == "weights" else f"{which} weights of {args.weights}"
     checks = ", ".join(f"{RUNTIME_NAMES[fmt]} {d:.2g}" for fmt, d in diffs.items())
-    print(f"exported {g.model} ({source}) for [N, 3, {', '.join(map(str, image_hw(g.img_size)))}] inputs to {out}: {files}; "
+    print(f"exported {g.model} for [N, 3, {', '.join(map(str, image_hw(g.img_size)))}] inputs to {out}: {files}; "
           f"max |logits - dynamic logits|: {checks}")
     if args.int8:
-        print(int8_agreement_line(out, calib))
+        print(agreement)
         print(int8_matmuls_line(out))
 
 

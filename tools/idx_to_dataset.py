@@ -15,6 +15,7 @@ length (and a gzip stream is never inflated past what its header promises, at mo
 must be class indices, images must have pixels, and class names must make folder names. The dataset is
 written into a hidden temporary folder beside OUT, renamed to OUT at the end: no half-made dataset.
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import gzip
 import os
@@ -26,6 +27,8 @@ import numpy as np
 from PIL import Image
 
 from t2tvit import errors
+from t2tvit.names import is_folder_name
+from t2tvit.quiet import add_verbose_flag
 
 FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"]
@@ -132,7 +135,7 @@ def folder_name(name):
     """`name` as a folder name (`/` -> `_`); refused up front if no file system would take it (empty, hidden,
     a NUL or other control character, over 255 bytes), before any file is written."""
     safe = name.replace("/", "_").replace(os.sep, "_").strip()
-    if not safe or safe.startswith(".") or not safe.isprintable() or len(safe.encode("utf-8", "replace")) > 255:
+    if not is_folder_name(safe):
         raise errors.UserError(f"--class-names: class name {name!r} cannot be a folder name")
     return safe
 
@@ -198,6 +201,7 @@ def source_paths(args):
 @errors.cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_verbose_flag(ap)
     ap.add_argument("--src", default="/usr/share/datasets/fashion-mnist",
                     help="folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (Debian's "
                          "dataset-fashion-mnist by default)")

@@ -4,6 +4,7 @@
 
 The wheel names each photo foolbox/data/imagenet_<k>_<class id>.jpg with its true ImageNet-1k class id.
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import io
 import os
@@ -14,6 +15,7 @@ import zipfile
 from PIL import Image
 
 from t2tvit import errors
+from t2tvit.quiet import add_verbose_flag
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
@@ -97,6 +99,7 @@ def photos(wheel):
 @errors.cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_verbose_flag(ap)
     ap.add_argument("wheel", help="foolbox-3.3.4-py3-none-any.whl")
     ap.add_argument("--out", default=os.path.join(ROOT, "lit_data"), help="output folder (default: lit_data)")
     args = ap.parse_args(argv)

@@ -14,6 +14,7 @@ line i = the name of new label i), each atomically.
 --per-class N keeps N images of each class, chosen by --seed through a hash of (seed, path): the choice does
 not depend on the Python or numpy version, and the N images for a seed are among its M > N ones.
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import hashlib
 import os
@@ -22,6 +23,7 @@ from types import SimpleNamespace
 
 from t2tvit import atomic, errors
 from t2tvit.dataset import class_folders, read_list, scan_folders
+from t2tvit.quiet import add_verbose_flag
 
 
 def parse_classes(spec, num_classes):
@@ -78,6 +80,7 @@ def choose(paths, labels, classes, per_class, seed, names, source):
 @errors.cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_verbose_flag(ap)
     ap.add_argument("--root", required=True, help="the dataset root (Data.root)")
     ap.add_argument("--split", choices=["train", "val"], required=True, help="which images to draw from")
     ap.add_argument("--list", default=None, help="list file under --root to draw from (default <split>.txt); "

@@ -10,6 +10,7 @@ Several runs: their validation top-1 against epoch in one chart (model solid, EM
 (default: the log folder's name). A resumed run appends to the same file and may repeat steps; the last value
 logged for a step wins.
 """
+import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
 import datetime
 import os
@@ -21,6 +22,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from t2tvit import errors  # noqa: E402
+from t2tvit.quiet import add_verbose_flag  # noqa: E402
 from t2tvit.runtime import MetricsFile, read_metrics  # noqa: E402
 
 
@@ -109,6 +111,7 @@ def summary(curves):
 @errors.cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_verbose_flag(ap)
     ap.add_argument("log", nargs="+", help="a run's log folder (Global.log_dir), its metrics.jsonl or its "
                                            "train.log; several runs are compared in one chart")
     ap.add_argument("--label", action="append", default=[],

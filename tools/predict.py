@@ -8,9 +8,13 @@
 PATH: image files, and folders searched recursively for images (the extensions of t2tvit.dataset.IMG_EXTENSIONS).
 Images are read and classified --batch-size at a time with tools/val.py's eval transform. Prints, per image,
 `class_id is: N` (as the original repo did), its class name and the top-k probabilities. --weights: a .pdckpt
-checkpoint of this repo (its saved class names are used) or .pdparams weights (names from Data.classes);
-default Global.output_dir/best.pdckpt. --inference-dir: an exported model (tools/export_model.py) instead,
-run by a deployment backend (t2tvit/backends.py, chosen by t2tvit/deploy.py) (auto: the fastest fp32 one installed).
+checkpoint of this repo (its model, size, preprocessing and class names are used: nothing else is needed) or
+.pdparams weights (the config's, names from Data.classes); default Global.output_dir/best.pdckpt.
+--inference-dir: an exported model (tools/export_model.py) instead, run by a deployment backend
+(t2tvit/backends.py, chosen by t2tvit/deploy.py) (auto: the fastest fp32 one installed); its inference.yml
+says the rest. A -c / -o that says otherwise than the checkpoint or export is an error (t2tvit/tool_config.py).
+The weights used are named on stderr (path, sha256, epoch, model or EMA). Paths and class names that are not
+printable (a newline, a control character, a name that is not UTF-8) are printed repr-style.
 
 --output FILE.jsonl writes one JSON object per image, in input order: {"path", "class_id", "class_name",
 "topk": [[id, name, prob], ...]}, with "logits" (every class) under --logits. An image that cannot be read gets
@@ -18,8 +22,7 @@ run by a deployment backend (t2tvit/backends.py, chosen by t2tvit/deploy.py) (au
 FILE.jsonl.<random>.partial (created exclusively: a planted file or symlink is never written through), each
 flushed as soon as its batch is done, and the file is renamed to FILE.jsonl when the run completes: an
 interrupted run keeps every finished line, and never leaves a FILE.jsonl that looks whole. FILE.jsonl.lock
-refuses a second run on the same --output (naming its pid and host). Paths that are not printable (a newline,
-a control character, a name that is not UTF-8) are printed repr-style.
+refuses a second run on the same --output (naming its pid and host).
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 from t2tvit.preempt import exit_on_signals, hold_signals
@@ -33,18 +36,26 @@ import contextlib
 import sys
 
 from t2tvit.classify import JsonLines, classify, image_paths
-from t2tvit.config import add_config_args, config_from_args
-from t2tvit.dataset import class_names
 from t2tvit.backends import BACKENDS, PRECISIONS, Predictor
 from t2tvit.deploy import create_predictor
 from t2tvit.errors import UserError, cli, shown
+from t2tvit.quiet import VERBOSE_FLAGS
+from t2tvit.sizes import image_hw, parse_size
+from t2tvit.tool_config import Loaded, add_weights_args, class_names_for, config_for
 from t2tvit.transforms import build_transform
 
 
-def engine_forward(args, cfg):
-    """(forward, class names) of the exported model in --inference-dir on the chosen backend."""
+def engine_forward(args):
+    """(forward, config, Artifact, notes) of the exported model in --inference-dir on the chosen backend: its
+    inference.yml says what it is (export_meta.py); a -c / -o that says otherwise is refused."""
+    from t2tvit.export_meta import read
     from t2tvit.runtime import select_device
 
+    art = read(args.inference_dir)
+    if args.img_size and parse_size(args.img_size) != image_hw(art.settings["Global.img_size"]):
+        raise UserError(f"--img-size: an exported model runs at the size it was exported at "
+                        f"({art.settings['Global.img_size']}); export the weights again at the size you want")
+    cfg, notes = config_for(args, art, size_flag=False)
     device = select_device(args.device or cfg.Global.device)
     if args.trt:
         if device != "gpu" or args.backend not in ("auto", "paddle"):
@@ -52,38 +63,31 @@ def engine_forward(args, cfg):
         engine = Predictor(args.inference_dir, device, trt=args.trt, max_batch=args.batch_size)
     else:
         engine = create_predictor(args.inference_dir, args.backend, args.precision, args.threads, device)
-    engine.check_img_size(cfg.Global.img_size)
     print(f"backend: {engine.backend} {engine.precision} on {device}", file=sys.stderr)
     if args.verbose and engine.auto_reason:
         print(f"auto picked {engine.backend}: {engine.auto_reason}", file=sys.stderr)
-    return engine, class_names(cfg)
+    return engine, cfg, art, notes
 
 
-def dynamic_forward(args, cfg):
-    """(forward, class names) of the dynamic model with --weights (or the run's best checkpoint)."""
+def dynamic_forward(args):
+    """(forward, config, Artifact, notes) of the dynamic model with --weights (or the run's best checkpoint)."""
     import paddle
 
-    from t2tvit.checkpoint import load_file, load_weights, weights_or_best
     from t2tvit.runtime import select_device
-    from t2tvit.t2t import create_model
 
     for flag in ("backend", "precision", "threads", "trt"):
         if getattr(args, flag) not in (None, "auto", "fp32"):
             raise UserError(f"--{flag} applies to an exported model: add --inference-dir DIR "
                             f"(write one with tools/export_model.py)")
-    select_device(args.device or cfg.Global.device)
-    weights = weights_or_best(args.weights, cfg.Global.output_dir)
-    saved = load_file(weights, args.sha256)
-    names = saved.get("class_names") if isinstance(saved, dict) and "model" in saved else None
-    model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
-    load_weights(model, weights, loaded=saved)
-    model.eval()
+    loaded = Loaded(args)
+    select_device(args.device or loaded.cfg.Global.device)
+    model = loaded.model()
 
     def forward(images):
         with paddle.no_grad():
             return model(paddle.to_tensor(images)).numpy()
 
-    return forward, names or class_names(cfg)
+    return forward, loaded.cfg, loaded.art, loaded.notes
 
 
 @cli
@@ -91,10 +95,7 @@ def dynamic_forward(args, cfg):
 def main(argv=None, inference_only=False):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
-    add_config_args(ap, default_config="config/t2t_vit_7_demo.yaml")
-    if not inference_only:
-        ap.add_argument("--weights", default="", help=".pdckpt checkpoint, .pdparams or .safetensors weights")
-        ap.add_argument("--sha256", default="", help="hex sha256 the weights file must have (refused otherwise)")
+    add_weights_args(ap, weights=not inference_only)
     ap.add_argument("--inference-dir", required=inference_only, default="",
                     help="an exported model (tools/export_model.py) to run instead of --weights")
     ap.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
@@ -106,7 +107,8 @@ def main(argv=None, inference_only=False):
     ap.add_argument("--threads", type=int, default=None, help="with --inference-dir: CPU threads (default: all "
                                                               "cores this process may use)")
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None, help="default: Global.device")
-    ap.add_argument("-v", "--verbose", action="store_true", help="with --backend auto: say why it picked one")
+    ap.add_argument(*VERBOSE_FLAGS, action="store_true",
+                    help="also show third-party warnings and notes; with --backend auto, say why it picked one")
     ap.add_argument("--trt", choices=("fp32", "fp16"), default=None, help="GPU: run through TensorRT")
     ap.add_argument("--topk", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32, help="images read and classified at a time")
@@ -117,11 +119,14 @@ def main(argv=None, inference_only=False):
         raise UserError("--batch-size and --topk must be at least 1")
     if args.logits and not args.output:
         raise UserError("--logits adds the logits to --output FILE.jsonl: give --output too")
-    cfg = config_from_args(args)
+    forward, cfg, art, notes = (engine_forward if args.inference_dir else dynamic_forward)(args)
+    names, why = class_names_for(cfg, art)
+    print(art.loaded_line(), file=sys.stderr)
+    for note in notes + ([f"{why}: shown as ?"] if why else []):
+        print(f"note: {note}", file=sys.stderr)
     transform = build_transform(cfg, "val")
-    forward, names = (engine_forward if args.inference_dir else dynamic_forward)(args, cfg)
     with JsonLines(args.output) if args.output else contextlib.nullcontext() as out:
-        done, failed = classify(image_paths(args.images), transform, forward, names, args.topk, args.batch_size,
+        done, failed = classify(image_paths(args.images), transform, forward, names or [], args.topk, args.batch_size,
                                 args.logits, out)
         if out:
             out.finish()

@@ -34,6 +34,7 @@ from t2tvit.engine import Trainer, batch_plan
 from t2tvit.errors import StorageError, UserError, cli
 from t2tvit.optim import build_optimizer
 from t2tvit.preempt import GracefulStop, Stopped, launch_argv, signal_name
+from t2tvit.quiet import add_verbose_flag
 from t2tvit.runlock import RunLock, this_run_id
 from t2tvit.runtime import MetricsFile, Runtime, Scalars, amp_context, make_logger
 from t2tvit.scheduler import WarmupCosineLR
@@ -98,6 +99,7 @@ def build_trainer(cfg, stop, run_id, accept_changes=False):
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_verbose_flag(ap)
     add_config_args(ap)
     ap.add_argument("--resume", default=None, help="checkpoint to resume from (overrides Global.resume)")
     ap.add_argument("--accept-changes", action="store_true",

@@ -2,6 +2,9 @@
 
     python tools/visualize.py IMAGE [--weights FILE] [-c CONFIG] [-o Key=Value ...] --out X.png [--position Y X]
 
+A checkpoint's own model, size and preprocessing are used (a -c / -o that says otherwise is an error;
+--img-size draws at another size); without --weights, the config's model with random initial weights.
+
 Writes, each drawn over the image as the model sees it (the validation crop, Global.img_size):
   X.png        the class token's attention rollout (Abnar & Zuidema 2020) on the H/16 x W/16 patch grid;
   X.heads.png  the last block's class-token attention, one panel per head;
@@ -19,11 +22,11 @@ from PIL import Image, ImageDraw
 
 from t2tvit import atomic
 from t2tvit.attention_maps import attention_maps
-from t2tvit.checkpoint import load_weights
-from t2tvit.config import add_config_args, config_from_args
 from t2tvit.decode import BadImage
 from t2tvit.errors import StorageError, UserError, cli, shown
+from t2tvit.quiet import add_verbose_flag
 from t2tvit.t2t import create_model
+from t2tvit.tool_config import add_weights_args, config_for, load_model
 from t2tvit.transforms import build_transform
 
 
@@ -59,19 +62,21 @@ def strip(panels):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("image", help="an image file")
-    add_config_args(ap)
-    ap.add_argument("--weights", default="", help=".pdparams weights or .pdckpt checkpoint (default: random "
-                                                  "initial weights, which only show the mechanics)")
+    add_verbose_flag(add_weights_args(ap, default="random initial weights (they only show the mechanics)"))
     ap.add_argument("--out", required=True, help="PNG path; .heads.png and .t2t.png are written beside it")
     ap.add_argument("--position", nargs=2, type=int, metavar=("Y", "X"), help="T2T query, pixels in the crop")
     args = ap.parse_args(argv)
     if not args.out.endswith(".png"):
         raise UserError(f"--out {args.out}: give a .png path")
-    cfg = config_from_args(args)
-    model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
     if args.weights:
-        load_weights(model, args.weights)
+        cfg, model, art, notes = load_model(args)
+        names = art.class_names
+        for line in [art.loaded_line()] + [f"note: {note}" for note in notes]:
+            print(line, file=sys.stderr)
     else:
+        cfg, _ = config_for(args, None)
+        model = create_model(cfg.Global.model, img_size=cfg.Global.img_size, num_classes=cfg.Global.num_classes)
+        names = None
         print("note: no --weights: the maps are those of randomly initialised weights", file=sys.stderr)
     transform = build_transform(cfg, "val")
     try:
@@ -94,8 +99,9 @@ def main(argv=None):
             panels.append(panel)
         save_png(strip(panels), base + ".t2t.png")
     top = int(np.argmax(maps["logits"][0]))
+    name = f" {shown(names[top])}" if names else ""
     print(f"wrote {args.out}, {base}.heads.png" + (f", {base}.t2t.png" if maps["t2t"] else "")
-          + f" (top-1 class {top})")
+          + f" (top-1 class {top}{name})")
 
 
 if __name__ == "__main__":

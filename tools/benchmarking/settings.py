@@ -7,7 +7,6 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")  # the command; its --worker runs one measure
-RECIPE = os.path.join(ROOT, "config", "t2t_vit_7.yaml")
 PHOTOS = os.path.join(ROOT, "lit_data", "val")
 MEASURES = ("torch_eval", "torch_train", "eval_dynamic", "train", "engine", "data_train", "data_train_reduced",
             "data_val")

@@ -10,15 +10,20 @@ environment before Paddle is imported (t2tvit.cpu_env, every command's first imp
 import zlib  # noqa: F401
 
 # Paddle 3.x warns on every import that ccache is missing, a note for compiling C++ extensions, which nothing
-# here does; shown on each command's stderr, it reads like a fault.
-import warnings
+# here does; shown on each command's stderr, it reads like a fault. quiet.py lists it with the other third-party
+# warnings that are not about the user's run, filtered from here on (a command's -v shows them again).
+from . import quiet
 
-warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+quiet.set_verbose(False)
+
+
+PYTHON_API = ("create_model", "create_transform", "load_classifier")  # pretrained.py
 
 
 def __getattr__(name):
-    # t2tvit.create_model without importing Paddle on `import t2tvit` (see above): resolved on first use.
-    if name == "create_model":
-        from .pretrained import create_model
-        return create_model
+    # t2tvit.create_model (and the rest of PYTHON_API) without importing Paddle on `import t2tvit` (see above):
+    # resolved on first use.
+    if name in PYTHON_API:
+        from . import pretrained
+        return getattr(pretrained, name)
     raise AttributeError(f"module 't2tvit' has no attribute {name!r}")

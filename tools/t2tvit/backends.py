@@ -117,13 +117,6 @@ class Engine:
         self.img_size = image_hw(meta["img_size"])  # (H, W); older exports wrote one integer
         self.num_classes = int(meta["num_classes"])
 
-    def check_img_size(self, img_size):
-        if self.img_size != image_hw(img_size):
-            h, w = self.img_size
-            size = h if h == w else f"{h}x{w}"
-            raise UserError(f"the exported model takes {size} px images but the config says "
-                            f"Global.img_size={img_size}: pass the config it was exported with")
-
     def __call__(self, images):
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:] != (3, *self.img_size):

@@ -36,18 +36,6 @@ def atomic_link(src, dst):
     atomic.link_or_copy(src, dst)
 
 
-def weights_or_best(given, output_dir):
-    """The weights a tool should load: `given`, else output_dir/best.pdckpt, else say how to get some."""
-    if given:
-        return given
-    path = os.path.join(output_dir, "best.pdckpt")
-    if os.path.isfile(path):
-        return path
-    raise UserError(f"no weights: {path} does not exist. Train first (bash scripts/train.sh), or convert the "
-                    "official weights (python tools/convert_weights.py --src 71.7_T2T_ViT_7.pth.tar --dst "
-                    "weights/t2t_vit_7.pdparams --model t2t_vit_7) and pass --weights weights/t2t_vit_7.pdparams")
-
-
 class HashingReader:
     """A binary file read through, hashing every byte handed out (read, readline, readinto): the digest is that of
     the bytes that were parsed, not of a second read of a file that may have changed meanwhile."""

@@ -74,11 +74,13 @@ def prediction(path, logits, names, topk, with_logits=False):
 
 
 def print_prediction(record):
-    """The original repo's `class_id is: N` line, then the class name and the top-k probabilities."""
+    """The original repo's `class_id is: N` line, then the class name and the top-k probabilities. Class names,
+    like paths, come from files (a checkpoint, Data.classes, an export): any that is not printable is shown
+    repr-style, so one image prints exactly these four lines and no terminal escape."""
     print(shown(record["path"]))
     print(f"class_id is: {record['class_id']}")
-    print(f"class name: {record['class_name']}")
-    print(f"top-{len(record['topk'])}: " + ", ".join(f"{c} {n} ({p:.4f})" for c, n, p in record["topk"]))
+    print(f"class name: {shown(record['class_name'])}")
+    print(f"top-{len(record['topk'])}: " + ", ".join(f"{c} {shown(n)} ({p:.4f})" for c, n, p in record["topk"]))
 
 
 class JsonLines:

@@ -19,6 +19,8 @@ from .sizes import image_hw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMA_PATH = os.path.join(ROOT, "config", "default.yaml")
+# Every command's config when -c is not given: the lit_data demo that scripts/train.sh trains.
+DEFAULT_CONFIG = os.path.join(ROOT, "config", "t2t_vit_7_demo.yaml")
 
 CHOICES = {
     "Global.device": ("auto", "cpu", "gpu"),
@@ -182,11 +184,12 @@ def _load_yaml(text):
         raise YAMLBudgetError("nested too deeply") from None
 
 
-def _read_yaml(path, why=""):
+def read_yaml(path, why="", what="config file"):
+    """The mapping in YAML file `path` (a `what`), read within the budget; anything else is one UserError."""
     if not os.path.isfile(path):
-        raise errors.UserError(f"config file not found: {path}{why}")
+        raise errors.UserError(f"{what} not found: {path}{why}")
     if os.path.getsize(path) > YAML_MAX_BYTES:  # checked before reading: never load a huge file
-        raise errors.UserError(f"{path}: too large for a config file (over {YAML_MAX_BYTES} bytes)")
+        raise errors.UserError(f"{path}: too large for a {what} (over {YAML_MAX_BYTES} bytes)")
     try:
         with open(path, encoding="utf-8") as f:
             data = _load_yaml(f.read())
@@ -198,10 +201,12 @@ def _read_yaml(path, why=""):
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         kind = "YAML value error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
         raise errors.UserError(f"{where}: {kind}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise errors.UserError(f"cannot read {path} as a {what}: {getattr(e, 'strerror', None) or e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise errors.UserError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+        raise errors.UserError(f"{path}: a {what} must be a mapping of sections, got {type(data).__name__}")
     return data
 
 
@@ -314,7 +319,7 @@ def _load_chain(path, schema, target, origin, chain=(), why=""):
     real = os.path.realpath(path)
     if real in chain:
         raise errors.UserError(f"config file {path}: its _base_ chain comes back to it")
-    data = _read_yaml(path, why)
+    data = read_yaml(path, why)
     base = data.pop("_base_", None)
     if base is not None:
         if not isinstance(base, str) or not base:
@@ -435,10 +440,23 @@ def _check_ranges(cfg, origin):
 
 def load_config(path, overrides=()):
     """The config at `path` over its `_base_` chain over default.yaml, then `overrides` ("Section.key=value")."""
-    schema = _read_yaml(SCHEMA_PATH)
+    return _built(lambda schema, merged, origin: _load_chain(path, schema, merged, origin), overrides)
+
+
+def config_from_data(data, source, overrides=()):
+    """A config recorded as a mapping (a checkpoint's, or settings a weights file or export states), checked
+    over default.yaml as a file would be, then `overrides`; `source` names it in errors."""
+    if not isinstance(data, dict):
+        raise errors.UserError(f"{source}: a config must be a mapping of sections, got {type(data).__name__}")
+    return _built(lambda schema, merged, origin: _merge(merged, data, schema, schema, source, origin), overrides)
+
+
+def _built(load, overrides):
+    """default.yaml, what `load(schema, merged, origin)` writes over it, then the overrides; checked."""
+    schema = read_yaml(SCHEMA_PATH)
     merged = copy.deepcopy(schema)
     origin = {}
-    _load_chain(path, schema, merged, origin)
+    load(schema, merged, origin)
     for text in overrides:
         parts, value, source = _parse_override(text, schema)
         node = merged
@@ -451,15 +469,15 @@ def load_config(path, overrides=()):
     return cfg
 
 
-def add_config_args(parser, default_config="config/t2t_vit_7.yaml"):
-    """`-c/--config FILE` and `-o/--override Section.key=value ...` (repeatable; several may follow one -o)."""
-    default = default_config if os.path.isabs(default_config) else os.path.join(ROOT, default_config)
-    parser.add_argument("-c", "--config", default=default,
-                        help=f"YAML config (default: {default_config} of this repository)")
+def add_config_args(parser):
+    """`-c/--config FILE` (None when not given: DEFAULT_CONFIG) and `-o/--override Section.key=value ...`
+    (repeatable; several may follow one -o)."""
+    parser.add_argument("-c", "--config", default=None,
+                        help=f"YAML config (default: {os.path.relpath(DEFAULT_CONFIG, ROOT)} of this repository)")
     parser.add_argument("-o", "--override", action="extend", nargs="+", default=[], metavar="Section.key=value",
                         help="override a config key, e.g. -o Data.root=/data/ILSVRC2012 Global.epochs=100")
     return parser
 
 
 def config_from_args(args):
-    return load_config(args.config, args.override)
+    return load_config(args.config or DEFAULT_CONFIG, args.override)

@@ -8,9 +8,13 @@ Sets, unless the user has already set them:
 - MKL_DEBUG_CPU_TYPE=5 on AMD CPUs only: MKL's fast path, which it otherwise reserves for Intel (on Intel the
   same setting slows it down).
 Both are read when Paddle's math libraries load, so they must be in the environment before `import paddle`;
-scripts/launch.sh relies on this module rather than setting them itself.
+scripts/launch.sh relies on this module rather than setting them itself. Paddle notes at import that
+OMP_NUM_THREADS is above 1, as if by mistake: quiet.install() (at the end) keeps that note and the other
+third-party noise off the command's output unless it runs with -v.
 """
 import os
+
+from . import quiet
 
 
 def usable_cores():
@@ -76,3 +80,4 @@ def apply(environ=None):
 
 
 apply()
+quiet.install()

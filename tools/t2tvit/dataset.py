@@ -14,6 +14,7 @@ import paddle
 
 from . import errors, inputs
 from .decode import BadImage
+from .names import is_folder_name
 from .samplers import EvalBatchSampler, TrainBatchSampler
 from .transforms import build_transform
 
@@ -200,7 +201,17 @@ def class_folders(cfg):
             raise errors.UserError(
                 f"Data.classes: folders takes the class folders of {train_dir}, which does not exist")
         return _subfolders(train_dir)
-    return _names(_classes_file(cfg))
+    path = _classes_file(cfg)
+    names = _names(path)
+    seen = set()
+    for name in names:  # each names a class folder (and is printed): what a folder name may be
+        if not is_folder_name(name):
+            raise errors.UserError(f"Data.classes: {errors.shown(path)}: class name {name!r} cannot be a folder "
+                                   "name (empty, hidden, a `/`, a control character or over 255 bytes)")
+        if name in seen:
+            raise errors.UserError(f"Data.classes: {errors.shown(path)} names the class {name!r} twice")
+        seen.add(name)
+    return names
 
 
 def _names(path):
@@ -208,11 +219,24 @@ def _names(path):
     return [s for s in (line.strip() for _, line in _read_lines(path, CLASSES_MAX_BYTES, "Data.classes file")) if s]
 
 
+def imagenet_names():
+    """ImageNet-1k's 1000 human-readable class names, in label order."""
+    return [line.split(" ", 1)[1] for line in _names(IMAGENET_NAMES)]
+
+
 def class_names(cfg):
     """Human-readable class names in label order, for printing predictions."""
     if cfg.Data.classes == "imagenet1k":
-        return [line.split(" ", 1)[1] for line in _names(IMAGENET_NAMES)]
+        return imagenet_names()
     return class_folders(cfg)
+
+
+def is_imagenet(cfg, names=None):
+    """Whether the classes are ImageNet-1k's: `names` (e.g. a checkpoint's) are its names, or, with none, the
+    config says so (Data.classes imagenet1k, 1000 classes)."""
+    if names is not None:
+        return list(names) == imagenet_names()
+    return cfg.Data.classes == "imagenet1k" and cfg.Global.num_classes == 1000
 
 
 def scan_folders(split_dir, classes, num_classes, classes_source):

@@ -31,7 +31,8 @@ def cli(main):
 
 
 def shown(path):
-    """`path` as it can be printed on one line: as is when every character is printable, else repr-style.
+    """`path` (or a class name) as it can be printed on one line: as is when every character is printable, else
+    repr-style.
 
     A file name may hold a newline (which could forge a `class_id is: N` line in predict's output), control
     characters, or surrogates (os.fsdecode of a name that is not UTF-8), which a strict UTF-8 stdout cannot

@@ -14,16 +14,17 @@ import tempfile
 import numpy as np
 import yaml
 
+from . import export_meta
 from .atomic import TEMP_MARK, remove_stale_temporaries
 from .backends import OnnxRuntimePredictor, Predictor
 from .errors import StorageError, UserError, shown
 from .export_files import FORMATS, META_FILE, ONNX_FILE, PREFIX, model_files
+from .export_meta import INPUT_NAME
 from .lockfile import OutputLock
 from .preempt import undone_on_stop
 from .quantize import quantize_export
 from .sizes import image_hw
 
-INPUT_NAME = "x"
 CHECK_TOL = 1e-4
 ONNX_OPSET = 17  # LayerNormalization is one op from opset 17 on
 FORMAT_CHOICES = ("paddle", "onnx", "all")
@@ -45,21 +46,23 @@ def parse_formats(choice=None):
     return ("paddle", "onnx") if choice == "all" else (choice,)
 
 
-def export(model, img_size, out_dir, formats=None):
+def export(model, img_size, out_dir, formats=None, description=None):
     """Trace `model` (in eval mode) for [N, 3, H, W] inputs (img_size S or (H, W)) and save it under out_dir: the
     Paddle program always (it is also what model.onnx is converted from), model.onnx if "onnx" is in
-    `formats` (default: parse_formats())."""
+    `formats` (default: parse_formats()), and META_FILE: `description` (export_meta.description(): the model,
+    the eval preprocessing, the class names and the weights exported; default: the model with default.yaml's
+    preprocessing)."""
     import paddle
 
     h, w = image_hw(img_size)
+    if (h, w) != tuple(model.img_size):
+        raise ValueError(f"export at {img_size} of a model built for {model.img_size}")
     spec = [paddle.static.InputSpec([None, 3, h, w], "float32", INPUT_NAME)]
     # full_graph: one whole static program (Paddle 3.x would otherwise trace through SOT with fallbacks).
     static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
     paddle.jit.save(static, os.path.join(out_dir, PREFIX))
-    meta = {"model": model.arch_name, "input": INPUT_NAME, "img_size": h if h == w else [h, w],
-            "num_classes": model.num_classes}
-    with open(os.path.join(out_dir, META_FILE), "w") as f:
-        yaml.safe_dump(meta, f, sort_keys=False)
+    with open(os.path.join(out_dir, META_FILE), "w", encoding="utf-8") as f:
+        yaml.safe_dump(description or export_meta.description(model), f, sort_keys=False, allow_unicode=True)
     if "onnx" in (formats or parse_formats()):
         to_onnx(out_dir)
 
@@ -114,7 +117,7 @@ def replace_files(src_dir, dst_dir, formats):
             os.replace(os.path.join(src_dir, name), os.path.join(dst_dir, name))
 
 
-def export_checked(model, img_size, out_dir, formats, calib=None):
+def export_checked(model, img_size, out_dir, formats, calib=None, description=None):
     """export() into a fresh temporary folder beside out_dir (mkdtemp: private, unpredictable), check every
     format against `model`, quantise int8 models calibrated on the images `calib` (if given; t2tvit/quantize.py),
     and only then replace out_dir's model files. Returns {format: max |logits difference|}; raises UserError,
@@ -132,12 +135,12 @@ def export_checked(model, img_size, out_dir, formats, calib=None):
     lock = OutputLock(out_dir, f"--out {shown(out_dir)}")  # OUT.lock: one export into a folder at a time
     try:
         with undone_on_stop(lock.release):
-            return _export_locked(model, img_size, out_dir, formats, calib)
+            return _export_locked(model, img_size, out_dir, formats, calib, description)
     finally:
         lock.release()
 
 
-def _export_locked(model, img_size, out_dir, formats, calib):
+def _export_locked(model, img_size, out_dir, formats, calib, description):
     """export_checked's work, holding out_dir's lock: the temporaries a killed export left are its own to remove."""
     tmp = None
     try:
@@ -145,7 +148,7 @@ def _export_locked(model, img_size, out_dir, formats, calib):
             print(f"note: removed {shown(path)}, left by an export that was killed", file=sys.stderr)
         tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=os.path.basename(out_dir) + TEMP_MARK)
         with undone_on_stop(lambda: shutil.rmtree(tmp, ignore_errors=True)):
-            export(model, img_size, tmp, formats)
+            export(model, img_size, tmp, formats, description)
             diffs = check_export(model, tmp, img_size, formats)
             bad = {fmt: d for fmt, d in diffs.items() if not d <= CHECK_TOL}
             if bad:

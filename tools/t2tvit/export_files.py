@@ -4,20 +4,20 @@
     onnx_file(DIR) -> (model.onnx, meta)                                          what ONNX Runtime and OpenVINO run
     int8_file(DIR, backend)                                                       the int8 model of that backend
     read_meta(DIR)                                                                inference.yml: what the graph takes
+                                                                                  (all it says: export_meta.read)
 
 META_FILE is the export's commit record: an export folder without it holds no model that any reader accepts.
 """
 import hashlib
 import os
 
-import yaml
-
+from . import export_meta
 from .errors import UserError
+from .export_meta import META_FILE
 
 PREFIX = "inference"
 MODEL_FILES = (PREFIX + ".json", PREFIX + ".pdmodel")  # Paddle 3.x (PIR) writes .json, 2.6 .pdmodel
 PARAMS_FILE = PREFIX + ".pdiparams"
-META_FILE = PREFIX + ".yml"  # what the graph takes: model name, input name, img_size, num_classes
 ONNX_FILE = "model.onnx"
 # The post-training int8 models (t2tvit/quantize.py), both quantised from model.onnx.
 ORT_INT8_FILE = "model_int8.onnx"
@@ -31,15 +31,11 @@ FORMATS = {"paddle": MODEL_FILES + (PARAMS_FILE,), "onnx": (ONNX_FILE,), "int8":
 
 
 def read_meta(model_dir):
-    """The exported model's META_FILE: {model, input, img_size, num_classes}."""
-    if not os.path.isdir(model_dir):
-        raise UserError(f"inference model directory not found: {model_dir}")
-    meta = os.path.join(model_dir, META_FILE)
-    if not os.path.isfile(meta):
-        raise UserError(f"{model_dir} holds no exported model ({META_FILE} is missing); write one with "
-                        f"tools/export_model.py")
-    with open(meta) as f:
-        return yaml.safe_load(f)
+    """What the graph takes, from the exported model's META_FILE (read and checked by export_meta.read):
+    {model, input, img_size, num_classes}."""
+    art = export_meta.read(model_dir)
+    return {"model": art.settings["Global.model"], "input": art.input_name,
+            "img_size": art.settings["Global.img_size"], "num_classes": art.settings["Global.num_classes"]}
 
 
 def model_files(model_dir):

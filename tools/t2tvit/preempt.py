@@ -185,10 +185,14 @@ def exit_on_signals():
     (os._exit): an exception raised there would unwind through whatever Paddle runs at that moment (its dy2static
     translator catches and reprints it, a C++ frame may crash). The handlers before it are put back on leaving
     (commands run in-process by the tests)."""
+    # The line goes to stderr as it is now: a stop may come while quiet.filtered_output has fd 2 on a pipe whose
+    # reader thread would never get to pass it on before the process ends.
+    stderr = os.dup(2)
+
     def handle(signum, frame):
         for sig in SIGNALS:  # one stop: a repeat (a launcher forwards up to three) changes nothing
             signal.signal(sig, signal.SIG_IGN)
-        os.write(2, f"stopped by {signal_name(signum)}\n".encode())  # not print(): the signal may have cut one
+        os.write(stderr, f"stopped by {signal_name(signum)}\n".encode())  # not print(): the signal may have cut one
         for undo in reversed(_UNDO_ON_STOP):
             with contextlib.suppress(Exception):
                 undo()
@@ -203,6 +207,7 @@ def exit_on_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        os.close(stderr)
 
 
 def die_with_parent():

@@ -15,7 +15,6 @@ import os
 import time
 
 from . import atomic
-from .checkpoint import sha256_of
 from .classify import OutputLock
 from .errors import StorageError, UserError, shown
 from .macs import count_macs, count_parameters
@@ -32,18 +31,17 @@ def results_format(path):
     return ext
 
 
-def row(model, weights, which, cfg, evalset, result):
-    """The results row of one evaluation (result: eval_sets.EvalSet.evaluate's fractions)."""
+def row(model, weights, which, sha256, cfg, evalset, result):
+    """The results row of one evaluation of the weights file `weights` (its sha256, as loaded: artifact.py;
+    result: eval_sets.EvalSet.evaluate's fractions)."""
     h, w = model.img_size
-    with open(weights, "rb") as f:
-        digest = sha256_of(f)
     out = {"model": getattr(model, "arch_name", cfg.Global.model)}
     for key in ("top1", "top5"):
         out[key] = round(100 * result[key], 4)
         out[f"{key}_err"] = round(100 - out[key], 4)
     total = count_parameters(model)[0]
     out.update(param_count=round(total / 1e6, 2), img_size=h if h == w else f"{h}x{w}", crop_pct=cfg.Data.crop_pct,
-               interpolation=cfg.Data.interpolation, checkpoint=weights, checkpoint_sha256=digest, weights=which,
+               interpolation=cfg.Data.interpolation, checkpoint=weights, checkpoint_sha256=sha256, weights=which,
                dataset=evalset.kind, dataset_name=evalset.name, data_dir=evalset.root, images=result["images"],
                crop_rounding=cfg.Data.crop_rounding, params=total,
                gmacs=round(sum(count_macs(model, (h, w)).values()) / 1e9, 3))
