@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -126,7 +127,9 @@ def test_transform_output(split, img_size):
         # uint8 pixels (normalised after mixup, on the device), the sample seed, no unreadable image.
         assert img.dtype == np.uint8 and sample["seed"] == 11 and sample["n_bad"] == 0
     else:
-        assert img.dtype == np.float32
+        # uint8 pixels too (a quarter of float32's bytes through shared memory), normalised on the device.
+        assert img.dtype == np.uint8
+        img = ds.transform.normalize(img)
         # The normalised range of 0..255 pixels.
         assert -2.12 < img.min() < -1.5 and 2.0 < img.max() < 2.65
 
@@ -755,3 +758,44 @@ def test_the_batch_plan_answers_at_once_for_a_huge_prime_global_batch():
     with pytest.raises(errors.UserError, match=r"Data.global_batch_size' \(in -o Data.global_batch_size=1000000000039\): "
                                                r"1000000000039 is outside 1 to 16,777,216"):
         make_cfg(Data_global_batch_size=1000000000039)
+
+
+# ------------------------------------------------------------------------------ shared memory, stuck workers
+
+def test_a_loader_that_would_not_fit_in_dev_shm_is_refused_before_any_step_saying_what_to_change(monkeypatch):
+    free = 64 << 20  # Docker's default /dev/shm
+    monkeypatch.setattr(dataset.os, "statvfs", lambda path: type("S", (), {"f_bavail": free // 4096,
+                                                                           "f_frsize": 4096})())
+    monkeypatch.setattr(dataset.os.path, "isdir", lambda path: True)
+    cfg = make_cfg(Data_num_workers=4)
+    with pytest.raises(errors.UserError) as e:
+        dataset.check_shared_memory(cfg, "train", 64, local_processes=1)
+    assert str(e.value) == ("the train data loader needs about 83 MiB in /dev/shm (1 process(es) x (4 workers x 2 + "
+                            "1) batches of 9.2 MiB) but 64 MiB are free: give the container more (docker run "
+                            "--shm-size=1g), lower Data.num_workers, or set Data.use_shared_memory=false")
+    dataset.check_shared_memory(cfg, "val", 32, local_processes=1)  # half the batch fits
+    with pytest.raises(errors.UserError, match=r"\(8 process\(es\) x"):
+        dataset.check_shared_memory(cfg, "val", 32, local_processes=8)
+    for fits in (make_cfg(Data_num_workers=0), make_cfg(Data_num_workers=4, Data_use_shared_memory=False)):
+        dataset.check_shared_memory(fits, "train", 64, local_processes=1)
+    monkeypatch.setenv("PADDLE_LOCAL_SIZE", "8")  # what paddle.distributed.launch tells each of 8 local processes
+    with pytest.raises(errors.UserError, match=r"^the val data loader needs about 331 MiB"):
+        dataset.build_loader(make_cfg(Data_num_workers=4), "val", 32)
+
+
+def test_a_stuck_loader_worker_stops_the_iteration_with_one_line_instead_of_hanging(monkeypatch):
+    load = dataset.ImageDataset.load
+
+    def stuck(self, index, seed=None):
+        if index == 3:
+            time.sleep(60)  # a read from a hung file system (longer than the test waits)
+        return load(self, index, seed)
+    monkeypatch.setattr(dataset.ImageDataset, "load", stuck)  # the workers fork with it
+    cfg = make_cfg(Global_img_size=32, Data_batch_size=2, Data_num_workers=2, Data_timeout=2)
+    loader, _ = dataset.build_loader(cfg, "val")
+    start = time.monotonic()
+    with pytest.raises(errors.UserError) as e:
+        list(loader)
+    assert str(e.value) == ("no validation batch from the 2 data loader worker(s) in 2 s (Data.timeout): a worker is "
+                            "stuck (a hung file system?); raise Data.timeout if reading is that slow")
+    assert time.monotonic() - start < 30

@@ -84,7 +84,7 @@ def test_two_process_training_with_grad_checkpointing_follows_the_plain_run_exac
 def test_the_benchmark_train_measure_takes_grad_checkpointing_from_the_config(tmp_path, monkeypatch):
     # docs/training.md measures the memory with `benchmark.py --only train -o Global.grad_checkpointing=true`
     from benchmarking.paddle_measures import measure_train
-    from benchmarking.settings import RECIPE
+    from t2tvit.config import DEFAULT_CONFIG
     from t2tvit.t2t import T2T_ViT
     paddle.save(create_model("t2t_vit_7", img_size=32).state_dict(), str(tmp_path / "weights.pdparams"))
     seen = []
@@ -92,7 +92,7 @@ def test_the_benchmark_train_measure_takes_grad_checkpointing_from_the_config(tm
     monkeypatch.setattr(T2T_ViT, "set_grad_checkpointing", lambda self, enable=True: (
         seen.append(enable), original(self, enable)))
     for flag in ("true", "false"):
-        args = argparse.Namespace(config=RECIPE, override=[f"Global.grad_checkpointing={flag}"], model="t2t_vit_7",
+        args = argparse.Namespace(config=DEFAULT_CONFIG, override=[f"Global.grad_checkpointing={flag}"], model="t2t_vit_7",
                                   img_size=32, batch=2, device="cpu", warmup=0, repeat=1, work_dir=str(tmp_path))
         assert len(measure_train(args)) == 1
     assert seen == [True, False]

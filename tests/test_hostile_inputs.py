@@ -22,6 +22,7 @@ from t2tvit.config import YAML_MAX_NODES, YAML_MAX_BYTES, load_config
 from t2tvit.dataset import ImageDataset
 from t2tvit.decode import BadImage, read_image
 from t2tvit.errors import StorageError, UserError, shown
+from t2tvit.transforms import EvalTransform
 
 NAMES = list("abcde")
 
@@ -141,7 +142,7 @@ def test_a_fifo_named_like_an_image_is_an_error_record_never_a_hang(tmp_path, ca
 
 def test_a_fifo_in_a_validation_list_is_a_clear_loader_error(tmp_path):
     os.mkfifo(tmp_path / "v.jpg")
-    dataset = ImageDataset(str(tmp_path), ["v.jpg"], [0], read_image, train=False)
+    dataset = ImageDataset(str(tmp_path), ["v.jpg"], [0], EvalTransform(32), train=False)
     with pytest.raises(UserError, match=r"cannot read validation image .*v\.jpg \(not a regular file"):
         dataset.load(0)
 

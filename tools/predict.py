@@ -3,7 +3,7 @@
     python tools/predict.py PATH [PATH ...] [-c CONFIG] [--weights FILE] [--topk 5] [--batch-size 32]
                             [--output FILE.jsonl [--logits]] [-o Key=Value ...]
     python tools/predict.py PATH [PATH ...] --inference-dir DIR [--backend auto|paddle|onnxruntime|openvino]
-                            [--precision fp32|bf16|int8] [--threads N] [--device cpu|gpu] [--trt fp32|fp16] ...
+                            [--precision fp32|bf16|int8] [--threads N] [--device cpu|gpu [--gpu-id N] [--trt fp32|fp16]] ...
 
 PATH: image files, and folders searched recursively for images (the extensions of t2tvit.dataset.IMG_EXTENSIONS).
 Images are read and classified --batch-size at a time with tools/val.py's eval transform. Prints, per image,
@@ -56,13 +56,14 @@ def engine_forward(args):
         raise UserError(f"--img-size: an exported model runs at the size it was exported at "
                         f"({art.settings['Global.img_size']}); export the weights again at the size you want")
     cfg, notes = config_for(args, art, size_flag=False)
-    device = select_device(args.device or cfg.Global.device)
+    device = select_device(args.device or cfg.Global.device, gpu_id=args.gpu_id)
+    gpu_id = args.gpu_id or 0
     if args.trt:
         if device != "gpu" or args.backend not in ("auto", "paddle"):
             raise UserError("--trt runs the paddle backend on GPU: add --device gpu (and --backend paddle)")
-        engine = Predictor(args.inference_dir, device, trt=args.trt, max_batch=args.batch_size)
+        engine = Predictor(args.inference_dir, device, trt=args.trt, max_batch=args.batch_size, gpu_id=gpu_id)
     else:
-        engine = create_predictor(args.inference_dir, args.backend, args.precision, args.threads, device)
+        engine = create_predictor(args.inference_dir, args.backend, args.precision, args.threads, device, gpu_id)
     print(f"backend: {engine.backend} {engine.precision} on {device}", file=sys.stderr)
     if args.verbose and engine.auto_reason:
         print(f"auto picked {engine.backend}: {engine.auto_reason}", file=sys.stderr)
@@ -80,7 +81,7 @@ def dynamic_forward(args):
             raise UserError(f"--{flag} applies to an exported model: add --inference-dir DIR "
                             f"(write one with tools/export_model.py)")
     loaded = Loaded(args)
-    select_device(args.device or loaded.cfg.Global.device)
+    select_device(args.device or loaded.cfg.Global.device, gpu_id=args.gpu_id)
     model = loaded.model()
 
     def forward(images):
@@ -109,7 +110,9 @@ def main(argv=None, inference_only=False):
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None, help="default: Global.device")
     ap.add_argument(*VERBOSE_FLAGS, action="store_true",
                     help="also show third-party warnings and notes; with --backend auto, say why it picked one")
-    ap.add_argument("--trt", choices=("fp32", "fp16"), default=None, help="GPU: run through TensorRT")
+    ap.add_argument("--trt", choices=("fp32", "fp16"), default=None, help="GPU: run through TensorRT (fp16: the "
+                                                                           "t2t_vit_t_* models only)")
+    ap.add_argument("--gpu-id", type=int, default=None, help="the GPU to run on (default: 0)")
     ap.add_argument("--topk", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32, help="images read and classified at a time")
     ap.add_argument("--output", default="", help="write one JSON line per image to this .jsonl file")

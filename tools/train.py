@@ -25,6 +25,7 @@ import paddle
 import paddle.distributed as dist
 
 from t2tvit import watchdog
+from t2tvit.amp import AmpPlan, MasterWeights
 from t2tvit.batch_augment import BatchAugment
 from t2tvit.checkpoint import CheckpointDir, RunComplete, load_weights
 from t2tvit.config import add_config_args, config_from_args
@@ -36,7 +37,7 @@ from t2tvit.optim import build_optimizer
 from t2tvit.preempt import GracefulStop, Stopped, launch_argv, signal_name
 from t2tvit.quiet import add_verbose_flag
 from t2tvit.runlock import RunLock, this_run_id
-from t2tvit.runtime import MetricsFile, Runtime, Scalars, amp_context, make_logger
+from t2tvit.runtime import MetricsFile, Runtime, Scalars, make_logger
 from t2tvit.scheduler import WarmupCosineLR
 from t2tvit.shared_dir import resume_point
 from t2tvit.t2t import create_model
@@ -59,6 +60,9 @@ def build_trainer(cfg, stop, run_id, accept_changes=False):
     metrics = MetricsFile(g.log_dir, rt.is_main, run_id=run_id)
     batch, accum = batch_plan(cfg.Data.global_batch_size, cfg.Data.batch_size, rt.world)
     log.info(f"config:\n{cfg.dump()}")
+    plan = AmpPlan.resolve(g.amp, g.amp_level, rt.device)
+    for note in rt.notes + plan.notes:  # what runs otherwise than the config asks, one line each
+        log.warning(note)
     log.info(f"global batch {cfg.Data.global_batch_size} = {batch} per device x {rt.world} "
              f"device(s) x {accum} accumulation step(s), on {rt.device}")
     train_loader, sampler = build_loader(cfg, "train", batch, rt.world, rt.rank, accum)
@@ -66,16 +70,16 @@ def build_trainer(cfg, stop, run_id, accept_changes=False):
     paddle.seed(g.seed)
     model = create_model(g.model, img_size=g.img_size, num_classes=g.num_classes, drop_rate=cfg.Model.drop_rate,
                          attn_drop_rate=cfg.Model.attn_drop_rate, drop_path_rate=cfg.Model.drop_path_rate)
+    for warning in skipped:
+        log.warning(warning)
     model.set_grad_checkpointing(g.grad_checkpointing)
-    opt = build_optimizer(model, cfg)
-    autocast, note = amp_context(g.amp, g.amp_level, rt.device)
-    amp_on = note is None and g.amp != "none"
-    if note:
-        log.warning(note)
-    scaler = paddle.amp.GradScaler() if amp_on and g.amp == "fp16" else None
-    if amp_on and g.amp_level == "O2":
-        model, opt = paddle.amp.decorate(model, opt, level="O2", dtype="float16" if g.amp == "fp16" else "bfloat16")
+    if path is None and g.pretrained:  # into the float32 model, before AMP O2 makes its weights half precision
+        which, notes = load_weights(model, g.pretrained, drop_head=True, new_head=g.reset_head)
+        log.info(f"fine-tuning from {g.pretrained} ({which}); " + "; ".join(notes))
+    model, opt = plan.decorate(model, build_optimizer(model, cfg))
     ema = ModelEMA(model, cfg.EMA.decay) if cfg.EMA.enable else None
+    if ema and plan.level == "O2":  # the float32 weights, not their half-precision copies
+        ema.set_state_dict(MasterWeights(model, opt).state_dict())
     short = ema and short_run_note(cfg.EMA.decay, g.epochs * sampler.steps_per_epoch, cfg.EMA.best)
     if short:
         log.info(short)
@@ -83,16 +87,9 @@ def build_trainer(cfg, stop, run_id, accept_changes=False):
         ckpts.remove_stale_temporaries()
     trainer = Trainer(cfg, rt, model, opt, WarmupCosineLR.from_config(cfg, sampler.steps_per_epoch), train_loader,
                       sampler, val_loader, accum, BatchAugment.from_config(cfg), ckpts, log, scalars, metrics,
-                      names, ema=ema, scaler=scaler, autocast=autocast, stop=stop, run_id=run_id)
-    for warning in skipped:
-        log.warning(warning)
+                      names, ema=ema, scaler=plan.loss_scale(), autocast=plan.autocast, stop=stop, run_id=run_id)
     if path is not None:
         trainer.restore(path, state)
-    elif g.pretrained:
-        which, notes = load_weights(model, g.pretrained, drop_head=True, new_head=g.reset_head)
-        log.info(f"fine-tuning from {g.pretrained} ({which}); " + "; ".join(notes))
-        if ema:
-            ema.set_state_dict(model.state_dict())
     return trainer
 
 

@@ -89,9 +89,9 @@ def paddle_major():
     return int(paddle.__version__.split(".")[0])
 
 
-def open_backend(model_dir, backend, precision="fp32", threads=None, device="cpu"):
+def open_backend(model_dir, backend, precision="fp32", threads=None, device="cpu", gpu_id=0):
     """The engine of `backend` (a name, not "auto") on the export in model_dir, at `precision` with `threads`
-    CPU threads (default: every core this process may use)."""
+    CPU threads (default: every core this process may use), or on GPU `gpu_id`."""
     _check_backend(backend)
     if backend not in available_backends():
         raise UserError(f"backend {backend} is not installed: pip install -r requirements-deploy.txt")
@@ -99,9 +99,9 @@ def open_backend(model_dir, backend, precision="fp32", threads=None, device="cpu
     if problem:
         raise UserError(problem)
     if backend == "paddle":
-        return Predictor(model_dir, device, threads, precision=precision)
+        return Predictor(model_dir, device, threads, precision=precision, gpu_id=gpu_id)
     if backend == "onnxruntime":
-        return OnnxRuntimePredictor(model_dir, threads, device, precision)
+        return OnnxRuntimePredictor(model_dir, threads, device, precision, gpu_id)
     if device != "cpu":
         raise UserError("the openvino backend runs on CPU here; use --backend paddle or onnxruntime on GPU")
     return OpenVinoPredictor(model_dir, threads, precision)
@@ -163,17 +163,35 @@ def cpu_config(model_file, params_file, threads=None, kernels="onednn", precisio
     return config
 
 
-def gpu_config(model_file, params_file, trt=None, trt_input=None, max_batch=64, gpu_id=0):
+def trt_problem(trt, arch):
+    """Why TensorRT cannot run the exported model `arch` (meta["model"]) at `trt`, or None.
+
+    TensorRT's fp16 mode would run the Performer's attention (its exp and the division by its normaliser) in
+    float16, where the official `+ 1e-8` is 0 and a flat image gives 0 / 0 (the official repo's NaN issues #65
+    and #69); the training and export keep it in float32, and Paddle Inference cannot be told to, reliably, for
+    those ops only. So fp16 TensorRT is for the transformer T2T layers (t2t_vit_t_*) only."""
+    if trt not in ("fp32", "fp16"):
+        return f"--trt {trt!r}: use fp32 or fp16"
+    from .t2t import VARIANTS
+    if trt == "fp16" and VARIANTS.get(arch, ("performer",))[0] == "performer":
+        return (f"--trt fp16 would run {arch}'s Performer (its exp and normaliser) in float16, where its `+ 1e-8` "
+                "is 0 and flat images give NaN (the official repo's issues #65, #69); use --trt fp32, or fp16 with "
+                "a t2t_vit_t_* model")
+    return None
+
+
+def gpu_config(model_file, params_file, trt=None, trt_input=None, max_batch=64, gpu_id=0, arch=None):
     """A paddle.inference.Config on GPU `gpu_id`; trt 'fp32' or 'fp16' runs it through TensorRT, for inputs
-    trt_input = (name, shape without the batch) and batches up to max_batch."""
+    trt_input = (name, shape without the batch) and batches up to max_batch (arch: the exported model's name)."""
     import paddle.inference as pi
 
+    problem = trt_problem(trt, arch) if trt else None
+    if problem:
+        raise UserError(problem)
     config = pi.Config(model_file, params_file)
     config.enable_use_gpu(256, gpu_id)
     reuse_memory(config, model_file)
     if trt:
-        if trt not in ("fp32", "fp16"):
-            raise UserError(f"--trt {trt!r}: use fp32 or fp16")
         mode = pi.PrecisionType.Half if trt == "fp16" else pi.PrecisionType.Float32
         config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=max_batch, min_subgraph_size=3,
                                       precision_mode=mode, use_static=False, use_calib_mode=False)
@@ -203,7 +221,7 @@ class Predictor(Engine):
         self.precision = precision
         if device == "gpu":
             trt_input = (meta["input"], [3, *self.img_size])
-            config = gpu_config(model_file, params_file, trt, trt_input, max_batch, gpu_id)
+            config = gpu_config(model_file, params_file, trt, trt_input, max_batch, gpu_id, meta.get("model"))
         else:
             config = cpu_config(model_file, params_file, threads, kernels, precision)
         self.predictor = pi.create_predictor(config)
@@ -223,7 +241,7 @@ class OnnxRuntimePredictor(Engine):
 
     backend = "onnxruntime"
 
-    def __init__(self, model_dir, threads=None, device="cpu", precision="fp32"):
+    def __init__(self, model_dir, threads=None, device="cpu", precision="fp32", gpu_id=0):
         import onnxruntime as ort
 
         path, meta = onnx_file(model_dir)
@@ -235,7 +253,7 @@ class OnnxRuntimePredictor(Engine):
         if device != "cpu":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise UserError("this onnxruntime has no CUDA; install onnxruntime-gpu or use --backend paddle")
-            providers.insert(0, "CUDAExecutionProvider")
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu_id}))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or usable_cores()
         options.inter_op_num_threads = 1

@@ -8,11 +8,14 @@ The pixels come from transforms.py, the order and seeds from samplers.py.
 import os
 import random
 import sys
+import threading
+import time
 
 import numpy as np
 import paddle
 
 from . import errors, inputs
+from .batch_augment import Normalize
 from .decode import BadImage
 from .names import is_folder_name
 from .samplers import EvalBatchSampler, TrainBatchSampler
@@ -29,8 +32,9 @@ class ImageDataset(paddle.io.Dataset):
     train: {"image": CHW uint8, "label", "seed": the sample seed (it also drives the sample's random
     erasing, applied later to the mixed batch), "n_bad", "failed"}. An unreadable image is reported on
     stderr and replaced by the next sample (same seed), n_bad counting the images skipped; MAX_SKIPS
-    unreadable images in a row is a UserError. val: {"image": CHW float32 normalised, "label", "failed"};
-    an unreadable image is a UserError.
+    unreadable images in a row is a UserError. val: {"image": CHW uint8, the pixels EvalTransform crops (a
+    quarter of the float32 bytes through shared memory; the loader normalises them on the device), "label",
+    "failed"}; an unreadable image is a UserError.
 
     defer_errors (what build_loader asks for): an exception raised inside a paddle DataLoader never reaches
     the caller intact (with num_workers 0 the loader hangs; with workers it becomes an opaque SystemError),
@@ -61,7 +65,7 @@ class ImageDataset(paddle.io.Dataset):
         ok = np.int64(-1)
         if not self.train:
             try:
-                return {"image": self.transform(self.path(index)), "label": self.labels[index], "failed": ok}
+                return {"image": self.transform.pixels(self.path(index)), "label": self.labels[index], "failed": ok}
             except BadImage as e:
                 raise errors.UserError(f"cannot read validation image {e.path} ({e.reason})") from None
         if seed is None:
@@ -89,7 +93,7 @@ class ImageDataset(paddle.io.Dataset):
             if not self.defer_errors:
                 raise
         size = (3, *self.transform.size)
-        blank = {"image": np.zeros(size, np.uint8 if self.train else np.float32), "label": np.int64(0),
+        blank = {"image": np.zeros(size, np.uint8), "label": np.int64(0),
                  "failed": np.int64(index)}
         if self.train:
             blank.update(seed=np.int64(0), n_bad=np.int64(0))
@@ -97,22 +101,105 @@ class ImageDataset(paddle.io.Dataset):
 
 
 class CheckedLoader:
-    """Iterates a paddle DataLoader over a defer_errors ImageDataset; raises the deferred UserErrors."""
+    """Iterates a paddle DataLoader over a defer_errors ImageDataset; raises the deferred UserErrors.
 
-    def __init__(self, loader, dataset):
+    Batches reach the device as they come, and nothing of them is read back on the way: the failure flags are
+    kept on the device and read by check() (the trainer calls it at its print steps; every iteration ends with
+    it), which raises the UserError again in the main process. Validation images are normalised on the device
+    (`normalize`). A worker that gives no batch for `timeout` seconds ends the iteration with a UserError instead
+    of a hang (Paddle's own timeout only notices dead workers).
+    """
+
+    def __init__(self, loader, dataset, normalize=None, timeout=0):
         self.loader = loader
         self.dataset = dataset
+        self.normalize = normalize
+        self.timeout = timeout
+        self._failed = None  # device: the largest failed index seen since the last check (-1: none)
 
     def __len__(self):
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
-            failed = int(batch["failed"].numpy().max())
-            if failed >= 0:
-                self.dataset.load(failed)  # fails again here, in the main process, with the real message
-                raise errors.UserError(f"reading {self.dataset.path(failed)} failed in a data loader worker")
+        for batch in self._batches():
+            failed = batch["failed"].max()
+            self._failed = failed if self._failed is None else paddle.maximum(self._failed, failed)
+            if self.normalize is not None:
+                batch["image"] = self.normalize(batch["image"])
             yield batch
+        self.check()
+
+    def check(self):
+        """Raise the UserError of a sample that failed since the last check (one read of a device scalar)."""
+        if self._failed is None:
+            return
+        failed, self._failed = int(self._failed), None
+        if failed >= 0:
+            self.dataset.load(failed)  # fails again here, in the main process, with the real message
+            raise errors.UserError(f"reading {self.dataset.path(failed)} failed in a data loader worker")
+
+    def _batches(self):
+        """The loader's batches; with workers and a timeout, a watchdog ends a wait longer than the timeout."""
+        batches = iter(self.loader)
+        if not (self.timeout and self.loader.num_workers and hasattr(batches, "_blocking_queue")):
+            yield from batches
+            return
+        waiting, stuck, done = [None], threading.Event(), threading.Event()
+
+        def watch():
+            while not done.wait(min(1.0, self.timeout)):
+                since = waiting[0]
+                if since is not None and time.monotonic() - since > self.timeout:
+                    stuck.set()
+                    batches._blocking_queue.kill()  # what Paddle does when a worker dies: the wait raises
+                    return
+
+        threading.Thread(target=watch, name="loader-timeout", daemon=True).start()
+        try:
+            while True:
+                waiting[0] = time.monotonic()
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except Exception:
+                    if not stuck.is_set():
+                        raise
+                    batch = None
+                waiting[0] = None
+                if stuck.is_set():
+                    raise errors.UserError(
+                        f"no {'training' if getattr(self.dataset, 'train', False) else 'validation'} batch from the "
+                        f"{self.loader.num_workers} data loader worker(s) in {self.timeout:g} s (Data.timeout): a "
+                        "worker is stuck (a hung file system?); raise Data.timeout if reading is that slow")
+                yield batch
+        finally:
+            done.set()
+
+
+def check_shared_memory(cfg, split, batch_size, local_processes=None, path="/dev/shm"):
+    """Refuse, in one line saying what to change, a loader whose batches in flight would not fit in /dev/shm.
+
+    With Data.use_shared_memory, every worker hands its batches to the trainer through /dev/shm, up to
+    prefetch_factor (2) each, plus the one being copied to the device; on one machine, every training
+    process has its own workers. Docker's default /dev/shm is 64 MB, which ends a run with `Bus error`.
+    """
+    d = cfg.Data
+    if not (d.use_shared_memory and d.num_workers) or not os.path.isdir(path):
+        return
+    h, w = (cfg.Global.img_size,) * 2 if isinstance(cfg.Global.img_size, int) else cfg.Global.img_size
+    per_batch = batch_size * 3 * h * w  # uint8 pixels, train and val alike; labels and flags are bytes
+    local = local_processes or int(os.environ.get("PADDLE_LOCAL_SIZE", "1"))
+    need = per_batch * (d.num_workers * 2 + 1) * local
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        mib = 1 << 20
+        raise errors.UserError(
+            f"the {split} data loader needs about {need / mib:.0f} MiB in {path} ({local} process(es) x "
+            f"({d.num_workers} workers x 2 + 1) batches of {per_batch / mib:.1f} MiB) but {free / mib:.0f} MiB are "
+            f"free: give the container more (docker run --shm-size={max(1, -(-need * 2 // (1 << 30)))}g), lower "
+            "Data.num_workers, or set Data.use_shared_memory=false")
 
 
 # List and class files are streamed within these budgets: ImageNet's train.txt is 1.28M lines, 50 MB; past a GiB a
@@ -292,16 +379,18 @@ def build_loader(cfg, split, batch_size=None, world_size=1, rank=0, accum_steps=
     batch_size: images per device and micro-step (default Data.batch_size). Train batches are dicts of
     "image" [B,3,H,W] uint8 (batch_augment.BatchAugment makes them model inputs), "label", "seed" (the sample
     seeds), "n_bad" and "failed"; call batch_sampler.set_epoch(epoch, start_step) before each epoch. Val
-    batches: "image" [B,3,H,W] float32 normalised, "label", "failed". dataset: a defer_errors dataset to load
-    instead of the config's split (eval_sets.py: the robustness sets).
+    batches: "image" [B,3,H,W] float32 normalised (on the device; uint8 through the loader), "label", "failed".
+    dataset: a defer_errors dataset to load instead of the config's split (eval_sets.py: the robustness sets).
     """
     if dataset is None:
         dataset = build_dataset(cfg, split, defer_errors=True)
     batch_size = batch_size or cfg.Data.batch_size
+    check_shared_memory(cfg, split, batch_size)
     if split == "train":
         sampler = TrainBatchSampler(len(dataset), batch_size, world_size, rank, accum_steps, cfg.Global.seed)
     else:
         sampler = EvalBatchSampler(len(dataset), batch_size, world_size, rank)
     loader = paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.Data.num_workers,
-                                  return_list=True)
-    return CheckedLoader(loader, dataset), sampler
+                                  use_shared_memory=cfg.Data.use_shared_memory, return_list=True)
+    normalize = Normalize(cfg.Data.mean, cfg.Data.std) if split != "train" else None
+    return CheckedLoader(loader, dataset, normalize, cfg.Data.timeout), sampler

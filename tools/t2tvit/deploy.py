@@ -142,15 +142,15 @@ def measured_auto_backend(model_dir, precision="fp32", threads=None, cache_path=
     return best, f"fastest at batch 1 on this CPU ({measured}; {source})"
 
 
-def create_predictor(model_dir, backend="auto", precision="fp32", threads=None, device="cpu"):
+def create_predictor(model_dir, backend="auto", precision="fp32", threads=None, device="cpu", gpu_id=0):
     """A callable mapping [N, 3, S, S] float32 images to [N, num_classes] logits with the exported model in
     model_dir, on `backend` (auto: fastest fp32 one installed) at `precision` with `threads` CPU threads
-    (default: every core this process may use)."""
+    (default: every core this process may use), or on GPU `gpu_id`."""
     why = None
     if backend == "auto" and device == "cpu":
         backend, why = measured_auto_backend(model_dir, precision, threads)
     elif backend == "auto":
         backend, why = auto_backend(model_dir, device, precision), "the GPU backend"
-    engine = open_backend(model_dir, backend, precision, threads, device)
+    engine = open_backend(model_dir, backend, precision, threads, device, gpu_id)
     engine.auto_reason = why
     return engine

@@ -11,6 +11,7 @@ Every random draw comes from the numpy RandomState passed in, which the trainer 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+from paddle import _C_ops
 
 
 def smooth_one_hot(labels, num_classes, smoothing):
@@ -87,7 +88,9 @@ def soft_target_cross_entropy(logits, targets):
     Paddle's fused soft-label kernel, not the formula spelled out: its backward (softmax - targets, for targets
     that sum to 1 as every smoothed, mixed target does) is within 8e-8 relative of float64, where autograd
     through (-t * log_softmax).sum() is off by 7e-7 on both Paddles (tests/test_mixup.py)."""
-    loss = F.cross_entropy(logits, targets, soft_label=True, reduction="mean")
+    # reduction="none" and then Paddle's own mean (what "mean" does without ignored labels): Paddle 2.6's "mean"
+    # first reads on the host whether any label is ignore_index, which would make every step wait for the GPU.
+    loss = _C_ops.mean_all(F.cross_entropy(logits, targets, soft_label=True, reduction="none"))
     # The fused CPU kernel returns a finite loss for NaN logits at 1000 classes; 0 * sum(logits) carries any
     # NaN / inf into the loss (so the Trainer skips or stops) and adds an exact 0 to every gradient.
     return loss + 0.0 * logits.sum()

@@ -28,6 +28,8 @@ OPERATIONAL = {
     "Global.hang_timeout": "how long a process may go without progress before it is ended and the run restarted",
     "Data.batch_size": "the most images a device holds: the global batch (identity) stays whole",
     "Data.num_workers": "how many processes read the images",
+    "Data.use_shared_memory": "how the workers hand batches over (the same batches either way)",
+    "Data.timeout": "how long the trainer waits for a batch before it stops with an error",
     "Data.allow_outside_root": "a permission: the list files say which images are used",
 }
 

@@ -1,5 +1,4 @@
 """Where and how a tool runs: device, processes, seeds, AMP, and rank-0 logging (console, file, VisualDL)."""
-import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -16,15 +15,23 @@ from . import watchdog
 from .errors import StorageError, UserError
 
 
-def select_device(choice):
-    """Global.device: auto | cpu | gpu. Returns 'cpu' or 'gpu'."""
-    has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+def select_device(choice, notes=None, gpu_id=None):
+    """Global.device: auto | cpu | gpu. Returns 'cpu' or 'gpu'; a line saying why it is not what was asked goes
+    to `notes` (a list). gpu_id: the GPU to use (default: the first of FLAGS_selected_gpus, set per process by
+    paddle.distributed.launch)."""
+    cuda_build = paddle.is_compiled_with_cuda()
+    has_gpu = cuda_build and paddle.device.cuda.device_count() > 0
     if choice == "gpu" and not has_gpu:
         raise UserError("Global.device=gpu but this Paddle sees no GPU (CPU-only wheel or no CUDA device); "
                         "use Global.device=auto or cpu")
     device = "gpu" if choice == "gpu" or (choice == "auto" and has_gpu) else "cpu"
+    if choice == "auto" and cuda_build and not has_gpu and notes is not None:
+        notes.append(f"Global.device=auto: this Paddle is built with CUDA but sees no GPU (CUDA_VISIBLE_DEVICES="
+                     f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}, driver?); training on the CPU")
     if device == "gpu":
-        paddle.set_device(f"gpu:{int(os.environ.get('FLAGS_selected_gpus', '0').split(',')[0])}")
+        if gpu_id is None:
+            gpu_id = int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0])
+        paddle.set_device(f"gpu:{gpu_id}")
     else:
         paddle.set_device("cpu")
         keep_freed_memory()
@@ -53,12 +60,21 @@ class Runtime:
     """Device, rank and world size of this process; init_parallel_env when launched as several."""
 
     def __init__(self, cfg):
-        self.device = select_device(cfg.Global.device)
+        self.notes = []  # what runs otherwise than the config asks, one line each: the caller logs them
+        self.device = select_device(cfg.Global.device, self.notes)
         self.world = dist.get_world_size()
         if self.world > 1:
+            if self.device == "cpu" and paddle.is_compiled_with_cuda() and "PADDLE_DISTRI_BACKEND" not in os.environ:
+                # init_parallel_env picks NCCL on a CUDA build and moves every process to its GPU: gloo keeps the
+                # processes where Global.device put them.
+                os.environ["PADDLE_DISTRI_BACKEND"] = "gloo"
+                self.notes.append(f"Global.device=cpu on {self.world} processes of a CUDA build of Paddle: they "
+                                  "meet over gloo and train on the CPU")
             if cfg.Global.hang_timeout > 0:  # NCCL's process group reads it when it is made (docs/training.md)
                 os.environ["PADDLE_PG_TIMEOUT"] = str(int(cfg.Global.hang_timeout * 1000))
             dist.init_parallel_env()
+            if self.device == "cpu":
+                paddle.set_device("cpu")
         self.rank = dist.get_rank()
         self.is_main = self.rank == 0
 
@@ -75,21 +91,6 @@ class Runtime:
 def derived_seed(*parts):
     """A 32-bit seed that is a pure function of its parts (seed, epoch, step, ...), not of history."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def amp_context(mode, level, device):
-    """(autocast context factory, note) for Global.amp.
-
-    Paddle (2.6 and 3.x) runs dynamic-graph AMP on GPU only: on CPU auto_cast and GradScaler turn
-    themselves off with a warning that is easy to miss, so the run falls back to float32 and says so.
-    """
-    if mode == "none":
-        return contextlib.nullcontext, None
-    if device != "gpu":
-        return contextlib.nullcontext, (f"Global.amp={mode} needs a GPU: Paddle's dynamic-graph AMP does nothing "
-                                        f"on {device}; training in float32")
-    dtype = "float16" if mode == "fp16" else "bfloat16"
-    return lambda: paddle.amp.auto_cast(enable=True, level=level, dtype=dtype), None
 
 
 class LogFileHandler(logging.FileHandler):

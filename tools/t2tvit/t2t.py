@@ -128,7 +128,10 @@ class TokenPerformer(nn.Layer):
         `+ 1e-8` below is 0 and flat images give 0 / 0 (official issue #69), so autocast is switched off here."""
         dtype = v.dtype
         k, q, v = (t if t.dtype == paddle.float32 else t.astype("float32") for t in (k, q, v))
-        island = paddle.amp.auto_cast(enable=False) if paddle.in_dynamic_mode() else contextlib.nullcontext()
+        # In the dynamic graph and in Paddle 3's programs (PIR) alike; Paddle 2.6's legacy programs take no autocast
+        # context (they are exported in float32).
+        amp_aware = paddle.in_dynamic_mode() or paddle.framework.in_pir_mode()
+        island = paddle.amp.auto_cast(enable=False) if amp_aware else contextlib.nullcontext()
         with island:
             kp, qp = self.prm_exp(k), self.prm_exp(q)  # [B, T, m]
             kp_sum = paddle.matmul(paddle.ones([1, 1, kp.shape[1]], dtype=kp.dtype), kp)  # [B, 1, m]
@@ -313,7 +316,13 @@ class T2T_ViT(nn.Layer):
         the H/16 x W/16 grid row by row, plus the position table."""
         x = self.tokens_to_token(x)
         cls = self.cls_token.expand([x.shape[0], -1, -1])
-        return self.pos_drop(paddle.concat([cls.astype(x.dtype), x], axis=1) + self.pos_embed.astype(x.dtype))
+        # The tokens join cls_token and pos_embed in their dtype (float32, also under AMP O2: FLOAT32_LAYERS), not
+        # the other way round: so the residual stream of every block is float32 under autocast, as torch.autocast
+        # makes it in the official model (its cat and add promote to the float32 parameters); the blocks' Linear
+        # layers and attention products still run in half precision, their outputs added into float32.
+        if x.dtype != cls.dtype:
+            x = x.astype(cls.dtype)
+        return self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
 
     def forward_features(self, x):
         x = self.embed(x)
@@ -376,6 +385,11 @@ class T2T_ViT(nn.Layer):
             self.num_classes = 0
         return take
 
+
+# Layers whose own parameters stay float32 when AMP O2 casts the rest to half precision (amp.py): the Performer's
+# random features (its attention runs in float32), every LayerNorm (its statistics are float32 under autocast),
+# and cls_token / pos_embed (they make the residual stream float32, see forward_features).
+FLOAT32_LAYERS = (TokenPerformer, nn.LayerNorm, T2T_ViT)
 
 # name -> (tokens_type, embed_dim, depth, num_heads, mlp_ratio), as in the official release.
 VARIANTS = {

@@ -1,7 +1,7 @@
 """A training process that makes no progress ends itself, with every thread's Python stack in its log.
 
-`start(timeout)` arms the watchdog; `progress()` (Runtime.all_sum calls it after each collective it completes: at
-least once per optimizer step and per validation batch) re-arms it; `stop()` disarms it. When `timeout` seconds
+`start(timeout)` arms the watchdog; `progress()` (the Trainer calls it after each optimizer step, Runtime.all_sum
+after each collective it completes, at least once per validation batch) re-arms it; `stop()` disarms it. When `timeout` seconds
 pass without progress, the process writes the Python stack of each of its threads to stderr (under
 paddle.distributed.launch: the rank's own log, workerlog.N) and, half a second later, is ended by SIGALRM.
 
