@@ -4,6 +4,7 @@ Like DeiT's engine.py: tools/train.py builds the parts from the config and hands
 loop can be tested in-process with a tiny model; tools/val.py calls evaluate().
 """
 import contextlib
+import math
 import os
 
 import numpy as np
