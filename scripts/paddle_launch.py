@@ -21,22 +21,34 @@ The rank that failed is the first to end abnormally, as the kernel tells it: a t
 (waitid without reaping it, so that the launcher still collects it), and the first to report a failure names it.
 The others followed it: gloo aborts a rank whose peer is gone, and the launcher ends the rest.
 """
-import argparse
-import contextlib
-import json
 import os
-import runpy
-import shlex
 import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
+
+
+def stop_while_starting(signum, frame):
+    """Until the tool runs, a stop ends this process at once with one line (not a KeyboardInterrupt traceback from
+    the middle of an import): nothing was started. run_alone and the launcher put their own handlers in its place."""
+    os.write(2, f"stopped by {signal.Signals(signum).name} while starting: nothing was run\n".encode())
+    os._exit(128 + signum)
+
+
+for _sig in (signal.SIGTERM, signal.SIGINT):  # first thing: the imports below take a while on a loaded machine
+    signal.signal(_sig, stop_while_starting)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import runpy  # noqa: E402
+import shlex  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 
-from t2tvit.preempt import resume_argv, signal_name  # noqa: E402  (these import no Paddle)
+from t2tvit.preempt import hold_signals, release_signals, resume_argv, signal_name  # noqa: E402  (no Paddle)
 from t2tvit.runlock import RUN_ID_ENV, new_run_id  # noqa: E402
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -226,18 +238,25 @@ def run_launcher(launch, tool, tool_args, ranks):
 
 def run_alone(tool, tool_args, ranks):
     """The tool as this process's child; (its exit code, the stop signals this process received, passed on)."""
-    received = []
-    child = subprocess.Popen([sys.executable, tool, *tool_args])
-    ranks.add(child, 0, 1)
+    received, children = [], []
 
     def forward(sig, frame):  # a terminal's Ctrl-C reaches both: the trainer counts repeats within 1 s as one
         received.append(sig)
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(sig)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(sig)
 
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, forward)
-    return child.wait(), received
+    # Held while the child starts, so that a stop is never lost nor ends this process with the child running on;
+    # the child inherits them held, and train.py takes them once its own handler is in place (preempt.hold_signals).
+    hold_signals()
+    try:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, forward)
+        children.append(subprocess.Popen([sys.executable, tool, *tool_args]))
+    finally:
+        release_signals()
+    ranks.add(children[0], 0, 1)
+    return children[0].wait(), received
 
 
 def how_it_ended(member, run):

@@ -194,3 +194,54 @@ def test_base_cycle(tmp_path):
 def test_section_must_be_a_mapping(tmp_path):
     path = based(tmp_path, "x.yaml", "Global: 3\n")
     assert error_of(path) == f"config section 'Global' (in {path}) must be a mapping of keys, got 3"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("Global.epochs=1:30", "override -o Global.epochs: '1:30' is 90 in YAML 1.1 (base 60), surely not what was meant"),
+    ("Optimizer.lr=0:0:1.5", "'0:0:1.5' is 1.5 in YAML 1.1 (base 60)"),
+    ("Global.seed=010", "override -o Global.seed: '010' is 8 in YAML 1.1 (octal: a leading 0)"),
+    ("Global.seed=!!int abc", "override -o Global.seed: 'abc' is not a valid !!int (ValueError)"),
+    ("Global.seed=!!timestamp x", "override -o Global.seed: 'x' is not a valid !!timestamp"),
+    ("EMA.enable=!!bool maybe", "'maybe' is not a valid !!bool"),
+    ("Global.seed=" + "9" * 5000, "(5,000 characters) is not a valid !!int (over Python's 4300 digits)"),
+])
+def test_yaml_1_1_oddities_and_failing_tags_are_one_short_line(override, expected):
+    message = error_of(T2T_7, [override])
+    assert expected in message and "\n" not in message and len(message) < 300, message
+
+
+def test_yaml_1_1_oddities_in_a_file_name_the_file_and_line(tmp_path):
+    path = based(tmp_path, "x.yaml", "Global:\n  epochs: 1:30\n")
+    assert error_of(path).startswith(f"{path}:3: YAML value error: '1:30' is 90 in YAML 1.1 (base 60)")
+
+
+def test_string_keys_take_any_text_and_explicit_numbers_still_work():
+    cfg = config.load_config(T2T_7, ["Global.output_dir=0123", "Global.log_dir=1:30", "Global.epochs=0x20",
+                                     "Global.seed=0", "Optimizer.lr=1e-3"])
+    assert (cfg.Global.output_dir, cfg.Global.log_dir, cfg.Global.epochs, cfg.Optimizer.lr) == ("0123", "1:30", 32, 1e-3)
+
+
+@pytest.mark.parametrize("override", ["Augment.cutmix=.inf", "Optimizer.eps=.inf", "Optimizer.lr=.nan",
+                                      "Data.mean=[.inf,0.4,0.4]", "Data.std=[.inf,0.2,0.2]", "Augment.mixup=-.inf"])
+def test_non_finite_numbers_are_refused(override):
+    key = override.split("=")[0]
+    assert error_of(T2T_7, [override]).startswith(f"config key '{key}' (in -o {override}): ")
+    assert "is not finite (inf and nan are never a setting)" in error_of(T2T_7, [override])
+
+
+@pytest.mark.parametrize("override, bound", [
+    ("Global.num_classes=1000000000", "1 to 100,000"), ("Global.img_size=8192", "16 to 4,096"),
+    ("Global.img_size=[224,8192]", "16 to 4,096"), ("Global.epochs=1000000", "1 to 100,000"),
+    ("Data.batch_size=1000000", "1 to 65,536"), ("Data.global_batch_size=1000000000039", "1 to 16,777,216"),
+    ("Data.num_workers=100000", "0 to 1,024"), ("Data.mean=[0.5,2,0.5]", "0 to 1"), ("Data.std=[0.5,1e-9,0.5]", "0.001 to 1"),
+])
+def test_values_past_their_bounds_are_refused_naming_them(override, bound):
+    key, value = override.split("=")
+    assert error_of(T2T_7, [override]).endswith(f"is outside {bound}")
+
+
+def test_every_bound_is_written_in_default_yaml_beside_its_key():
+    from t2tvit.config_doc import read_schema
+    meanings = {f"{section}.{key}": meaning for section, keys in read_schema()[1] for key, _, meaning in keys}
+    for key, (low, high) in config.BOUNDS.items():
+        assert config.bounds_text(low, high) in meanings[key], (key, meanings[key])

@@ -451,7 +451,8 @@ def test_start_step_skips_exactly():
     assert len(sampler) == len(resumed) == 10
     assert resumed == full[6:]
     assert _steps(sampler, 5, start_step=8) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.UserError, match=r"cannot continue epoch 6 after optimizer step 9: the training set has "
+                                               r"100 images, 8 steps of 12 per epoch \(did the training list change"):
         sampler.set_epoch(5, start_step=9)
 
 
@@ -681,6 +682,82 @@ def test_rand_augment_w0_picks_distinct_ops_by_timm_s_choice_weights():
     for spec, culprit in (("rand-w1", "only the weights w0"), ("rand-n14-w0", "13 have a weight")):
         with pytest.raises(errors.UserError, match=culprit):
             RandAugment.from_spec(spec)
+
+
+# ------------------------------------------------------------------------------------ hostile list files
+
+
+@pytest.mark.parametrize("case", ["6 GB list", "one endless line", "FIFO", "folder"])
+def test_a_list_file_is_read_within_its_budget_and_never_hangs(tmp_path, case):
+    cfg = _lit_like(tmp_path)
+    path = tmp_path / "train.txt"
+    path.unlink()
+    if case == "6 GB list":
+        with open(path, "wb") as f:
+            f.truncate(6 << 30)  # sparse: 6 GB to stat, nothing on disk
+        reason = f"Data.train_list: list file {path}: 6,442,450,944 bytes, over the 1,073,741,824"
+    elif case == "one endless line":
+        with open(path, "wb") as f:
+            f.truncate(100 << 20)  # 100 MB without a newline
+        reason = f"Data.train_list: list file {path}: line 1 is over 8,192 characters"
+    elif case == "FIFO":
+        os.mkfifo(path)  # nobody writes it: a blocking open would wait for ever
+        reason = f"Data.train_list: list file {path} is a FIFO (named pipe), not a file"
+    else:
+        path.mkdir()
+        reason = f"Data.train_list: list file {path} is a folder, not a file"
+    with pytest.raises(errors.UserError) as e:
+        dataset.build_dataset(cfg, "train")
+    assert str(e.value).startswith(reason) and "\n" not in str(e.value), e.value
+
+
+def test_a_class_file_is_read_within_its_budget_and_a_fifo_is_named(tmp_path):
+    cfg = folder_cfg(tmp_path, Data_classes="names.txt")
+    with open(tmp_path / "names.txt", "wb") as f:
+        f.truncate(dataset.CLASSES_MAX_BYTES + 1)
+    with pytest.raises(errors.UserError, match=r"^Data.classes file .*names.txt: 16,777,217 bytes, over the"):
+        dataset.class_names(cfg)
+    os.remove(tmp_path / "names.txt")
+    os.mkfifo(tmp_path / "names.txt")
+    with pytest.raises(errors.UserError, match=r"names.txt is a FIFO \(named pipe\), not a file$"):
+        dataset.class_names(cfg)
+
+
+def test_a_failing_sampler_raises_in_the_main_thread_and_never_hangs_the_loader():
+    """Paddle's DataLoader draws batches in a thread of its own, where an exception is lost and leaves the main thread
+    waiting for ever (no signal handler runs either). A sampler's failure must come out of iter() instead."""
+    code = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, paddle
+from t2tvit.samplers import TrainBatchSampler
+
+class Items(paddle.io.Dataset):
+    def __len__(self):
+        return 8
+    def __getitem__(self, item):
+        return np.float32(item[0])
+
+sampler = TrainBatchSampler(8, 2, seed=0)
+sampler.epoch = -3  # what a crafted checkpoint's progress once reached
+loader = paddle.io.DataLoader(Items(), batch_sampler=sampler, num_workers=0)
+try:
+    list(loader)
+except ValueError as e:
+    print("raised in the main thread:", type(e).__name__)
+"""
+    r = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, "tools")], capture_output=True, text=True,
+                       timeout=120)
+    assert "raised in the main thread: ValueError" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_the_batch_plan_answers_at_once_for_a_huge_prime_global_batch():
+    from t2tvit.engine import batch_plan
+    assert batch_plan(1000000000039, 64, 1) == (1, 1000000000039)  # trial division to 10**6, not 10**12 tries
+    assert batch_plan(16_777_216, 64, 8) == (64, 32768)
+    with pytest.raises(errors.UserError, match=r"Data.global_batch_size' \(in -o Data.global_batch_size=1000000000039\): "
+                                               r"1000000000039 is outside 1 to 16,777,216"):
+        make_cfg(Data_global_batch_size=1000000000039)
 
 
 # ------------------------------------------------------------------------------ shared memory, stuck workers

@@ -142,3 +142,35 @@ def test_export_on_a_full_disk_is_one_error_line_and_leaves_nothing(tmp_path, fu
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert error_lines(r) == [f"error: cannot write {full_disk / 'inference'}: No space left on device"]
     assert os.listdir(full_disk) == []
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\xff garbage", b"[1, 2]", b'{"run": "x"}'])
+def test_a_garbage_lock_is_reported_as_garbage_not_as_a_holder(tmp_path, content):
+    (tmp_path / LOCK_NAME).write_bytes(content)
+    with pytest.raises(UserError) as e:
+        RunLock(str(tmp_path), "r", "cmd").acquire()
+    assert str(e.value) == (f"{tmp_path / LOCK_NAME} is not a lock of this repo, or is damaged: it names no holder "
+                            "(host and pid); remove it if no run uses this folder")
+    assert (tmp_path / LOCK_NAME).read_bytes() == content and os.listdir(tmp_path) == [LOCK_NAME]
+
+
+def test_an_output_dir_that_is_a_file_or_under_one_is_one_line(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match=f"^Global.output_dir {tmp_path / 'f'} is a file, not a folder: "):
+        RunLock(str(tmp_path / "f"), "r", "cmd").acquire()
+    with pytest.raises(UserError, match=f"^Global.output_dir {tmp_path / 'f' / 'out'} cannot be made \\(Not a "
+                                        "directory\\)"):
+        RunLock(str(tmp_path / "f" / "out"), "r", "cmd").acquire()
+
+
+def test_an_output_dir_where_no_lock_can_be_made_is_one_line(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)  # a read-only folder, as a user other than root sees it
+    with pytest.raises(UserError, match=f"^Global.output_dir {tmp_path}: cannot create its lock there: "
+                                        "Permission denied$"):
+        RunLock(str(tmp_path), "r", "cmd").acquire()

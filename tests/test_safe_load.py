@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -235,3 +236,188 @@ def test_train_refuses_to_resume_a_checkpoint_of_another_class_count(tmp_path):
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
     assert f"{path} does not fit this config, which differs in Global.num_classes (checkpoint 10, config 1000);" \
         in errors[0]
+
+
+def list_bomb(levels):
+    """The 312-byte file of issue 31: lists shared through the pickle memo, L[i+1] = [L[i], L[i]]; a walk that
+    follows every reference visits 2**levels of them."""
+    bomb = []
+    for _ in range(levels):
+        bomb = [bomb, bomb]
+    return pickle.dumps({"model": bomb, "optimizer": {}, "epoch": 0, "step": 0}, protocol=4)
+
+
+@pytest.mark.parametrize("levels, reason", [(49, "nests containers over 32 deep"),
+                                            (24, "holds over 1,000,000 values once its shared parts are counted")])
+def test_a_memo_shared_list_bomb_is_refused_at_once_in_bounded_memory_on_every_load_path(tmp_path, levels, reason):
+    import tracemalloc
+    data = list_bomb(levels)
+    assert len(data) < 400
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("bomb.pdparams", "latest.pdckpt"):
+        (out / name).write_bytes(data)
+    tracemalloc.start()
+    try:
+        loads = [lambda: load_weights(tiny(), str(out / "bomb.pdparams")),  # --weights
+                 lambda: load_weights(tiny(), str(out / "bomb.pdparams"), drop_head=True),  # Global.pretrained
+                 lambda: CheckpointDir(str(out)).resume_from(str(out / "latest.pdckpt"), pytest.fail),  # --resume
+                 lambda: CheckpointDir(str(out)).resume_from("auto", pytest.fail)]  # a planted latest.pdckpt
+        for load in loads:
+            with pytest.raises(UserError) as e:
+                load()
+            assert reason in str(e.value) and "\n" not in str(e.value), e.value
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 << 20, peak  # the whole walk: tens of MB would mean it expanded the shared lists
+
+
+def test_shared_values_within_the_budget_load_once_each(tmp_path):
+    shared = [np.arange(3, dtype="float32")] * 2
+    path = tmp_path / "shared.pdckpt"
+    path.write_bytes(pickle.dumps({"a": [shared, shared], "b": shared}, protocol=4))
+    loaded = load_file(str(path))
+    assert loaded["a"][0] is loaded["a"][1] is loaded["b"]  # one walk per object: the sharing survives
+    assert loaded["b"][0] is loaded["b"][1] and isinstance(loaded["b"][0], paddle.Tensor)
+
+
+@pytest.mark.parametrize("value, reason", [
+    (np.zeros(3, dtype=[("a", "f4"), ("b", "i4")]), "dtype '|V8' ([('a', '<f4'), ('b', '<i4')]), which is no tensor's"),
+    (np.array(["unicode"]), "dtype '<U7' (<U7), which is no tensor's"),
+    (np.empty(10 ** 12, dtype=np.dtype([])), "which is no tensor's"),  # zero itemsize: a trillion items in 0 bytes
+    (np.zeros(2, "complex64"), "dtype '<c8' (complex64), which is no tensor's"),
+    (np.float64(1.0).astype("datetime64[s]"), "which is no tensor's"),
+])
+def test_arrays_of_no_tensor_dtype_are_refused_in_one_line(tmp_path, value, reason):
+    path = tmp_path / "odd.pdparams"
+    path.write_bytes(pickle.dumps({"pos_embed": value}, protocol=4))
+    with pytest.raises(UserError) as e:
+        load_weights(tiny(), str(path))
+    assert str(e.value).startswith(f"{path}: refused to load: ['pos_embed'] is a numpy ") and reason in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content, reason", [
+    ({"model": {0: np.zeros(1, "float32")}}, "['model'] has a key 0 (int), not a string"),
+    ({("a", 1): 1}, "the top level has a key ('a', 1) (tuple), not a string"),
+    ({"class_names": {"a", "b"}}, "['class_names'] is a set"),
+    ({"x": np.array([1, "a"], dtype=object)}, "numpy.dtype(object)"),
+])
+def test_non_string_keys_sets_and_object_arrays_are_refused_in_one_line(tmp_path, content, reason):
+    path = tmp_path / "odd.pdckpt"
+    path.write_bytes(pickle.dumps(content, protocol=4))
+    with pytest.raises(UserError) as e:
+        load_file(str(path))
+    assert reason in str(e.value) and "\n" not in str(e.value), e.value
+
+
+def test_numpy_arrays_are_only_built_as_numpy_pickles_them(tmp_path):
+    # numpy.ndarray((10**10,)) called directly would allocate 10 GB (uninitialised) from a 60-byte file
+    direct = b"\x80\x04cnumpy\nndarray\nJ\x00\xe4\x0bT\x85\x85R."
+    reconstruct = (b"\x80\x04cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\xe4\x0bT\x85C\x01b\x87R.")
+    for i, data in enumerate((direct, reconstruct)):
+        path = tmp_path / f"big{i}.pdparams"
+        path.write_bytes(data)
+        with pytest.raises(UserError, match=f"cannot read {path} as Paddle weights"):
+            load_file(str(path))
+
+
+def test_big_endian_arrays_load_as_their_values(tmp_path):
+    path = tmp_path / "be.pdparams"
+    path.write_bytes(pickle.dumps({"w": np.arange(4, dtype=">f4")}, protocol=4))
+    np.testing.assert_array_equal(load_file(str(path))["w"].numpy(), np.arange(4, dtype="float32"))
+
+
+def weights_as(dtype):
+    return {k: v.numpy().astype(dtype) for k, v in tiny().state_dict().items()}
+
+
+def test_float16_weights_are_cast_exactly_on_every_load_path(tmp_path):
+    from safetensors.numpy import save_file
+    state = weights_as("float16")
+    save_file(state, str(tmp_path / "w.safetensors"))
+    paddle.save({k: paddle.to_tensor(v) for k, v in state.items()}, str(tmp_path / "w.pdparams"))
+    bf16 = {k: paddle.to_tensor(v.astype("float32")).astype("bfloat16") for k, v in state.items()}
+    paddle.save(bf16, str(tmp_path / "bf.pdparams"))
+    for name in ("w.safetensors", "w.pdparams"):
+        for drop_head in (False, True):  # --weights; Global.pretrained
+            model = tiny()
+            which, notes = load_weights(model, str(tmp_path / name), drop_head=drop_head)
+            assert f"{len(state)} float16 tensor(s) cast to the model's float32 (exact)" in notes
+            for k, v in model.state_dict().items():
+                assert v.dtype == paddle.float32
+                np.testing.assert_array_equal(v.numpy(), state[k].astype("float32"))
+    model = tiny()
+    assert f"{len(state)} bfloat16 tensor(s) cast to the model's float32 (exact)" in \
+        load_weights(model, str(tmp_path / "bf.pdparams"))[1]
+    np.testing.assert_array_equal(model.state_dict()["head.weight"].numpy(), bf16["head.weight"].astype("float32").numpy())
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int32"])
+def test_weights_of_an_inexact_dtype_are_refused_in_one_line_saying_so(tmp_path, dtype):
+    path = str(tmp_path / "w.pdparams")
+    paddle.save(weights_as(dtype), path)
+    for drop_head in (False, True):
+        with pytest.raises(UserError) as e:
+            load_weights(tiny(), path, drop_head=drop_head)
+        assert str(e.value).startswith(f"{path} holds tensors of a dtype the model does not take: {dtype} where the "
+                                       "model has float32 (") and "\n" not in str(e.value)
+        assert str(e.value).endswith("only float16 / bfloat16 -> float32 convert exactly: save the weights as float32")
+
+
+def test_a_checkpoint_of_float64_weights_is_refused_on_resume(tmp_path):
+    from t2tvit.checkpoint import restore_training
+    model = tiny()
+    state, opt = real_checkpoint(model)
+    state["model"] = {k: v.astype("float64") for k, v in state["model"].items()}
+    with pytest.raises(UserError, match=r"^x.pdckpt \(model\) holds tensors of a dtype the model does not take: float64"):
+        restore_training(state, "x.pdckpt", model, opt, config=state["config"])
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("epoch", -3, "int -3, not a whole number in [0, 10,000,000)"),
+    ("epoch", "3", "str '3', not a whole number"),
+    ("step", 2.5, "float 2.5, not a whole number"),
+    ("skips", None, "missing, not a whole number"),
+    ("best", [0.5], "list [0.5], not a dict {acc, which, epoch}"),
+    ("best", {"acc": float("nan"), "which": "ema", "epoch": 1}, "best.acc is float nan, not a finite number"),
+    ("best", {"acc": 0.5, "which": "both", "epoch": 1}, "best.which is str 'both', not model or ema"),
+    ("model", [], "model is list [], not a dict of tensors"),
+])
+def test_crafted_progress_fields_are_refused_on_resume_in_one_line(tmp_path, field, value, shown):
+    from t2tvit.checkpoint import restore_training
+    model = tiny()
+    state, opt = real_checkpoint(model)
+    if value is None:
+        del state[field]
+    else:
+        state[field] = value
+    with pytest.raises(UserError) as e:
+        restore_training(state, "x.pdckpt", model, opt, config=state["config"])
+    assert str(e.value).startswith("x.pdckpt: the checkpoint's ") and shown in str(e.value), e.value
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kind, shown", [("fifo", "a FIFO (named pipe)"), ("folder", "a folder")])
+def test_weights_on_a_fifo_or_folder_say_what_they_are_and_never_hang(tmp_path, kind, shown):
+    path = tmp_path / "w.pdparams"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()  # nobody writes the FIFO: a blocking open would wait
+    with pytest.raises(UserError, match=re.escape(f"weights file {path} is {shown}, not a file") + "$"):
+        load_weights(tiny(), str(path))
+    with pytest.raises(UserError, match=f"^weights file not found: {tmp_path / 'nope.pdparams'}$"):
+        load_file(str(tmp_path / "nope.pdparams"))
+
+
+def test_sha256_is_of_the_bytes_parsed_in_one_read(tmp_path, monkeypatch):
+    path = tmp_path / "w.pdparams"
+    paddle.save(weights_as("float32"), str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    assert load_weights(tiny(), str(path), sha256=digest)[0] == "weights"
+    assert opened == [str(path)]  # opened once: hashed as it is parsed, no second read that could see other bytes
+    path.write_bytes(path.read_bytes()[:1000])  # truncated: unreadable, and its digest says why
+    with pytest.raises(UserError, match=f"{path}: sha256 is [0-9a-f]{{64}}, not the expected {digest}"):
+        load_file(str(path), sha256=digest)

@@ -10,6 +10,11 @@ The result is checked key by key against the Paddle model and re-loaded strictly
 torch is needed by this tool alone: pip install -r requirements-convert.txt
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
+from t2tvit.preempt import exit_on_signals, hold_signals
+
+# run as a command: until main(), a signal while torch and Paddle load waits, then is one line (not a traceback)
+if __name__ == "__main__":
+    hold_signals()
 import argparse
 import hashlib
 import io
@@ -20,8 +25,9 @@ import numpy as np
 import paddle
 
 from t2tvit import atomic
-from t2tvit.checkpoint import load_file, match_state_dict, sha256_of
-from t2tvit.errors import UserError, cli
+from t2tvit.checkpoint import HashingReader, check_sha256, load_file, match_state_dict, open_weights
+from t2tvit.errors import UserError, cli, shown
+from t2tvit.lockfile import OutputLock
 from t2tvit.quiet import add_verbose_flag
 from t2tvit.sizes import parse_size
 from t2tvit.t2t import create_model, linear_weight_names
@@ -35,20 +41,17 @@ def read_torch_state_dict(path, sha256=None):
     except ImportError:
         raise UserError("converting PyTorch checkpoints needs torch: pip install -r requirements-convert.txt "
                         "(the CPU wheel is enough; training and inference never need it)") from None
-    if not os.path.isfile(path):
-        raise UserError(f"--src: no such file: {path}")
-    if sha256:
-        with open(path, "rb") as f:
-            got = sha256_of(f)
-        if got != sha256.strip().lower():
-            raise UserError(f"{path}: sha256 is {got}, not the expected {sha256}; refusing a file that is not the "
-                            "one published")
+    with open_weights(path, "--src") as f:  # read once: the digest is that of the very bytes unpickled
+        reader = HashingReader(f)
+        data = io.BytesIO(reader.read())
+        if sha256:
+            check_sha256(reader, path, sha256)
     try:
         # weights_only: a checkpoint from the internet must not be able to run code when unpickled. The one
         # class beyond tensors and plain types allowed is argparse.Namespace: the official main.py (timm's
         # CheckpointSaver) stores its command line as `args` in every full checkpoint.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as e:
         # torch's own text for this case advises weights_only=False, which is exactly what must not be done.
         raise UserError(f"{path} is not a PyTorch checkpoint of plain tensors ({type(e).__name__}); "
@@ -74,9 +77,17 @@ def encode(state, dst):
 
 
 def write_file(data, dst):
-    """dst := data through atomic.py's exclusive temporary: whole or untouched; an OSError is one UserError line."""
+    """dst := data through atomic.py's exclusive temporary: whole or untouched; an OSError is one UserError line.
+    DST.lock keeps a second converter off dst; holding it, the temporaries of a killed one are removed."""
     try:
-        atomic.write_bytes(dst, data)
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        lock = OutputLock(dst, f"--dst {shown(dst)}")
+        try:
+            for path in atomic.remove_stale_temporaries(dst):
+                print(f"note: removed {shown(path)}, left by a conversion that was killed", file=sys.stderr)
+            atomic.write_bytes(dst, data)
+        finally:
+            lock.release()
     except OSError as e:
         raise UserError(f"cannot write {dst}: {e.strerror or e}") from None
 
@@ -100,6 +111,7 @@ def convert(src, dst, model_name, img_size=224, num_classes=1000, sha256=None):
 
 
 @cli
+@exit_on_signals()
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_verbose_flag(ap)

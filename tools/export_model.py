@@ -21,6 +21,12 @@ NNCF), calibrated on --calib-size images (default 300, evenly spaced) of --calib
 --precision int8; their top-1 agreement with fp32 on the calibration images is printed.
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
+from t2tvit.preempt import exit_on_signals, hold_signals
+
+# run as a command: until main(), a signal while Paddle loads waits, then is one line (not a traceback or
+# Paddle's dump)
+if __name__ == "__main__":
+    hold_signals()
 import argparse
 import os
 import sys
@@ -37,6 +43,7 @@ from t2tvit.tool_config import add_weights_args, class_names_for, load_model
 
 
 @cli
+@exit_on_signals()
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_verbose_flag(add_weights_args(ap, required=True))

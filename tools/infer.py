@@ -5,6 +5,10 @@
 Kept so that commands written for earlier versions still run; tools/predict.py is the one to use.
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
+from t2tvit.preempt import hold_signals
+
+if __name__ == "__main__":
+    hold_signals()  # as predict.py does when run as a command
 import sys
 
 import predict

@@ -25,6 +25,12 @@ interrupted run keeps every finished line, and never leaves a FILE.jsonl that lo
 refuses a second run on the same --output (naming its pid and host).
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
+from t2tvit.preempt import exit_on_signals, hold_signals
+
+# run as a command: until main(), a signal while Paddle loads waits, then is one line (not a traceback or
+# Paddle's dump)
+if __name__ == "__main__":
+    hold_signals()
 import argparse
 import contextlib
 import sys
@@ -86,6 +92,7 @@ def dynamic_forward(args):
 
 
 @cli
+@exit_on_signals()
 def main(argv=None, inference_only=False):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("images", nargs="+", help="image files and folders (searched recursively)")

@@ -10,6 +10,11 @@ resumed from any checkpoint continues exactly as if it had never stopped. It res
 (--accept-changes continues it under a changed one, recording each change); a finished run is not trained again.
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
+from t2tvit.preempt import hold_signals
+
+# run as a command: a signal while Paddle loads waits for our handler (GracefulStop.install), which stops at once
+if __name__ == "__main__":
+    hold_signals()
 import argparse
 import logging
 import os
@@ -108,11 +113,13 @@ def main(argv=None):
     # Rank 0 writes the output folder, so it alone takes its lock, before anything is written or the ranks
     # meet: a refusal exits it with 2, which makes paddle.distributed.launch end the other ranks.
     lock = RunLock(cfg.Global.output_dir, run_id, shlex.join(launch_argv()))
+    stop.on_exit_now(lock.release)  # before it is taken: a signal while starting ends the process at once
     if dist.get_rank() == 0:
         lock.acquire(warn=print)
-    stop.on_exit_now(lock.release)
     try:
-        build_trainer(cfg, stop, run_id, args.accept_changes).run()
+        trainer = build_trainer(cfg, stop, run_id, args.accept_changes)
+        stop.started()
+        trainer.run()
     except RunComplete as done:  # exit 0: `train.sh && val.sh` evaluates the finished run
         print(done, flush=True)
         return 0

@@ -20,8 +20,10 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
+from t2tvit import atomic
 from t2tvit.attention_maps import attention_maps
-from t2tvit.errors import UserError, cli, shown
+from t2tvit.decode import BadImage
+from t2tvit.errors import StorageError, UserError, cli, shown
 from t2tvit.quiet import add_verbose_flag
 from t2tvit.t2t import create_model
 from t2tvit.tool_config import add_weights_args, config_for, load_model
@@ -38,6 +40,15 @@ def overlay(pixels, grid_map, alpha=0.5):
     up = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
     heat = (colormaps["jet"](up / 255.0)[..., :3] * 255).astype(np.uint8)
     return Image.blend(Image.fromarray(pixels), Image.fromarray(heat), alpha)
+
+
+def save_png(img, path):
+    """Write `img` to path whole or not at all (atomic.py: a temporary beside it, renamed; the folder is made)."""
+    try:
+        with atomic.replacing(path) as tmp:
+            img.save(tmp, format="PNG")
+    except OSError as e:
+        raise StorageError(path, e) from None
 
 
 def strip(panels):
@@ -68,14 +79,17 @@ def main(argv=None):
         names = None
         print("note: no --weights: the maps are those of randomly initialised weights", file=sys.stderr)
     transform = build_transform(cfg, "val")
-    pixels = transform.pixels(args.image).transpose(1, 2, 0)
+    try:
+        pixels = transform.pixels(args.image).transpose(1, 2, 0)
+    except BadImage as e:
+        raise UserError(f"cannot read image {shown(e.path)}: {e.reason}") from None
     h, w = model.img_size
     if args.position and not (0 <= args.position[0] < h and 0 <= args.position[1] < w):
         raise UserError(f"--position {args.position[0]} {args.position[1]} is outside the {h}x{w} crop")
     maps = attention_maps(model, transform.normalize(pixels.transpose(2, 0, 1))[None], args.position)
     base = args.out[:-len(".png")]
-    overlay(pixels, maps["rollout_cls"][0]).save(args.out)
-    strip([overlay(pixels, m) for m in maps["last_heads"][0]]).save(base + ".heads.png")
+    save_png(overlay(pixels, maps["rollout_cls"][0]), args.out)
+    save_png(strip([overlay(pixels, m) for m in maps["last_heads"][0]]), base + ".heads.png")
     if maps["t2t"]:
         y, x = args.position or (h // 2, w // 2)
         panels = []
@@ -83,7 +97,7 @@ def main(argv=None):
             panel = overlay(pixels, m[0])
             ImageDraw.Draw(panel).ellipse((x - 2, y - 2, x + 2, y + 2), outline=(255, 255, 255))
             panels.append(panel)
-        strip(panels).save(base + ".t2t.png")
+        save_png(strip(panels), base + ".t2t.png")
     top = int(np.argmax(maps["logits"][0]))
     name = f" {shown(names[top])}" if names else ""
     print(f"wrote {args.out}, {base}.heads.png" + (f", {base}.t2t.png" if maps["t2t"] else "")

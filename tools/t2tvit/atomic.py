@@ -7,6 +7,8 @@ DEST_NAME + TEMP_MARK + random, so a start-up can recognise those a killed proce
 """
 import contextlib
 import os
+import re
+import shutil
 import tempfile
 
 TEMP_MARK = ".tmp"
@@ -81,3 +83,18 @@ def link_or_copy(src, dest):
     with replacing(dest) as path, open(src, "rb") as f, open(path, "wb") as out:
         while chunk := f.read(1 << 20):
             out.write(chunk)
+
+
+def remove_stale_temporaries(dest):
+    """Remove what a killed writer of `dest` left beside it: DEST.tmpXXXXXXXX, the files and folders mkstemp and
+    mkdtemp name after it (temporary_beside, export's folder). Call it holding dest's lock (lockfile.OutputLock),
+    so that no live writer owns them; returns their paths."""
+    folder, name = os.path.split(os.path.abspath(dest))
+    pattern = re.compile(re.escape(name + TEMP_MARK) + r"[a-z0-9_]{8}$")  # tempfile's 8 random characters
+    stale = [os.path.join(folder, entry) for entry in sorted(os.listdir(folder)) if pattern.match(entry)]
+    for path in stale:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    return stale

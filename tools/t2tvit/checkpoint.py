@@ -8,6 +8,7 @@ never leaves a partial file under the final name.
 """
 import glob
 import hashlib
+import math
 import os
 import re
 
@@ -16,6 +17,7 @@ import paddle
 
 from . import atomic
 from .errors import StorageError, UserError
+from .inputs import NotRegular, open_regular
 from .run_identity import CLASS_NAMES, FIXED, class_difference, differences, flatten, same, shown
 from .safe_load import load_paddle_file
 
@@ -34,13 +36,60 @@ def atomic_link(src, dst):
     atomic.link_or_copy(src, dst)
 
 
+class HashingReader:
+    """A binary file read through, hashing every byte handed out (read, readline, readinto): the digest is that of
+    the bytes that were parsed, not of a second read of a file that may have changed meanwhile."""
+
+    def __init__(self, f):
+        self.f, self.digest = f, hashlib.sha256()
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.digest.update(data)
+        return data
+
+    def readline(self, n=-1):
+        data = self.f.readline(n)
+        self.digest.update(data)
+        return data
+
+    def readinto(self, buffer):
+        n = self.f.readinto(buffer)
+        self.digest.update(memoryview(buffer)[:n])
+        return n
+
+    def hexdigest(self):
+        """The sha256 of the whole file: what was read, then the rest (a pickle's reader stops at its end mark)."""
+        for block in iter(lambda: self.f.read(1 << 20), b""):
+            self.digest.update(block)
+        return self.digest.hexdigest()
+
+
 def sha256_of(f):
     """Hex sha256 of an open binary file, read from its start; leaves it at the start again."""
-    digest = hashlib.sha256()
-    for block in iter(lambda: f.read(1 << 20), b""):
-        digest.update(block)
+    digest = HashingReader(f).hexdigest()
     f.seek(0)
-    return digest.hexdigest()
+    return digest
+
+
+def check_sha256(reader, path, sha256):
+    """UserError unless the file `reader` (a HashingReader) went through has the hex digest `sha256`."""
+    got = reader.hexdigest()
+    if got != sha256.strip().lower():
+        raise UserError(f"{path}: sha256 is {got}, not the expected {sha256}; refusing a file that is "
+                        "not the one published")
+
+
+def open_weights(path, what="weights file"):
+    """`path` opened for reading, or a UserError saying why not: missing, a folder, a FIFO, unreadable."""
+    try:
+        return open_regular(path)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except NotRegular as e:
+        raise UserError(f"{what} {path} is {e.kind}, not a file") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def read_safetensors(f, path):
@@ -62,23 +111,20 @@ def read_safetensors(f, path):
 def load_file(path, sha256=None):
     """The content of a weights file (.pdparams or .safetensors) or training checkpoint (.pdckpt).
 
-    Never runs anything the file says (see safe_load). sha256: the hex digest the file must have.
+    Never runs anything the file says (see safe_load). sha256: the hex digest the file must have, checked on the
+    very bytes parsed (the file is read once); a file that fails it is refused whatever it holds.
     """
-    if not os.path.isfile(path):
-        raise UserError(f"weights file not found: {path}")
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    with f:
+    with open_weights(path) as f:
+        reader = HashingReader(f) if sha256 else f
+        try:
+            content = (read_safetensors if path.endswith(".safetensors") else load_paddle_file)(reader, path)
+        except UserError:
+            if sha256:  # a damaged or substituted download: the digest is the clearer message
+                check_sha256(reader, path, sha256)
+            raise
         if sha256:
-            got = sha256_of(f)
-            if got != sha256.strip().lower():
-                raise UserError(f"{path}: sha256 is {got}, not the expected {sha256}; refusing a file that is "
-                                "not the one published")
-        if path.endswith(".safetensors"):
-            return read_safetensors(f, path)
-        return load_paddle_file(f, path)
+            check_sha256(reader, path, sha256)
+        return content
 
 
 def refuse_nonfinite(state, source):
@@ -113,22 +159,38 @@ def weights_from(obj, path, prefer="best"):
     raise UserError(f"{path} is neither a weights file nor a training checkpoint of this repo")
 
 
+# Casts that lose nothing: a half-precision file into a float32 model; and float32 into a model that holds half
+# precision weights itself (AMP O2), which paddle.amp.decorate rounds the same way. Any other dtype is refused.
+EXACT_CASTS = {("float16", "float32"), ("bfloat16", "float32"), ("float32", "float16"), ("float32", "bfloat16")}
+
+
+def dtype_name(tensor):
+    """'float32', 'bfloat16', ... of a paddle Tensor or numpy array (Paddle 2.6 and 3.x spell theirs alike)."""
+    if isinstance(tensor, paddle.Tensor):
+        return str(tensor.dtype).replace("paddle.", "")
+    return np.asarray(tensor).dtype.name
+
+
 def match_state_dict(model, state, source, drop_head=False, new_head=False):
-    """Check `state` against `model` by name and shape; return the dict to load.
+    """Check `state` against `model` by name, shape and dtype; return the dict to load.
 
     The fixed sinusoid position table is taken from the model when the token count differs (it is a
     function of img_size, not learned). With drop_head, a classifier of another class count is left out
     (reported) so the model keeps its fresh head for fine-tuning; new_head leaves out one of the same count
     too (its classes are other ones: Global.reset_head). Anything else that does not fit is a UserError
-    listing every missing, unexpected and mis-shaped key.
+    listing every missing, unexpected and mis-shaped key. A tensor of another dtype is cast where that is
+    exact (EXACT_CASTS: float16 -> float32, reported) and refused in one line otherwise (float64, integers).
     """
     own = model.state_dict()
     out, notes = {}, []
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    misshaped = []
+    misshaped, not_tensors = [], []
     for k, v in state.items():
         if k not in own:
+            continue
+        if not isinstance(v, (paddle.Tensor, np.ndarray)):
+            not_tensors.append(f"{k} ({type(v).__name__})")
             continue
         want, got = list(own[k].shape), list(v.shape)
         if new_head and k.startswith("head."):
@@ -148,17 +210,41 @@ def match_state_dict(model, state, source, drop_head=False, new_head=False):
                      f"{'initialised fresh' if headless[0] in own else 'left out'}")
     missing = [k for k in missing if k not in headless]
     unexpected = [k for k in unexpected if k not in headless]
-    if missing or unexpected or misshaped:
-        parts = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+    if missing or unexpected or misshaped or not_tensors:
+        parts = [f"{name}: {_listed(keys)}" for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                                                ("mis-shaped", misshaped), ("not tensors", not_tensors))
                  if keys]
         raise UserError(f"{source} does not fit model {type(model).__name__}"
                         f"({getattr(model, 'arch_name', '')}): {'; '.join(parts)}")
-    return out, notes
+    return _cast_exactly(out, own, source, notes), notes
+
+
+def _listed(keys):
+    return f"{', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+
+
+def _cast_exactly(state, own, source, notes):
+    """state with each tensor in its model tensor's dtype where EXACT_CASTS allows it (noted); else a UserError
+    naming the keys and dtypes."""
+    casts, refused = {}, {}
+    for k, v in state.items():
+        pair = dtype_name(v), dtype_name(own[k])
+        if pair[0] != pair[1]:
+            (casts if pair in EXACT_CASTS else refused).setdefault(pair, []).append(k)
+    if refused:
+        raise UserError(f"{source} holds tensors of a dtype the model does not take: " + "; ".join(
+            f"{got} where the model has {want} ({_listed(keys)})" for (got, want), keys in refused.items())
+            + "; only float16 / bfloat16 -> float32 convert exactly: save the weights as float32")
+    for (got, want), keys in casts.items():
+        for k in keys:
+            v = state[k]
+            state[k] = (v if isinstance(v, paddle.Tensor) else paddle.to_tensor(v)).astype(want)
+        notes.append(f"{len(keys)} {got} tensor(s) cast to the model's {want} (exact)")
+    return state
 
 
 def set_checked(model, state, source, drop_head=False, new_head=False):
-    """Load `state` into model after checking its names, shapes and values; returns what was adapted."""
+    """Load `state` into model after checking its names, shapes, dtypes and values; returns what was adapted."""
     state, notes = match_state_dict(model, state, source, drop_head=drop_head, new_head=new_head)
     refuse_nonfinite(state, source)
     model.set_state_dict({k: paddle.to_tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()})
@@ -177,6 +263,39 @@ def load_weights(model, path, prefer="best", drop_head=False, loaded=None, sha25
 
 
 PROGRESS_KEYS = ("epoch", "step", "best", "skips")
+# A counter past these is no run's: ten million epochs or optimizer steps in an epoch.
+MAX_COUNT = 10_000_000
+
+
+def checked_progress(state, path):
+    """The progress {epoch, step, best, skips} of training checkpoint `state`, each field checked (a whole number
+    in range; best = {acc: a finite number, which: model | ema, epoch: -1 or more}), with 'model' and 'optimizer'
+    dicts; else a UserError naming the field, so a crafted or damaged checkpoint never reaches the loop."""
+    def count(v, low=0):
+        return isinstance(v, int) and not isinstance(v, bool) and low <= v < MAX_COUNT
+
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a training checkpoint")
+    best = state.get("best")
+    checks = [("model", isinstance(state.get("model"), dict), "a dict of tensors"),
+              ("optimizer", isinstance(state.get("optimizer"), dict), "a dict"),
+              ("epoch", count(state.get("epoch")), f"a whole number in [0, {MAX_COUNT:,})"),
+              ("step", count(state.get("step")), f"a whole number in [0, {MAX_COUNT:,})"),
+              ("skips", count(state.get("skips")), f"a whole number in [0, {MAX_COUNT:,})"),
+              ("best", isinstance(best, dict), "a dict {acc, which, epoch}")]
+    if isinstance(best, dict):
+        acc = best.get("acc")
+        checks += [("best.acc", isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc),
+                    "a finite number"),
+                   ("best.which", best.get("which") in ("model", "ema"), "model or ema"),
+                   ("best.epoch", count(best.get("epoch"), low=-1), f"a whole number in [-1, {MAX_COUNT:,})")]
+    for field, ok, want in checks:
+        if not ok:
+            value = state.get(field) if "." not in field else best.get(field.split(".")[1])
+            shown = "missing" if value is None else f"{type(value).__name__} {value!r:.60}"
+            raise UserError(f"{path}: the checkpoint's {field} is {shown}, not {want}: not a checkpoint this "
+                            "repo wrote; resume from another one, or start afresh in another Global.output_dir")
+    return {k: state[k] for k in PROGRESS_KEYS}
 
 
 def training_state(model, optimizer, ema, scaler, progress, arch, global_batch, img_size, class_names, config,
@@ -204,6 +323,7 @@ def restore_training(state, path, model, optimizer, ema=None, scaler=None, confi
     settings (run_fit) is refused with one line listing them all; its tensors then load strictly. (Whether the
     checkpoint is this run's at all is CheckpointDir.resume_from's question, asked before anything is built.)
     """
+    progress = checked_progress(state, path)
     saved = state.get("config") if isinstance(state.get("config"), dict) else None
     try:
         recorded = run_fit(saved)
@@ -222,7 +342,7 @@ def restore_training(state, path, model, optimizer, ema=None, scaler=None, confi
     optimizer.set_state_dict(state["optimizer"])
     if scaler and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    return {k: state[k] for k in PROGRESS_KEYS}
+    return progress
 
 
 class RunComplete(Exception):

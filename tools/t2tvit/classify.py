@@ -6,16 +6,17 @@ Used by tools/predict.py with a dynamic model or a deployment backend; the recor
 import itertools
 import json
 import os
-import socket
 import sys
 import tempfile
 
 import numpy as np
 
+from .atomic import FILE_MODE
 from .dataset import IMG_EXTENSIONS
 from .decode import BadImage
 from .errors import StorageError, UserError, shown
-from .lockfile import LockFile
+from .lockfile import OutputLock
+from .preempt import undone_on_stop
 
 
 def image_paths(paths):
@@ -82,39 +83,6 @@ def print_prediction(record):
     print(f"top-{len(record['topk'])}: " + ", ".join(f"{c} {shown(n)} ({p:.4f})" for c, n, p in record["topk"]))
 
 
-class OutputLock(LockFile):
-    """An advisory lock on an output file, taken on creation: PATH.lock holds "pid host" (lockfile.LockFile).
-
-    A second writer of the same output is refused with one line naming the holder. The flock ends with its
-    process, so a lock file left by a process that died (SIGKILL, power loss) is taken over with a warning,
-    whichever host wrote it: the flock alone decides.
-    """
-
-    judges_other_hosts = True
-
-    def __init__(self, path, what):
-        self.what = what
-        super().__init__(path + ".lock", f"{os.getpid()} {socket.gethostname()}\n")
-        self.acquire(warn=lambda message: print(message, file=sys.stderr))
-
-    def parse(self, text):
-        words = text.split() or ["?"]
-        return {"pid": words[0], "host": words[-1]}
-
-    def refusal(self, holder):
-        return UserError(f"{self.what} is being written by another run (pid {holder['pid']} on host "
-                         f"{holder['host']}, lock {shown(self.path)}): wait for it or choose another output")
-
-    def unopenable(self, error):
-        return UserError(f"{self.what}: cannot open the lock {shown(self.path)}: {error.strerror}")
-
-    def uncreatable(self, error):
-        return UserError(f"{self.what}: cannot create the lock {shown(self.path)}: {error.strerror}")
-
-    def taken_over(self, holder):
-        return f"warning: taking over {shown(self.path)}, left by a run that is no longer alive"
-
-
 class JsonLines:
     """FILE.jsonl written a flushed line at a time to FILE.jsonl.<random>.partial, renamed to FILE.jsonl at the end.
 
@@ -138,9 +106,12 @@ class JsonLines:
             raise UserError(f"--output {shown(path)}: cannot write in {shown(folder)}: {e.strerror}") from None
 
     def __enter__(self):
+        self._undo = undone_on_stop(self.lock.release)  # a stop by a signal (preempt.exit_on_signals) frees it too
+        self._undo.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self._undo.__exit__(*exc)
         if not self.file.closed:
             try:
                 self.file.close()
@@ -160,6 +131,7 @@ class JsonLines:
         self._storage(self.file.flush)
 
     def finish(self):
+        self._storage(os.fchmod, self.file.fileno(), FILE_MODE)  # mkstemp made it 0600; the output follows the umask
         self._storage(self.file.close)
         self._storage(os.replace, self.partial, self.path)
 

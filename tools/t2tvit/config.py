@@ -7,6 +7,7 @@ the file or override at fault, before a run spends hours on it.
 """
 import copy
 import difflib
+import math
 import os
 import re
 
@@ -117,8 +118,22 @@ def _expanded_nodes(node, sizes):
     return total
 
 
+def _clip(text, width=60):
+    """repr(text), cut to `width` characters: a message stays one readable line whatever a value holds."""
+    shown = repr(text)
+    return shown if len(shown) <= width else f"{shown[:width]}... ({len(str(text)):,} characters)"
+
+
+# YAML 1.1 (PyYAML) reads `1:30` as 90 (base 60) and `010` as 8 (octal): nobody writing an epoch count or a seed
+# means that, and YAML 1.2 dropped both; they are refused, saying what they would have been.
+_BASE_60 = re.compile(r"[-+]?\d[\d_]*(:[0-5]?\d)+(\.[\d_]*)?$")
+_OCTAL = re.compile(r"[-+]?0[0-7_]+$")
+
+
 class _BudgetLoader(yaml.SafeLoader):
-    """yaml.safe_load (no python tags) that refuses a document over the node budget before constructing it."""
+    """yaml.safe_load (no python tags) that refuses a document over the node budget before constructing it, YAML
+    1.1's base-60 and leading-zero octal numbers, and an explicit `!!` tag whose value does not convert, each as a
+    ConstructorError naming the value (never a ValueError or AttributeError from inside PyYAML)."""
 
     def construct_document(self, node):
         try:
@@ -126,6 +141,37 @@ class _BudgetLoader(yaml.SafeLoader):
         except RecursionError:
             raise YAMLBudgetError("nested too deeply") from None
         return super().construct_document(node)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as e:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            reason = "over Python's 4300 digits" if "digits" in str(e) else f"{type(e).__name__}"
+            raise yaml.constructor.ConstructorError(None, None, f"{_clip(node.value)} is not a valid {tag} ({reason})",
+                                                    node.start_mark) from None
+
+    def _refuse_yaml11_number(self, node):
+        text = str(node.value)
+        if _BASE_60.match(text) or (node.tag.endswith(":int") and _OCTAL.match(text)):
+            kind = "base 60" if ":" in text else "octal: a leading 0"
+            value = (yaml.SafeLoader.construct_yaml_int if node.tag.endswith(":int")
+                     else yaml.SafeLoader.construct_yaml_float)(self, node)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{_clip(text)} is {value} in YAML 1.1 ({kind}), surely not what was meant; write the "
+                            "number itself, or quote it for a string", node.start_mark)
+
+    def construct_yaml_int(self, node):
+        self._refuse_yaml11_number(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node):
+        self._refuse_yaml11_number(node)
+        return super().construct_yaml_float(node)
+
+
+_BudgetLoader.add_constructor("tag:yaml.org,2002:int", _BudgetLoader.construct_yaml_int)
+_BudgetLoader.add_constructor("tag:yaml.org,2002:float", _BudgetLoader.construct_yaml_float)
 
 
 def _load_yaml(text):
@@ -153,7 +199,8 @@ def read_yaml(path, why="", what="config file"):
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise errors.UserError(f"{where}: YAML syntax error: {problem}") from None
+        kind = "YAML value error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise errors.UserError(f"{where}: {kind}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise errors.UserError(f"cannot read {path} as a {what}: {getattr(e, 'strerror', None) or e}") from None
     if data is None:
@@ -238,7 +285,10 @@ def _check_value(dotted, value, default, source):
     except ValueError:
         hint = " (quote it to make it a string)" if isinstance(default, str) else ""
         what = "an integer or [height, width]" if dotted in SIZE_KEYS else _type_name(default)
-        raise errors.UserError(f"config key '{dotted}' (in {source}): {value!r} is not {what}{hint}") from None
+        raise errors.UserError(f"config key '{dotted}' (in {source}): {_clip(value)} is not {what}{hint}") from None
+    if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+        raise errors.UserError(f"config key '{dotted}' (in {source}): {value!r} is not finite (inf and nan are "
+                               "never a setting)")
     choices = CHOICES.get(dotted)
     if choices and value not in choices:
         raise errors.UserError(f"config key '{dotted}' (in {source}): {value!r} is not one of "
@@ -303,8 +353,12 @@ def _parse_override(text, schema):
         value = _load_yaml(raw) if raw.strip() else ""
     except YAMLBudgetError as e:
         raise errors.UserError(f"override -o {key}=...: refused YAML value: {e}") from None
+    except yaml.constructor.ConstructorError as e:
+        if not isinstance(node, str):
+            raise errors.UserError(f"override -o {key}: {e.problem}") from None
+        value = None  # a string key takes the text (below)
     except yaml.YAMLError:
-        raise errors.UserError(f"override -o {text!r}: cannot parse the value {raw!r}") from None
+        raise errors.UserError(f"override -o {_clip(text)}: cannot parse the value {_clip(raw)}") from None
     if isinstance(node, str) and not isinstance(value, (str, list, dict)):
         value = raw.strip()  # `-o Data.root=2012` or `-o Global.resume=off` mean the text, not a number or a bool
     return parts, value, source
@@ -331,10 +385,32 @@ RANGES = (
 )
 
 
+# Where a value stops being a setting and becomes a typo or an attack: a 1e9-class head is a 1 TB allocation, a
+# global batch past 2**24 more images than any data set feeds one step. Inclusive, for each number of a list;
+# default.yaml's comment of each key says its bounds as `LOW to HIGH` (a test checks it).
+BOUNDS = {
+    "Global.num_classes": (1, 100_000),
+    "Global.img_size": (16, 4_096),
+    "Global.epochs": (1, 100_000),
+    "Data.batch_size": (1, 65_536),
+    "Data.global_batch_size": (1, 16_777_216),
+    "Data.num_workers": (0, 1_024),
+    "Data.mean": (0.0, 1.0),
+    "Data.std": (0.001, 1.0),
+}
+
+
+def bounds_text(low, high):
+    """`LOW to HIGH` as default.yaml's comments and the errors write it: 1 to 100,000; 0.001 to 1."""
+    def number(v):
+        return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+    return f"{number(low)} to {number(high)}"
+
+
 def _check_ranges(cfg, origin):
     def fail(key, message):
         raise errors.UserError(f"config key '{key}' (in {origin.get(key, os.path.relpath(SCHEMA_PATH))}): "
-                               f"{_lookup(cfg, key)!r} {message}")
+                               f"{_clip(_lookup(cfg, key))} {message}")
 
     for ok, message, keys in RANGES:
         for key in keys:
@@ -345,6 +421,10 @@ def _check_ranges(cfg, origin):
             image_hw(_lookup(cfg, key))
         except errors.UserError:
             fail(key, "is not a multiple of 16 (the T2T module reduces by 16), nor [height, width] of such")
+    for key, (low, high) in BOUNDS.items():
+        value = _lookup(cfg, key)
+        if not all(low <= v <= high for v in (value if isinstance(value, list) else [value])):
+            fail(key, f"is outside {bounds_text(low, high)}")
     if cfg.Augment.rand_augment:
         try:
             RandAugment.from_spec(cfg.Augment.rand_augment)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import paddle
 
-from . import errors
+from . import errors, inputs
 from .batch_augment import Normalize
 from .decode import BadImage
 from .names import is_folder_name
@@ -202,22 +202,34 @@ def check_shared_memory(cfg, split, batch_size, local_processes=None, path="/dev
             "Data.num_workers, or set Data.use_shared_memory=false")
 
 
-def _read_lines(path):
+# List and class files are streamed within these budgets: ImageNet's train.txt is 1.28M lines, 50 MB; past a GiB a
+# "list" is a mistake or an attack (a 6 GB one was read whole), and no path or class name is 8,192 characters.
+LIST_MAX_BYTES = 1 << 30
+CLASSES_MAX_BYTES = 16 << 20
+MAX_LINE = 8192
+
+
+def _read_lines(path, max_bytes, what="list file"):
+    """(line number, line) of a UTF-8 list or class file, a BOM dropped, streamed (inputs.text_lines); a UserError
+    naming the file for one that is not a regular file, unreadable, not UTF-8, or over its budget."""
     try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM (some Windows editors write one) is dropped
-            return f.read().splitlines()
+        yield from inputs.text_lines(path, max_bytes, MAX_LINE)
+    except inputs.NotRegular as e:
+        raise errors.UserError(f"{what} {path} is {e.kind}, not a file") from None
+    except inputs.TooLarge as e:
+        raise errors.UserError(f"{what} {path}: {e}; is it the right file?") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise errors.UserError(f"cannot read {path}: {e}") from None
+        raise errors.UserError(f"cannot read {what} {path}: {e}") from None
 
 
 def read_list(list_file, root, num_classes, key="list file", allow_outside_root=False):
     """Parse `relative/path label` lines; check labels, that every path stays inside `root` (an absolute path
     or a `..` escape is refused unless allow_outside_root: Data.allow_outside_root) and that every listed
     image exists. A UTF-8 BOM at the start of the file is not part of the first path."""
-    if not os.path.isfile(list_file):
+    if not os.path.exists(list_file):
         raise errors.UserError(f"{key}: list file not found: {list_file}")
     paths, labels, linenos = [], [], []
-    for lineno, line in enumerate(_read_lines(list_file), 1):
+    for lineno, line in _read_lines(list_file, LIST_MAX_BYTES, f"{key}: list file"):
         if not line.strip():
             continue
         fields = line.rsplit(None, 1)
@@ -260,7 +272,7 @@ def _classes_file(cfg):
     """Data.classes as a file path: as given, else relative to Data.root."""
     name = cfg.Data.classes
     for path in (name, os.path.join(cfg.Data.root, name)):
-        if os.path.isfile(path):
+        if os.path.exists(path):  # a folder or FIFO by that name is then told as such (_read_lines)
             return path
     raise errors.UserError(f"Data.classes: {name!r} is neither imagenet1k, folders nor an existing file")
 
@@ -269,7 +281,7 @@ def class_folders(cfg):
     """Folder names in label order (folder i holds class i) for the folder layout."""
     classes = cfg.Data.classes
     if classes == "imagenet1k":
-        return [s for s in (line.strip() for line in _read_lines(IMAGENET_SYNSETS)) if s]
+        return _names(IMAGENET_SYNSETS)
     if classes == "folders":
         train_dir = os.path.join(cfg.Data.root, "train")
         if not os.path.isdir(train_dir):
@@ -277,7 +289,7 @@ def class_folders(cfg):
                 f"Data.classes: folders takes the class folders of {train_dir}, which does not exist")
         return _subfolders(train_dir)
     path = _classes_file(cfg)
-    names = [s for s in (line.strip() for line in _read_lines(path)) if s]
+    names = _names(path)
     seen = set()
     for name in names:  # each names a class folder (and is printed): what a folder name may be
         if not is_folder_name(name):
@@ -289,9 +301,14 @@ def class_folders(cfg):
     return names
 
 
+def _names(path):
+    """The non-blank lines of a class file, stripped."""
+    return [s for s in (line.strip() for _, line in _read_lines(path, CLASSES_MAX_BYTES, "Data.classes file")) if s]
+
+
 def imagenet_names():
     """ImageNet-1k's 1000 human-readable class names, in label order."""
-    return [line.split(" ", 1)[1].strip() for line in _read_lines(IMAGENET_NAMES) if line.strip()]
+    return [line.split(" ", 1)[1] for line in _names(IMAGENET_NAMES)]
 
 
 def class_names(cfg):

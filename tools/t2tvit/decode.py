@@ -4,12 +4,12 @@ read_image decodes the whole image, which is what evaluation and, by default, tr
 the opt-in fast decode of Data.reduced_decode. Both raise BadImage, with the path, for what Pillow cannot read.
 """
 import math
-import os
-import stat
 import warnings
 
 import numpy as np
 from PIL import Image
+
+from .inputs import NotRegular, open_regular
 
 # What Pillow raises for unreadable, truncated or malformed image files.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -22,14 +22,51 @@ class BadImage(Exception):
         self.reason = reason
 
 
-def _to_rgb(img):
-    """convert('RGB'), as the official loader does; 16-bit images are scaled to 8 bits first.
+class UnknownRange(ValueError):
+    """An image whose sample values have no known range (32-bit integers, floats outside [0, 1])."""
 
-    Pillow's RGB conversion clips 16-bit values at 255 instead of scaling them (a 16-bit PNG would turn
-    almost white); this is the one place where our pixels deliberately differ from the official path.
-    """
+
+def _sixteen_bit(img):
+    """Whether a mode-I image holds 16-bit samples: Pillow decodes a 16-bit PGM/PPM (any maxval over 255, rescaled
+    to 65535) and, before Pillow 10, a 16-bit grayscale PNG as I; a TIFF says its sample size and kind."""
+    if img.format in ("PNG", "PPM"):
+        return True
+    tags = getattr(img, "tag_v2", {})
+    return img.format == "TIFF" and tags.get(258) in (16, (16,)) and tags.get(339, 1) in (1, (1,))
+
+
+def _gray16(img):
+    """The 16-bit gray levels of a high-bit-depth image (I;16*, I, F), each read by its real range; UnknownRange,
+    saying why, for one whose range is not known."""
+    values = np.asarray(img)
     if img.mode.startswith("I;16"):
-        img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
+        return values
+    if img.mode == "I":
+        if not _sixteen_bit(img):
+            raise UnknownRange(f"a {img.format} image of 32-bit integers (mode I), whose range is not known; convert "
+                             "it to 8 or 16 bits")
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise UnknownRange(f"a 16-bit {img.format} image with values outside [0, 65535]")
+        return values
+    if not np.isfinite(values).all():
+        raise UnknownRange("a floating-point image holding NaN or inf")
+    if values.size and (values.min() < 0 or values.max() > 1):
+        raise UnknownRange(f"a floating-point image with values from {values.min():g} to {values.max():g}: only "
+                         "[0, 1] has a known meaning; convert it to 8 or 16 bits")
+    return np.rint(values.astype(np.float64) * 65535)  # [0, 1] at 16-bit precision, then like any 16-bit image
+
+
+def _to_rgb(img):
+    """convert('RGB'), as the official loader does; images of more than 8 bits are scaled to 8 bits first.
+
+    Pillow's RGB conversion clips 16-bit and 32-bit values at 255 instead of scaling them (a 16-bit PNG or PGM
+    would turn almost white, a float TIFF in [0, 1] black); this is the one place where our pixels deliberately
+    differ from the official path. 16-bit levels keep their top 8 bits; a float image is taken in [0, 1] at 16-bit
+    precision, so the same picture as 16-bit PNG, 16-bit or 12-bit PGM and float TIFF gives the same pixels.
+    UnknownRange for an image whose range is not known (mode I of 32 bits, floats outside [0, 1]).
+    """
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        img = Image.fromarray((_gray16(img).astype(np.uint32) >> 8).astype(np.uint8))
     if img.mode == "RGB":
         return img
     with warnings.catch_warnings():  # "Palette images with Transparency expressed in bytes ..."
@@ -38,20 +75,14 @@ def _to_rgb(img):
 
 
 def _open(path):
-    """`path` opened for reading if it is a regular file; a FIFO, device or socket named like an image is a
-    BadImage, never a hang: O_NONBLOCK keeps open() from waiting for a FIFO's writer, and the type is checked
-    on the opened descriptor (fstat), so the file cannot be swapped between a check and the open."""
+    """`path` opened for reading if it is a regular file; a FIFO, device, socket or folder named like an image is a
+    BadImage saying what it is, never a hang (inputs.open_regular)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return open_regular(path)
+    except NotRegular as e:
+        raise BadImage(path, f"not a regular file: {e.kind}") from None
     except OSError as e:
         raise BadImage(path, f"{type(e).__name__}: {e}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BadImage(path, "not a regular file (a FIFO, device, socket or folder)")
-    os.set_blocking(fd, True)
-    f = open(fd, "rb")
-    f.raw.name = path  # Pillow's messages name the file by it (else "name=3")
-    return f
 
 
 def read_image(path):
@@ -63,9 +94,11 @@ def read_image(path):
         try:
             img = Image.open(f)
             img.load()
+            return _to_rgb(img)
+        except UnknownRange as e:
+            raise BadImage(path, str(e)) from None
         except DECODE_ERRORS as e:
             raise BadImage(path, f"{type(e).__name__}: {e}") from None
-    return _to_rgb(img)
 
 
 def read_reduced(path, region, out_size):
@@ -89,6 +122,8 @@ def read_reduced(path, region, out_size):
                     s = drafted[1][2] / width
                     box = tuple(v * s for v in box)
             img.load()
+            return _to_rgb(img), box
+        except UnknownRange as e:
+            raise BadImage(path, str(e)) from None
         except DECODE_ERRORS as e:
             raise BadImage(path, f"{type(e).__name__}: {e}") from None
-    return _to_rgb(img), box

@@ -4,6 +4,7 @@ Like DeiT's engine.py: tools/train.py builds the parts from the config and hands
 loop can be tested in-process with a tiny model; tools/val.py calls evaluate().
 """
 import contextlib
+import math
 import os
 
 import numpy as np
@@ -56,15 +57,21 @@ def evaluate(model, loader, runtime, log=None, print_every=0, observe=None, auto
 
 
 def batch_plan(global_batch, max_batch, world):
-    """(per-device batch, accumulation steps): the fewest accumulation steps whose batch fits max_batch."""
+    """(per-device batch, accumulation steps): the fewest accumulation steps whose batch fits max_batch.
+
+    The per-device batch is the largest divisor of global_batch / world that fits: found among the divisors,
+    by trial division up to the square root (config.py bounds the global batch), not by trying every count.
+    """
     if global_batch % world:
         raise UserError(f"Data.global_batch_size {global_batch} is not divisible by the {world} devices")
-    for accum in range(1, global_batch // world + 1):
-        per_device, rest = divmod(global_batch, world * accum)
-        if rest == 0 and per_device <= max_batch:
-            return per_device, accum
-    raise UserError(f"no per-device batch <= Data.batch_size {max_batch} divides Data.global_batch_size "
-                    f"{global_batch} over {world} devices")
+    share = global_batch // world
+    small = [d for d in range(1, math.isqrt(share) + 1) if share % d == 0]
+    fitting = [d for d in small + [share // d for d in small] if d <= max_batch]
+    if not fitting:  # only when max_batch < 1
+        raise UserError(f"no per-device batch <= Data.batch_size {max_batch} divides Data.global_batch_size "
+                        f"{global_batch} over {world} devices")
+    per_device = max(fitting)
+    return per_device, share // per_device
 
 
 class Trainer:

@@ -8,17 +8,20 @@ import importlib.util
 import inspect
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
 import yaml
 
 from . import export_meta
-from .atomic import TEMP_MARK
+from .atomic import TEMP_MARK, remove_stale_temporaries
 from .backends import OnnxRuntimePredictor, Predictor
-from .errors import StorageError, UserError
+from .errors import StorageError, UserError, shown
 from .export_files import FORMATS, META_FILE, ONNX_FILE, PREFIX, model_files
 from .export_meta import INPUT_NAME
+from .lockfile import OutputLock
+from .preempt import undone_on_stop
 from .quantize import quantize_export
 from .sizes import image_hw
 
@@ -119,25 +122,43 @@ def export_checked(model, img_size, out_dir, formats, calib=None, description=No
     format against `model`, quantise int8 models calibrated on the images `calib` (if given; t2tvit/quantize.py),
     and only then replace out_dir's model files. Returns {format: max |logits difference|}; raises UserError,
     writing nothing, when a format differs by more than CHECK_TOL, and StorageError (nothing partial left)
-    when a write fails."""
+    when a write fails. OUT.lock beside out_dir keeps a second export off it (and names the holder); holding it,
+    the temporaries of a killed export are removed, and a stop by a signal (preempt.exit_on_signals) removes
+    this one's."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} exists and is not a directory")
-    tmp = None
     try:
         os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    except OSError as e:
+        raise StorageError(e.filename or out_dir, e) from None
+    lock = OutputLock(out_dir, f"--out {shown(out_dir)}")  # OUT.lock: one export into a folder at a time
+    try:
+        with undone_on_stop(lock.release):
+            return _export_locked(model, img_size, out_dir, formats, calib, description)
+    finally:
+        lock.release()
+
+
+def _export_locked(model, img_size, out_dir, formats, calib, description):
+    """export_checked's work, holding out_dir's lock: the temporaries a killed export left are its own to remove."""
+    tmp = None
+    try:
+        for path in remove_stale_temporaries(out_dir):
+            print(f"note: removed {shown(path)}, left by an export that was killed", file=sys.stderr)
         tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=os.path.basename(out_dir) + TEMP_MARK)
-        export(model, img_size, tmp, formats, description)
-        diffs = check_export(model, tmp, img_size, formats)
-        bad = {fmt: d for fmt, d in diffs.items() if not d <= CHECK_TOL}
-        if bad:
-            raise UserError("nothing written: the exported model's logits differ from the dynamic model's by "
-                            + ", ".join(f"{d:.3g} ({RUNTIME_NAMES[fmt]})" for fmt, d in bad.items())
-                            + f" > {CHECK_TOL}: a converter or runtime fault on this version and CPU")
-        if calib is not None:
-            quantize_export(tmp, calib)
-            formats = (*formats, "int8")
-        replace_files(tmp, out_dir, formats)
+        with undone_on_stop(lambda: shutil.rmtree(tmp, ignore_errors=True)):
+            export(model, img_size, tmp, formats, description)
+            diffs = check_export(model, tmp, img_size, formats)
+            bad = {fmt: d for fmt, d in diffs.items() if not d <= CHECK_TOL}
+            if bad:
+                raise UserError("nothing written: the exported model's logits differ from the dynamic model's by "
+                                + ", ".join(f"{d:.3g} ({RUNTIME_NAMES[fmt]})" for fmt, d in bad.items())
+                                + f" > {CHECK_TOL}: a converter or runtime fault on this version and CPU")
+            if calib is not None:
+                quantize_export(tmp, calib)
+                formats = (*formats, "int8")
+            replace_files(tmp, out_dir, formats)
     except OSError as e:
         raise StorageError(e.filename or out_dir, e) from None
     finally:

@@ -1,5 +1,6 @@
 """A lock file that names its holder, held by flock for the holder's life: the one mechanism behind train.lock
-(runlock.RunLock) and predict's FILE.jsonl.lock (classify.OutputLock).
+(runlock.RunLock) and the lock beside an output (OutputLock: predict's FILE.jsonl.lock, export's OUT.lock, the
+converter's DST.lock).
 
 The holder's record is written whole into an exclusive temporary beside the lock (mkstemp, flock()ed, fsynced)
 and linked into place: os.link never replaces an existing file nor follows a planted symlink, and no reader sees
@@ -12,10 +13,11 @@ network file system), and its messages.
 import contextlib
 import os
 import socket
+import sys
 import tempfile
 
 from . import atomic
-from .errors import UserError
+from .errors import UserError, shown
 
 try:
     import fcntl
@@ -142,3 +144,36 @@ class LockFile:
                 os.remove(self.path)
         os.close(self.fd)
         self.fd = None
+
+
+class OutputLock(LockFile):
+    """An advisory lock on an output file, taken on creation: PATH.lock holds "pid host" (lockfile.LockFile).
+
+    A second writer of the same output is refused with one line naming the holder. The flock ends with its
+    process, so a lock file left by a process that died (SIGKILL, power loss) is taken over with a warning,
+    whichever host wrote it: the flock alone decides.
+    """
+
+    judges_other_hosts = True
+
+    def __init__(self, path, what):
+        self.what = what
+        super().__init__(path + ".lock", f"{os.getpid()} {socket.gethostname()}\n")
+        self.acquire(warn=lambda message: print(message, file=sys.stderr))
+
+    def parse(self, text):
+        words = text.split() or ["?"]
+        return {"pid": words[0], "host": words[-1]}
+
+    def refusal(self, holder):
+        return UserError(f"{self.what} is being written by another run (pid {holder['pid']} on host "
+                         f"{holder['host']}, lock {shown(self.path)}): wait for it or choose another output")
+
+    def unopenable(self, error):
+        return UserError(f"{self.what}: cannot open the lock {shown(self.path)}: {error.strerror}")
+
+    def uncreatable(self, error):
+        return UserError(f"{self.what}: cannot create the lock {shown(self.path)}: {error.strerror}")
+
+    def taken_over(self, holder):
+        return f"warning: taking over {shown(self.path)}, left by a run that is no longer alive"

@@ -12,6 +12,7 @@ from the trainer and inherit this handler: there it ignores the signal (a termin
 SIGTERM reach every process of the job, but the trainer needs its workers to finish the step and ends them
 itself), unless the trainer is gone or exiting (multiprocessing's exit hook sends SIGTERM), when it exits.
 """
+import contextlib
 import ctypes
 import mmap
 import multiprocessing
@@ -54,6 +55,7 @@ class GracefulStop:
     def __init__(self):
         self.pid = os.getpid()
         self.signum = None
+        self.starting = False
         self.first_at = 0.0
         self.log = None
         self._exiting = mmap.mmap(-1, 1)  # shared with forked data loader workers: 1 once the trainer exits
@@ -64,10 +66,19 @@ class GracefulStop:
         return self.signum is not None
 
     def install(self, log=None):
+        """Handle SIGTERM / SIGINT from now on (and take any that hold_signals() kept waiting): until started(), a
+        signal ends the process at once (one line, the on_exit_now steps, 128 + its number); after it, the first one
+        asks for a stop at a step boundary."""
         self.log = log
+        self.starting = True
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
+        release_signals()
         return self
+
+    def started(self):
+        """Training begins: from now on a first signal stops the run after its current step, with a checkpoint."""
+        self.starting = False
 
     def on_exit_now(self, release):
         """Call `release` (e.g. the output folder's lock) also when the backstop ends the process outright."""
@@ -88,6 +99,11 @@ class GracefulStop:
         if self._exiting[0]:
             return
         now = time.monotonic()
+        if self.starting:  # nothing to save yet: end at once (raising here could unwind through Paddle's C++)
+            self.exiting()
+            if self.log:
+                self.log.warning(f"{signal_name(signum)} received while starting: stopped, nothing was trained")
+            self._end_now(signum, self._at_exit_now)
         if self.signum is None:
             self.signum, self.first_at = signum, now
             if self.log:
@@ -131,6 +147,67 @@ class GracefulStop:
         for release in releases:
             release()
         os._exit(128 + signum)
+
+
+def hold_signals():
+    """Keep SIGTERM and SIGINT waiting until a handler is in place (GracefulStop.install, exit_on_signals): call it
+    first thing in a command, before Paddle is imported. Meanwhile Python's SIGINT would be a KeyboardInterrupt
+    traceback, and Paddle's import puts in its C++ SIGTERM handler (a FatalError dump); a signal held here is
+    taken by our handler the moment it is installed. Threads started meanwhile keep them blocked, so they always
+    reach the main thread."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
+def release_signals():
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+_UNDO_ON_STOP = []  # what exit_on_signals' handler undoes before ending the process, newest first
+
+
+@contextlib.contextmanager
+def undone_on_stop(undo):
+    """Inside, a stop by exit_on_signals calls `undo()` (remove a temporary, release a lock) before the process ends."""
+    _UNDO_ON_STOP.append(undo)
+    try:
+        yield
+    finally:
+        _UNDO_ON_STOP.remove(undo)
+
+
+@contextlib.contextmanager
+def exit_on_signals():
+    """For a command with nothing to finish on a stop (predict, export): inside, SIGTERM / SIGINT end it at once with
+    one line, `stopped by SIGINT`, and exit status 128 + the signal's number (including a signal hold_signals()
+    kept waiting), after the undo steps registered with undone_on_stop. The process ends from the handler itself
+    (os._exit): an exception raised there would unwind through whatever Paddle runs at that moment (its dy2static
+    translator catches and reprints it, a C++ frame may crash). The handlers before it are put back on leaving
+    (commands run in-process by the tests)."""
+    # The line goes to stderr as it is now: a stop may come while quiet.filtered_output has fd 2 on a pipe whose
+    # reader thread would never get to pass it on before the process ends.
+    stderr = os.dup(2)
+
+    def handle(signum, frame):
+        for sig in SIGNALS:  # one stop: a repeat (a launcher forwards up to three) changes nothing
+            signal.signal(sig, signal.SIG_IGN)
+        os.write(stderr, f"stopped by {signal_name(signum)}\n".encode())  # not print(): the signal may have cut one
+        for undo in reversed(_UNDO_ON_STOP):
+            with contextlib.suppress(Exception):
+                undo()
+        with contextlib.suppress(Exception):  # what was printed so far (predict's lines) stays printed
+            sys.stdout.flush()
+        os._exit(128 + signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in SIGNALS}
+    release_signals()
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        os.close(stderr)
 
 
 def die_with_parent():

@@ -47,7 +47,12 @@ class RunLock(LockFile):
         super().__init__(os.path.join(folder, LOCK_NAME), json.dumps(self.holder) + "\n")
 
     def acquire(self, warn=print):
-        os.makedirs(self.folder, exist_ok=True)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as e:
+            what = "is a file, not a folder" if os.path.isfile(self.folder) else f"cannot be made ({e.strerror})"
+            raise UserError(f"Global.output_dir {self.folder} {what}: give a folder for the run's checkpoints") \
+                from None
         return super().acquire(warn)
 
     def parse(self, text):
@@ -58,9 +63,15 @@ class RunLock(LockFile):
         return holder if isinstance(holder, dict) else {}
 
     def refusal(self, holder):
+        if not ({"host", "pid"} <= set(holder)):
+            return UserError(f"{self.path} is not a lock of this repo, or is damaged: it names no holder (host and "
+                             "pid); remove it if no run uses this folder")
         return UserError(f"Global.output_dir {self.folder} is in use by another training run ({describe(holder)}); "
                          f"wait for it to end or use another Global.output_dir (if that run is gone, "
                          f"remove {self.path})")
+
+    def uncreatable(self, error):
+        return UserError(f"Global.output_dir {self.folder}: cannot create its lock there: {error.strerror}")
 
     def unopenable(self, error):
         return UserError(f"{self.path} is not a lock file of this repo ({error.strerror}): remove it if no run "

@@ -14,6 +14,10 @@ def sample_seed(seed, epoch, index):
     return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1)[0])
 
 
+def _whole(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 class TrainBatchSampler:
     """Yields this rank's micro-batches of (index, sample_seed), drop-last, in a (seed, epoch) order.
 
@@ -43,9 +47,16 @@ class TrainBatchSampler:
         return self.num_samples // self.global_batch
 
     def set_epoch(self, epoch, start_step=0):
-        """Iterate `epoch` from optimizer step `start_step` (to resume inside an epoch)."""
+        """Iterate `epoch` from optimizer step `start_step` (to resume inside an epoch); a UserError for a step past
+        the epoch's end (a checkpoint saved before the training list shrank)."""
+        if not (_whole(epoch) and epoch >= 0 and _whole(start_step)):
+            raise ValueError(f"epoch {epoch!r} and start_step {start_step!r} must be whole numbers, epoch >= 0")
         if not 0 <= start_step <= self.steps_per_epoch:
-            raise ValueError(f"start_step {start_step} is outside [0, {self.steps_per_epoch}]")
+            raise errors.UserError(
+                f"cannot continue epoch {epoch + 1} after optimizer step {start_step}: the training set has "
+                f"{self.num_samples} images, {self.steps_per_epoch} steps of {self.global_batch} per epoch (did the "
+                "training list change since the checkpoint was saved? resume with the same data, or start afresh "
+                "in another Global.output_dir)")
         self.epoch = epoch
         self.start_step = start_step
 
@@ -55,7 +66,12 @@ class TrainBatchSampler:
         return np.random.RandomState(state).permutation(self.num_samples)
 
     def __iter__(self):
-        perm = self.permutation()
+        # Not a generator function: what can fail (the epoch's permutation) runs here, in the thread that calls
+        # iter(), which is the main one. Paddle's DataLoader draws the batches in a thread of its own, where an
+        # exception is lost and leaves the main thread waiting for ever; the batches below cannot fail.
+        return self._batches(self.permutation())
+
+    def _batches(self, perm):
         g, b = self.global_batch, self.batch_size
         for step in range(self.start_step, self.steps_per_epoch):
             for j in range(self.accum_steps):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from .augment import RANDOM_INTERPOLATION, RandAugment
 from .decode import read_image, read_reduced
+from .resample import resized_window
 
 # The interpolations a config can name (config.CHOICES lists the same two).
 INTERPOLATIONS = {
@@ -122,13 +123,21 @@ class TrainTransform:
 CROP_OFFSET = {"half_up": lambda spare: int((spare + 1) * 0.5), "half_even": lambda spare: int(round(spare / 2.0))}
 
 
+# The whole image is resized (as torchvision does) when the result is at most this many crops, or no larger than
+# the image itself: every photo up to about 3:1. A longer, thinner one that the resize enlarges (a 1 x 20000 PNG
+# would become 4,960,000 x 248 pixels, 5 GB) is resized only where the crop is, to the same pixels (resample.py).
+WHOLE_RESIZE_CROPS = 4
+
+
 class EvalTransform:
     """Image path -> Resize(short side floor(img_size / crop_pct)) + CenterCrop(img_size) -> normalised CHW.
 
     torchvision's arithmetic: the long side becomes int(size * long / short), an image whose short side
     already has the size is not resized, and the crop's offset rounds half the spare pixels as `crop_rounding`
-    says (CROP_OFFSET). The whole image is resized, then cropped: resampling only the crop's source box would
-    change Pillow's filter coefficients slightly.
+    says (CROP_OFFSET). The whole image is resized, then cropped, except where that would be out of proportion
+    to the crop and the image (WHOLE_RESIZE_CROPS): then the crop's window of the resize is computed alone, by
+    Pillow's arithmetic (resample.py; resizing the crop's source box with Pillow instead would move its filter
+    centres, whose box corners are float32).
     """
 
     def __init__(self, img_size, crop_pct=0.9, interpolation=Image.Resampling.BICUBIC,
@@ -155,11 +164,14 @@ class EvalTransform:
         """The uint8 CHW crop that the model sees, before normalisation."""
         img = read_image(path)
         size = self.resized_size(*img.size)
-        if size != img.size:
-            img = img.resize(size, self.interpolation)
         h, w = self.size
         left, top = self.offset(size[0] - w), self.offset(size[1] - h)
-        return to_chw(img.crop((left, top, left + w, top + h)))
+        box = (left, top, left + w, top + h)
+        if size == img.size:
+            return to_chw(img.crop(box))
+        if size[0] * size[1] <= max(WHOLE_RESIZE_CROPS * h * w, img.size[0] * img.size[1]):
+            return to_chw(img.resize(size, self.interpolation).crop(box))
+        return np.ascontiguousarray(resized_window(img, size, box, self.interpolation).transpose(2, 0, 1))
 
     def __call__(self, path):
         return self.normalize(self.pixels(path))
