@@ -1,8 +1,9 @@
 """The T2T-ViT library behind the commands in tools/: model, data, training parts, checkpoints, deployment.
 
 The commands (tools/train.py, val.py, predict.py, ...) only parse arguments and call into this package; the
-package never imports a command. Importing the package loads no Paddle, so a command can set up the CPU
-environment before Paddle is imported (t2tvit.cpu_env, every command's first import).
+package never imports a command. Importing the package loads no Paddle, so the CPU environment is set up before
+Paddle is imported (t2tvit.cpu_env: every command's first import, and the package's own, so a user's script that
+imports t2tvit first gets the same settings).
 """
 # Paddle 2.6's libpaddle.so carries a zlib of its own and exports its symbols to the whole process: loaded before
 # the system zlib, it takes over Pillow's PNG decoder ("codec configuration error", or a crash in inflateReset2).
@@ -15,6 +16,11 @@ import zlib  # noqa: F401
 from . import quiet
 
 quiet.set_verbose(False)
+
+# A user's own script gets the commands' CPU settings (math threads, MKL's AMD path: cpu_env.py) when it imports
+# t2tvit before paddle, as the commands do: Paddle reads them once, when it loads, and without them its dynamic
+# graph computes on one thread.
+from . import cpu_env  # noqa: E402,F401
 
 
 PYTHON_API = ("create_model", "create_transform", "load_classifier")  # pretrained.py
