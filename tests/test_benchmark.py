@@ -213,3 +213,11 @@ def test_bad_config_key_or_missing_validation_data_is_one_line():
         r = run(*TINY, *args)
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert r.returncode != 0 and len(errors) == 1 and message in errors[0], r.stderr
+
+
+def test_an_official_repo_that_is_not_a_checkout_is_one_line(tmp_path):
+    r = run(*TINY, "--only", "direct", "--official-repo", str(tmp_path))
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and len(errors) == 1, r.stderr
+    assert errors[0] == (f"error: --official-repo: {tmp_path}/models/t2t_vit.py does not exist (expected a checkout "
+                         "of yitu-opensource/T2T-ViT)")
