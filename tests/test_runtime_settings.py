@@ -100,3 +100,20 @@ def test_create_model_keeps_freed_memory_as_every_command_does(monkeypatch):
     monkeypatch.setattr(pretrained, "keep_freed_memory", lambda: calls.append(1))
     t2tvit.create_model("t2t_vit_7", img_size=SIZE, num_classes=2)
     assert calls == [1]
+
+
+
+def test_every_openvino_path_compiles_through_the_process_s_one_core(small_export, monkeypatch):
+    # A Core per model crashed the suite (SIGSEGV in a later test's signal handler): backends.openvino_core
+    # says why. predict.py, the Python API and the benchmark's plain sessions each compile here.
+    import openvino as ov
+
+    made = []
+    real = ov.Core
+    monkeypatch.setattr(ov, "Core", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    monkeypatch.setattr(backends, "_OPENVINO", {})
+    r = run_main("predict.py", PHOTO, "--inference-dir", small_export, "--backend", "openvino", config=None)
+    assert r.returncode == 0, r.stderr
+    create_predictor(small_export, "openvino", threads=1)
+    plain_session("openvino", os.path.join(small_export, ONNX_FILE), "fp32", 1)
+    assert len(made) == 1

@@ -121,11 +121,28 @@ def openvino_properties(precision="fp32", threads=None, profile=False):
             "INFERENCE_NUM_THREADS": threads or usable_cores(), "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": profile}
 
 
+_OPENVINO = {}
+
+
+def openvino_core():
+    """The process's one OpenVINO Core, made on first use and never released.
+
+    Each Core loads a CPU plugin of its own, which gives the calling thread a signal stack of its own and, when
+    unloaded, puts back the one it found. Two Cores released in the order they were made leave the thread on the
+    first plugin's freed stack: the next Python signal handler (a Ctrl-C, a SIGTERM, the SIGCHLD of a finished
+    subprocess once Paddle's DataLoader has set its handler) then kills the process with SIGSEGV. One Core that
+    lives as long as the process keeps the order (OpenVINO's documentation also asks for one Core per
+    application)."""
+    if "core" not in _OPENVINO:
+        import openvino as ov
+
+        _OPENVINO["core"] = ov.Core()
+    return _OPENVINO["core"]
+
+
 def compile_openvino(model, precision="fp32", threads=None, profile=False):
     """`model` (a file OpenVINO reads, or an openvino.Model) compiled for the CPU with openvino_properties()."""
-    import openvino as ov
-
-    return ov.Core().compile_model(model, "CPU", openvino_properties(precision, threads, profile))
+    return openvino_core().compile_model(model, "CPU", openvino_properties(precision, threads, profile))
 
 
 def onnxruntime_session(path, threads=None, providers=("CPUExecutionProvider",)):
