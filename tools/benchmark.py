@@ -2,15 +2,23 @@
 
     python tools/benchmark.py [-c CONFIG] [-o Section.key=value ...] [--model NAME] [--batch 32]
                               [--img-size S] [--threads N] [--rounds R] [--weights FILE]
-                              [--agree-on photos|val] [--only MEASURE ...]
+                              [--agree-on photos|val] [--official-repo PATH] [--only MEASURE ...]
 
 In one run, each measure in a fresh process (so that its environment applies and its peak memory is its own):
   torch_eval     PyTorch (if installed) running the official T2T-ViT (tools/torch_reference.py, proven
                  against the official code by the tests) under no_grad: the yardstick of every eval ratio
   torch_train    its training step: forward, soft-target loss, backward, AdamW (drop path 0.1)
+  direct         the direct route: the same official model (or, with --official-repo PATH, the official code of
+                 that checkout of yitu-opensource/T2T-ViT, imported at run time; it needs timm 0.3.4) with the
+                 same weights, exported as a user without this repo would (torch.onnx.export, run by OpenVINO
+                 in fp32 and bf16 and by ONNX Runtime in fp32; openvino.convert_model of the torch module, run
+                 by OpenVINO in fp32 and bf16; bf16 where the CPU has it), with our rows' runtime settings
   eval_dynamic   Paddle's dynamic-graph model under no_grad
   train          Paddle's training step, as torch_train (the yardstick of its ratio)
-  engine         the exported model in every installed deployment backend x precision (t2tvit/backends.py)
+  engine         the exported model in every installed deployment backend x precision (t2tvit/backends.py),
+                 through t2tvit.deploy.create_predictor: the path of predict.py and the Python API
+  plain          the same files in a plain OpenVINO / ONNX Runtime session (`compiled(x)`, `session.run`) with
+                 the same settings: the engine rows against these say what the predictor path costs
   data_train     one data worker running the full recipe's train transform, the official pixels (full decode,
                  RandomResizedCrop, flip, RandAugment m9; uint8 out: normalisation, mixup and erasing happen
                  on the batch) on ImageNet-sized JPEGs (500x375, made from lit_data)
@@ -28,6 +36,11 @@ difference| and top-1 agreement are against Paddle's float32 dynamic-graph model
 with trained weights: the report gives the reference's top-2 gaps). Threads default to the cores of this
 process, as every tool sets them (tools/t2tvit/cpu_env.py). Records the CPU model and flags; prints a table and
 one JSON line (prefix `BENCHMARK_JSON `).
+
+Every eval row is reported as a ratio to PyTorch (torch_eval) and to the direct route's best row of the same
+precision (vs_direct; int8 to the best fp32; latency_vs_direct for the batch-1 p50), each engine row as a ratio
+to the plain session of the same runtime and file (vs_plain, latency_vs_plain). Each row's per-round images/s
+are reported as min / median / max; rounds more than 15% apart print a warning (a busy machine?).
 
 Every eval measure (PyTorch, Paddle dynamic, each backend x precision, int8 included) also gets its batch-1
 latency (p50 / p99 over --latency-runs runs after the warm-up; default 200) and its throughput at each of
@@ -100,6 +113,9 @@ def main(argv=None):
     ap.add_argument("--agree-on", choices=("photos", "val"), default="photos",
                     help="images the logits are compared on: the 20 lit_data/val photos, or the config's "
                          "validation split (e.g. the Fashion-MNIST test set)")
+    ap.add_argument("--official-repo", metavar="PATH",
+                    help="the direct route exports the official code of this checkout of yitu-opensource/T2T-ViT "
+                         "(needs timm 0.3.4; default: tools/torch_reference.py, proven equal to it)")
     ap.add_argument("--calib", nargs="+", metavar="DIR_OR_LIST",
                     help="int8 calibration images (default: up to 300 of the compared images)")
     ap.add_argument("--agree-limit", type=int, default=10000,
@@ -124,6 +140,7 @@ def main(argv=None):
     ap.add_argument("--tag", help=argparse.SUPPRESS)
     ap.add_argument("--engine-backend", help=argparse.SUPPRESS)
     ap.add_argument("--precision", help=argparse.SUPPRESS)
+    ap.add_argument("--direct-route", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.worker:
         settle_config(args)

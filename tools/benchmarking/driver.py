@@ -12,9 +12,12 @@ from t2tvit.errors import UserError
 
 from .data_measures import make_jpegs
 from .machine import load_average, machine_info
-from .report import add_compute_bound, agreement, finish, print_latency, print_stages, print_table
+from .direct_route import ROUTES
+from .report import (add_compute_bound, add_direct_ratios, add_path_ratios, add_spread, agreement, finish,
+                     print_latency, print_paths, print_stages, print_table, spread_warnings)
+from .sessions import PLAIN_BACKENDS
 from .settings import BENCHMARK, JSON_PREFIX, MEASURES, TORCH_MEASURES, YARDSTICK, repo_relative
-from .workdir import profile_path
+from .workdir import profile_path, session_path
 
 
 def run_worker(args, name, work_dir, tag=None, extra=()):
@@ -31,6 +34,7 @@ def run_worker(args, name, work_dir, tag=None, extra=()):
     cmd += ["-o", *args.override] if args.override else []
     cmd += ["--weights", args.weights] if args.weights else []
     cmd += ["--calib", *args.calib] if args.calib else []
+    cmd += ["--official-repo", args.official_repo] if args.official_repo else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(JSON_PREFIX)]
     if proc.returncode != 0 or not lines:
@@ -39,22 +43,38 @@ def run_worker(args, name, work_dir, tag=None, extra=()):
     return json.loads(lines[-1][len(JSON_PREFIX):])
 
 
-def plan(args, prepared):
-    """(measure, tag, setting, extra worker arguments) of every worker to run, in table order."""
+def plan(args, prepared, direct):
+    """(measure, tag, setting, extra worker arguments) of every worker to run, in table order; `direct`: what
+    direct_export made."""
     runs = []
     for name in MEASURES:
         if name not in args.only:
             continue
-        if name == "engine":
+        if name in ("engine", "plain"):
             for backend, precisions in prepared["backends"].items():
-                for precision in precisions:
-                    runs.append((name, f"engine_{backend}_{precision}", f"{backend} {precision}",
+                for precision in precisions if name == "engine" or backend in PLAIN_BACKENDS else ():
+                    runs.append((name, f"{name}_{backend}_{precision}", f"{backend} {precision}",
                                  ["--engine-backend", backend, "--precision", precision]))
+        elif name == "direct":
+            for route, precisions in direct["routes"].items():
+                for precision in precisions:
+                    runs.append((name, f"direct_{route}_{precision}", f"{ROUTES[route][0]} {precision}",
+                                 ["--direct-route", route, "--precision", precision]))
         elif name.startswith("data_"):
             runs.append((name, name, "1 thread", []))
         else:
             runs.append((name, name, "PyTorch" if name in TORCH_MEASURES else "Paddle dynamic graph", []))
     return runs
+
+
+def direct_problem(args):
+    """Why the direct route cannot be measured in this run, or None: it needs torch to export the official model
+    and runs on the CPU."""
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed: the official model cannot be exported (pip install -r requirements-test.txt)"
+    if args.device != "cpu":
+        return "the direct route runs on CPU only"
+    return None
 
 
 def drive(args):
@@ -67,12 +87,23 @@ def drive(args):
     if args.device != "cpu" and any(m in args.only for m in TORCH_MEASURES):
         args.only = [m for m in args.only if m not in TORCH_MEASURES]
         report_notes.append("PyTorch measures run on CPU only")
-    if any(m in args.only for m in TORCH_MEASURES):
+    unavailable = []  # rows that say why they were not measured
+    direct_missing = direct_problem(args)
+    if direct_missing and "direct" in args.only:
+        args.only.remove("direct")
+        unavailable.append({"measure": "direct", "setting": "the official model exported", "unavailable":
+                            direct_missing})
+    if args.official_repo and "direct" in args.only:
+        from make_reference import check_sources
+        check_sources(args.official_repo)
+        if importlib.util.find_spec("timm") is None:
+            raise UserError("--official-repo: the official code needs timm 0.3.4 (pip install --no-deps timm==0.3.4)")
+    if any(m in TORCH_MEASURES or (m == "direct" and not args.official_repo) for m in args.only):
         from torch_reference import PERFORMER_VARIANTS
         if args.model not in PERFORMER_VARIANTS:
             raise UserError(f"the PyTorch reference has the Performer variants only "
                             f"({', '.join(PERFORMER_VARIANTS)}); for {args.model} use --only without "
-                            f"{' '.join(TORCH_MEASURES)}")
+                            f"{' '.join(TORCH_MEASURES)} direct (or --official-repo for the direct route)")
     if not args.only:
         raise UserError("nothing left to measure")
     for note in report_notes:
@@ -84,7 +115,14 @@ def drive(args):
         prepared = run_worker(args, "prepare", work_dir)
         if "error" in prepared:
             raise UserError(f"benchmark preparation failed: {prepared['error']}")
-        runs = plan(args, prepared)
+        direct = {"routes": {}, "unavailable": {}, "source": None}
+        if "direct" in args.only:
+            direct = run_worker(args, "direct_export", work_dir)
+            if "error" in direct:
+                raise UserError(f"exporting the official model (the direct route) failed: {direct['error']}")
+            unavailable += [{"measure": "direct", "setting": ROUTES[route][0], "unavailable": why}
+                            for route, why in direct["unavailable"].items()]
+        runs = plan(args, prepared, direct)
         rows = [{"measure": name, "setting": setting, "seconds_per_item": [], "rounds_images_per_s": []}
                 for name, _, setting, _ in runs]
         # Rounds interleave the measures, so that a passing load on a shared machine hits them alike.
@@ -104,6 +142,9 @@ def drive(args):
                 if os.path.exists(profile_path(work_dir, tag)):
                     with open(profile_path(work_dir, tag)) as f:
                         row.update(json.load(f))
+                if os.path.exists(session_path(work_dir, tag)):
+                    with open(session_path(work_dir, tag)) as f:
+                        row["session"] = json.load(f)
                 print(f"  {name} ({setting}): {row['rounds_images_per_s'][-1]:.1f} images/s", file=sys.stderr,
                       flush=True)
         gemm, gemm_by = {}, {}
@@ -124,16 +165,26 @@ def drive(args):
                 stages[framework] = result
     finish(rows)
     add_compute_bound(rows, prepared["model_macs"], gemm)
+    add_spread(rows)
+    add_direct_ratios(rows)
+    add_path_ratios(rows)
+    rows += unavailable
+    warnings = spread_warnings(rows)
     machine = machine_info()
     settings = {k: getattr(args, k) for k in ("config", "override", "model", "batch", "img_size", "threads",
                                               "device", "warmup", "repeat", "rounds", "calib")}
     settings["config"], settings["weights"] = repo_relative(args.config), prepared["weights"]
+    settings["official_model"] = direct["source"]
     report = {"machine": machine, "load_average_before": load_before, "load_average_after": load_average(),
-              "settings": settings, "notes": report_notes, "results": rows, "stages_seconds": stages,
+              "settings": settings, "notes": report_notes, "warnings": warnings, "results": rows,
+              "stages_seconds": stages,
               "gemm_gflops": gemm, "gemm_engine": gemm_by, "model_macs": prepared["model_macs"],
               **{k: prepared[k] for k in ("compared_on", "compared_images", "reference_top2_gap")}}
     print_table(rows, machine, args, prepared)
+    for line in warnings:
+        print(line)
     print_latency(rows, prepared["model_macs"], gemm, gemm_by)
+    print_paths(rows)
     if stages:
         print_stages(stages)
     print(JSON_PREFIX + json.dumps(report))

@@ -6,6 +6,7 @@ import platform
 
 import numpy as np
 
+from t2tvit.backends import openvino_core
 from t2tvit.cpu_env import usable_cores
 
 from .settings import timed
@@ -44,7 +45,7 @@ def _openvino_gemm(n, threads, precision):
         y = ops.matmul(ops.fake_quantize(x, lo, hi, lo, hi, 256), weight, False, True)
     else:
         y = ops.matmul(x, ops.constant(w), False, True)
-    compiled = ov.Core().compile_model(ov.Model([y], [x]), "CPU", {
+    compiled = openvino_core().compile_model(ov.Model([y], [x]), "CPU", {
         "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
     ran = {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ops()
            if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"}

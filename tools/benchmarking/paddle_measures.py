@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 
+from .sessions import time_session
 from .settings import config_of, random_batch, soft_targets, timed
 from .timing import time_eval, time_model_eval
 
@@ -41,6 +42,10 @@ def measure_engine(args):
     from t2tvit.deploy import create_predictor
     predictor = create_predictor(os.path.join(args.work_dir, "inference"), backend=args.engine_backend,
                                  precision=args.precision, threads=args.threads, device=args.device)
+    # The OpenVINO and ONNX Runtime predictors say their session's settings, to set beside the plain rows'.
+    session = {"openvino": "compiled", "onnxruntime": "session"}.get(predictor.backend)
+    if session:
+        return time_session(args, predictor, getattr(predictor, session))
     return time_eval(args, lambda images: images, predictor)
 
 

@@ -8,13 +8,14 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCHMARK = os.path.join(ROOT, "tools", "benchmark.py")  # the command; its --worker runs one measure
 PHOTOS = os.path.join(ROOT, "lit_data", "val")
-MEASURES = ("torch_eval", "torch_train", "eval_dynamic", "train", "engine", "data_train", "data_train_reduced",
-            "data_val")
+MEASURES = ("torch_eval", "torch_train", "direct", "eval_dynamic", "train", "engine", "plain", "data_train",
+            "data_train_reduced", "data_val")
 DATA_SETTINGS = {"data_train": ("train", []), "data_train_reduced": ("train", ["Data.reduced_decode=true"]),
                  "data_val": ("val", [])}
 TORCH_MEASURES = ("torch_eval", "torch_train")
 YARDSTICK = {"eval_dynamic": "torch_eval", "engine": "torch_eval", "torch_eval": "torch_eval",
-             "train": "torch_train", "torch_train": "torch_train"}
+             "direct": "torch_eval", "plain": "torch_eval", "train": "torch_train", "torch_train": "torch_train"}
+PRECISION_IN_SETTING = ("direct", "engine", "plain")  # measures whose setting ends with its precision; others fp32
 JSON_PREFIX = "BENCHMARK_JSON "
 
 

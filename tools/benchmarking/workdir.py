@@ -27,3 +27,8 @@ def logits_path(work_dir, tag):
 
 def profile_path(work_dir, tag):
     return os.path.join(work_dir, f"profile_{tag}.json")
+
+
+def session_path(work_dir, tag):
+    """Where a measure's runtime settings are kept (an OpenVINO or ONNX Runtime session's, as it reports them)."""
+    return os.path.join(work_dir, f"session_{tag}.json")

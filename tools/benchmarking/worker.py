@@ -3,18 +3,21 @@ import json
 import resource
 
 from .data_measures import measure_data
+from .direct_route import export_direct, measure_direct
 from .machine import gemm_rates
 from .paddle_measures import measure_engine, measure_eval_dynamic, measure_train
 from .prepare import prepare
+from .sessions import measure_plain
 from .settings import DATA_SETTINGS, JSON_PREFIX, MEASURES
 from .stages import measure_stages_paddle, measure_stages_torch
 from .torch_measures import measure_torch_eval, measure_torch_train
 
 # Workers that print what they return, not timings.
 REPORTING = {"prepare": prepare, "stages_paddle": measure_stages_paddle, "stages_torch": measure_stages_torch,
-             "gemm": gemm_rates}
-TIMED_MODEL = {"eval_dynamic": measure_eval_dynamic, "engine": measure_engine, "train": measure_train,
-               "torch_eval": measure_torch_eval, "torch_train": measure_torch_train}
+             "gemm": gemm_rates, "direct_export": export_direct}
+TIMED_MODEL = {"eval_dynamic": measure_eval_dynamic, "engine": measure_engine, "plain": measure_plain,
+               "direct": measure_direct, "train": measure_train, "torch_eval": measure_torch_eval,
+               "torch_train": measure_torch_train}
 WORKERS = tuple(REPORTING) + MEASURES  # the names `--worker` takes
 
 

@@ -2,7 +2,8 @@
 
 The commands (tools/train.py, val.py, predict.py, ...) only parse arguments and call into this package; the
 package never imports a command. Importing the package loads no Paddle, so a command can set up the CPU
-environment before Paddle is imported (t2tvit.cpu_env, every command's first import).
+environment before Paddle is imported (t2tvit.cpu_env, every command's first import; the Python API below sets it
+up too, on first use).
 """
 # Paddle 2.6's libpaddle.so carries a zlib of its own and exports its symbols to the whole process: loaded before
 # the system zlib, it takes over Pillow's PNG decoder ("codec configuration error", or a crash in inflateReset2).
@@ -24,6 +25,11 @@ def __getattr__(name):
     # t2tvit.create_model (and the rest of PYTHON_API) without importing Paddle on `import t2tvit` (see above):
     # resolved on first use.
     if name in PYTHON_API:
+        # A user's script gets the commands' CPU settings (cpu_env.py: math threads, MKL's AMD path) before the
+        # API loads Paddle, which reads them once, when it loads (without them its dynamic graph computes on one
+        # thread). Not on `import t2tvit` itself: scripts/paddle_launch.py imports the package in the launcher,
+        # whose processes each set their own share of the cores.
+        from . import cpu_env  # noqa: F401
         from . import pretrained
         return getattr(pretrained, name)
     raise AttributeError(f"module 't2tvit' has no attribute {name!r}")

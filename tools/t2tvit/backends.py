@@ -107,6 +107,57 @@ def open_backend(model_dir, backend, precision="fp32", threads=None, device="cpu
     return OpenVinoPredictor(model_dir, threads, precision)
 
 
+# The runtime settings of every path that runs an export (predict.py, t2tvit.deploy.create_predictor, the
+# benchmark's engine rows, its plain sessions and its direct route), decided here once: a speed measured on
+# one path is the speed of the others.
+def openvino_properties(precision="fp32", threads=None, profile=False):
+    """OpenVINO's CPU properties at `precision` with `threads` threads (default: every core this process may use).
+
+    OpenVINO computes in bf16 by default on CPUs that have it: the precision is asked for explicitly, f32 also
+    at int8 (the layers left in float then compute in fp32). LATENCY makes one stream with every thread on it,
+    what one synchronous request at any batch size can use (THROUGHPUT splits the threads over streams, each
+    request running on one)."""
+    return {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": threads or usable_cores(), "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": profile}
+
+
+_OPENVINO = {}
+
+
+def openvino_core():
+    """The process's one OpenVINO Core, made on first use and never released.
+
+    Each Core loads a CPU plugin of its own, which gives the calling thread a signal stack of its own and, when
+    unloaded, puts back the one it found. Two Cores released in the order they were made leave the thread on the
+    first plugin's freed stack: the next Python signal handler (a Ctrl-C, a SIGTERM, the SIGCHLD of a finished
+    subprocess once Paddle's DataLoader has set its handler) then kills the process with SIGSEGV. One Core that
+    lives as long as the process keeps the order (OpenVINO's documentation also asks for one Core per
+    application)."""
+    if "core" not in _OPENVINO:
+        import openvino as ov
+
+        _OPENVINO["core"] = ov.Core()
+    return _OPENVINO["core"]
+
+
+def compile_openvino(model, precision="fp32", threads=None, profile=False):
+    """`model` (a file OpenVINO reads, or an openvino.Model) compiled for the CPU with openvino_properties()."""
+    return openvino_core().compile_model(model, "CPU", openvino_properties(precision, threads, profile))
+
+
+def onnxruntime_session(path, threads=None, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session on `path`: `threads` intra-op threads (default: every core this process may use),
+    one inter-op thread, every graph optimisation, errors only in its log."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or usable_cores()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(path, options, providers=list(providers))
+
+
 class Engine:
     """What every backend shares: the exported input size, and `engine(images) -> logits`."""
 
@@ -254,12 +305,7 @@ class OnnxRuntimePredictor(Engine):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise UserError("this onnxruntime has no CUDA; install onnxruntime-gpu or use --backend paddle")
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu_id}))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or usable_cores()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.session = onnxruntime_session(path, threads, providers)
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, images):
@@ -267,32 +313,26 @@ class OnnxRuntimePredictor(Engine):
 
 
 class OpenVinoPredictor(Engine):
-    """The `openvino` backend: OpenVINO on model.onnx, on CPU, fp32 or bf16; int8 on NNCF's model_int8.xml.
-
-    OpenVINO runs bf16 by default on CPUs that have it; fp32 is asked for explicitly (also at int8: the
-    layers left in float then compute in fp32)."""
+    """The `openvino` backend: OpenVINO on model.onnx, on CPU, fp32 or bf16; int8 on NNCF's model_int8.xml,
+    compiled with openvino_properties()."""
 
     backend = "openvino"
 
     def __init__(self, model_dir, threads=None, precision="fp32", profile=False):
-        import openvino as ov
-
         path, meta = onnx_file(model_dir)
         super().__init__(meta)
         self.precision = precision
         if precision == "int8":
             path = int8_file(model_dir, self.backend)
-        core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "INFERENCE_NUM_THREADS": threads or usable_cores(),
-                  "PERFORMANCE_HINT": "LATENCY",  # one stream: every thread on the one request
-                  "PERF_COUNT": profile}
-        self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+        self.compiled = compile_openvino(path, precision, threads, profile)
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
 
     def run(self, images):
-        return self.request.infer({0: images})[self.output].copy()
+        # The batch is copied into the request (19 MB at batch 32 of 224 px, against ~650 ms of inference): with
+        # share_inputs the request keeps a tensor over the caller's array after the call, and our full test suite
+        # then segfaulted, on both Paddles, at a later garbage collection. The logits are the caller's own copy.
+        return self.request.infer({0: images})[self.output]
 
     def time_by_layer_type(self):
         """{(OpenVINO layer type, kernel): ms} of the last run (PERF_COUNT on): the plugin's per-node counters,

@@ -15,6 +15,7 @@ from . import artifact, t2t
 from .checkpoint import set_checked
 from .config import SCHEMA_PATH, load_config
 from .errors import UserError, shown
+from .runtime import keep_freed_memory
 from .sizes import image_hw
 from .transforms import EvalTransform, INTERPOLATIONS
 
@@ -52,6 +53,7 @@ def _made(name, loaded, num_classes, img_size, reset_head, kwargs):
                         f"create_model({said['Global.model']!r}, pretrained=...)")
     num_classes = said.get("Global.num_classes", DEFAULT_CLASSES) if num_classes is None else num_classes
     img_size = said.get("Global.img_size", DEFAULT_SIZE) if img_size is None else img_size
+    keep_freed_memory()  # as every command does (runtime.select_device): a user's script runs at the tools' speed
     model = t2t.create_model(name, num_classes=num_classes, img_size=image_hw(img_size), **kwargs)
     model.pretrained_notes = []
     if state is not None:

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from .backends import open_backend
+from .backends import open_backend, openvino_core
 from .cpu_env import cpu_flags
 from .errors import UserError
 from .export_files import INT8_MODEL, ONNX_FILE, ORT_INT8_FILE, OV_INT8_FILE
@@ -158,10 +158,9 @@ def read_folded_openvino(fp32_path):
     """The OpenVINO model of fp32_path with its constant subgraphs folded. The attention's q, k and v weights
     are computed in the graph from the qkv parameter (split, scale): unfolded, NNCF sees them as activations
     and leaves those 21 MatMuls float (measured on T2T-ViT-7: 33 of the 54 Linear MatMuls were int8)."""
-    import openvino as ov
     from openvino._offline_transformations import apply_moc_transformations
 
-    model = ov.Core().read_model(fp32_path)
+    model = openvino_core().read_model(fp32_path)
     apply_moc_transformations(model, cf=True)
     return model
 
@@ -207,7 +206,7 @@ def openvino_matmul_precisions(xml_path):
                    for out in node.outputs() for t in out.get_target_inputs())
 
     counts = {"int8": 0, "float": 0, "float, into Exp": 0}
-    for op in ov.Core().read_model(xml_path).get_ops():
+    for op in openvino_core().read_model(xml_path).get_ops():
         if op.get_type_name() == "MatMul":
             if all(quantised(source(op, i)) for i in range(2)):
                 counts["int8"] += 1
