@@ -21,11 +21,10 @@ import paddle.nn.functional as F
 import pytest
 from paddle.amp.auto_cast import amp_initialize
 
-from runner import ROOT
 from t2tvit import amp, runtime
 from t2tvit import t2t as T
 from t2tvit.amp import AmpPlan, LossScale, MasterWeights, check_o2_weights, load_into
-from t2tvit.checkpoint import load_weights, set_checked
+from t2tvit.checkpoint import set_checked
 from t2tvit.config import SCHEMA_PATH, load_config
 from t2tvit.errors import UserError
 from t2tvit.mixup import soft_target_cross_entropy
