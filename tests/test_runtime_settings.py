@@ -95,6 +95,39 @@ def test_a_users_script_that_imports_t2tvit_first_gets_the_benchmarks_cpu_settin
                     "MKL_DEBUG_CPU_TYPE": "5" if cpu_env.is_amd_cpu() else None}
 
 
+# A script that imports Paddle before the API: Paddle chose one math thread when it loaded (no OMP_NUM_THREADS);
+# the API's first use gives it the process's share through Paddle's own set_num_threads, once, unless the process
+# was started with OMP_NUM_THREADS (the user's choice) or shares the machine's cores with other ranks.
+PADDLE_FIRST = '''
+import json, os
+import paddle
+calls = []
+real = paddle.base.core.set_num_threads
+paddle.base.core.set_num_threads = lambda n: calls.append(n) or real(n)
+import t2tvit
+t2tvit.create_model("t2t_vit_7", img_size=32, num_classes=2)
+t2tvit.create_transform(t2tvit.create_model("t2t_vit_7", img_size=32, num_classes=2))
+print(json.dumps({"calls": calls, "omp": os.environ["OMP_NUM_THREADS"]}))
+'''
+
+
+@pytest.mark.parametrize("started_with,caught_up", [({}, True), ({"OMP_NUM_THREADS": "1"}, False),
+                                                     ({"PADDLE_LOCAL_SIZE": "64"}, False)])
+def test_a_script_that_imports_paddle_first_gets_its_share_of_the_cores_unless_it_asked_otherwise(started_with,
+                                                                                                caught_up):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")
+           and not k.startswith("PADDLE_")}
+    env.update(PYTHONPATH=os.path.join(ROOT, "tools"), **started_with)
+    r = subprocess.run([sys.executable, "-c", PADDLE_FIRST], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    cores = cpu_env.usable_cores()
+    if caught_up and cores >= 2:
+        assert seen == {"calls": [cores], "omp": str(cores)}
+    else:
+        assert seen["calls"] == [] and seen["omp"] == "1"
+
+
 def test_create_model_keeps_freed_memory_as_every_command_does(monkeypatch):
     calls = []
     monkeypatch.setattr(pretrained, "keep_freed_memory", lambda: calls.append(1))

@@ -29,7 +29,8 @@ def __getattr__(name):
         # API loads Paddle, which reads them once, when it loads (without them its dynamic graph computes on one
         # thread). Not on `import t2tvit` itself: scripts/paddle_launch.py imports the package in the launcher,
         # whose processes each set their own share of the cores.
-        from . import cpu_env  # noqa: F401
+        from . import cpu_env
+        cpu_env.catch_up_with_paddle()  # the script imported Paddle first: give it the threads it missed
         from . import pretrained
         return getattr(pretrained, name)
     raise AttributeError(f"module 't2tvit' has no attribute {name!r}")

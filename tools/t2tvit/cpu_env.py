@@ -79,5 +79,39 @@ def apply(environ=None):
     return added
 
 
+def launch_environment():
+    """The environment this process was started with ({name: value}), as the kernel keeps it: what the shell or
+    launcher gave, not what the process set since. None where unreadable (not Linux)."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:
+        return None
+    return dict(e.decode("utf-8", "replace").split("=", 1) for e in entries if b"=" in e)
+
+
+_CAUGHT_UP = []
+
+
+def catch_up_with_paddle():
+    """For the Python API: a script that imported Paddle before its first call of the API, in a process started
+    without OMP_NUM_THREADS, got one math thread (Paddle sets OMP_NUM_THREADS=1 when it loads without it). Give
+    Paddle this process's share of the cores now, through its own set_num_threads (its MKL and OpenMP threads),
+    once; the threads asked for where the process was started stay. Returns the threads set, or None.
+    MKL_DEBUG_CPU_TYPE cannot follow: MKL reads it when it loads."""
+    import sys
+
+    if _CAUGHT_UP or "paddle" not in sys.modules:
+        return None
+    _CAUGHT_UP.append(True)
+    started = launch_environment()
+    threads = int(cpu_settings({"PADDLE_LOCAL_SIZE": os.environ.get("PADDLE_LOCAL_SIZE", "1")})["OMP_NUM_THREADS"])
+    if started is None or started.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") != "1" or threads < 2:
+        return None
+    sys.modules["paddle"].base.core.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
+
+
 apply()
 quiet.install()
