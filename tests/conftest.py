@@ -16,6 +16,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import runner  # noqa: E402  (needs tools/ on the path)
 import skip_policy  # noqa: E402
 from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401  (the hooks)
+from t2tvit import cpu_env  # noqa: E402
+
+# The suite's own process computes on the math threads Paddle chose when it loaded, throughout: which test first
+# calls the package's API (whose first use gives a Paddle loaded before it more threads, cpu_env.py) must not
+# change the arithmetic of the tests after it. That first use is tested in fresh processes
+# (tests/test_runtime_settings.py).
+cpu_env.catch_up_with_paddle = lambda: None
 
 
 def pytest_configure(config):
