@@ -6,7 +6,6 @@ import platform
 
 import numpy as np
 
-from t2tvit.backends import openvino_core
 from t2tvit.cpu_env import usable_cores
 
 from .settings import timed
@@ -34,6 +33,8 @@ def _openvino_gemm(n, threads, precision):
     layer does not run in the precision asked for."""
     import openvino as ov
     import openvino.opset13 as ops
+
+    from t2tvit.backends import openvino_core  # here, not at the top: backends loads Paddle, which the driver needs not
 
     rng = np.random.RandomState(0)
     x = ops.parameter([n, n], ov.Type.f32)
