@@ -13,6 +13,7 @@ OMP_NUM_THREADS is above 1, as if by mistake: quiet.install() (at the end) keeps
 third-party noise off the command's output unless it runs with -v.
 """
 import os
+import sys
 
 from . import quiet
 
@@ -58,15 +59,21 @@ def cpu_has_bf16():
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
-def cpu_settings(environ=None):
-    """The variables this module would add to `environ` (default os.environ): {name: value}."""
+def thread_share(environ=None):
+    """This process's share of the usable cores: divided among the processes on this machine (PADDLE_LOCAL_SIZE in
+    `environ`, default os.environ), at least 1."""
     environ = os.environ if environ is None else environ
-    wanted = {}
     try:
         local_procs = max(1, int(environ.get("PADDLE_LOCAL_SIZE", "1")))
     except ValueError:
         local_procs = 1
-    wanted["OMP_NUM_THREADS"] = str(max(1, usable_cores() // local_procs))
+    return max(1, usable_cores() // local_procs)
+
+
+def cpu_settings(environ=None):
+    """The variables this module would add to `environ` (default os.environ): {name: value}."""
+    environ = os.environ if environ is None else environ
+    wanted = {"OMP_NUM_THREADS": str(thread_share(environ))}
     if is_amd_cpu():
         wanted["MKL_DEBUG_CPU_TYPE"] = "5"
     return {k: v for k, v in wanted.items() if not environ.get(k)}
@@ -90,7 +97,7 @@ def launch_environment():
     return dict(e.decode("utf-8", "replace").split("=", 1) for e in entries if b"=" in e)
 
 
-_CAUGHT_UP = []
+_caught_up = False
 
 
 def catch_up_with_paddle():
@@ -99,13 +106,12 @@ def catch_up_with_paddle():
     Paddle this process's share of the cores now, through its own set_num_threads (its MKL and OpenMP threads),
     once; the threads asked for where the process was started stay. Returns the threads set, or None.
     MKL_DEBUG_CPU_TYPE cannot follow: MKL reads it when it loads."""
-    import sys
-
-    if _CAUGHT_UP or "paddle" not in sys.modules:
+    global _caught_up
+    if _caught_up or "paddle" not in sys.modules:
         return None
-    _CAUGHT_UP.append(True)
+    _caught_up = True
     started = launch_environment()
-    threads = int(cpu_settings({"PADDLE_LOCAL_SIZE": os.environ.get("PADDLE_LOCAL_SIZE", "1")})["OMP_NUM_THREADS"])
+    threads = thread_share()
     if started is None or started.get("OMP_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") != "1" or threads < 2:
         return None
     sys.modules["paddle"].base.core.set_num_threads(threads)
