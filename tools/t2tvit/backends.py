@@ -329,9 +329,9 @@ class OpenVinoPredictor(Engine):
         self.output = self.compiled.output(0)
 
     def run(self, images):
-        # The batch is copied into the request (19 MB at batch 32 of 224 px, against ~650 ms of inference): with
-        # share_inputs the request keeps a tensor over the caller's array after the call, and our full test suite
-        # then segfaulted, on both Paddles, at a later garbage collection. The logits are the caller's own copy.
+        # The batch is copied into the request (19 MB at batch 32 of 224 px, against ~650 ms of inference), so
+        # that the request keeps no tensor over the caller's array after the call (with share_inputs it does).
+        # The logits are the caller's own copy.
         return self.request.infer({0: images})[self.output]
 
     def time_by_layer_type(self):
