@@ -81,12 +81,17 @@ sys.meta_path.insert(0, Spy())
 '''
 
 
-def test_a_users_script_that_imports_t2tvit_first_gets_the_benchmarks_cpu_settings(tmp_path):
-    (tmp_path / "sitecustomize.py").write_text(SPY)
+def script_env(**extra):
+    """The environment of a user's script started from a shell that set none of the CPU settings, plus extra."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")
            and not k.startswith("PADDLE_")}
-    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), os.path.join(ROOT, "tools")]),
-               SPY_FILE=str(tmp_path / "seen.json"))
+    return dict(env, **extra)
+
+
+def test_a_users_script_that_imports_t2tvit_first_gets_the_benchmarks_cpu_settings(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(SPY)
+    env = script_env(PYTHONPATH=os.pathsep.join([str(tmp_path), os.path.join(ROOT, "tools")]),
+                     SPY_FILE=str(tmp_path / "seen.json"))
     script = "import t2tvit\nmodel = t2tvit.create_model('t2t_vit_7')\n"
     subprocess.run([sys.executable, "-c", script], env=env, cwd=str(tmp_path), timeout=300, check=True)
     seen = json.loads((tmp_path / "seen.json").read_text())
@@ -115,9 +120,7 @@ print(json.dumps({"calls": calls, "omp": os.environ["OMP_NUM_THREADS"]}))
                                                      ({"PADDLE_LOCAL_SIZE": "64"}, False)])
 def test_a_script_that_imports_paddle_first_gets_its_share_of_the_cores_unless_it_asked_otherwise(started_with,
                                                                                                 caught_up):
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")
-           and not k.startswith("PADDLE_")}
-    env.update(PYTHONPATH=os.path.join(ROOT, "tools"), **started_with)
+    env = script_env(PYTHONPATH=os.path.join(ROOT, "tools"), **started_with)
     r = subprocess.run([sys.executable, "-c", PADDLE_FIRST], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     seen = json.loads(r.stdout.strip().splitlines()[-1])
@@ -133,7 +136,6 @@ def test_create_model_keeps_freed_memory_as_every_command_does(monkeypatch):
     monkeypatch.setattr(pretrained, "keep_freed_memory", lambda: calls.append(1))
     t2tvit.create_model("t2t_vit_7", img_size=SIZE, num_classes=2)
     assert calls == [1]
-
 
 
 def test_every_openvino_path_compiles_through_the_process_s_one_core(small_export, monkeypatch):
