@@ -10,6 +10,7 @@ import pytest
 from benchmarking import driver
 from benchmarking.report import add_direct_ratios, add_path_ratios, add_spread, spread_warnings
 from benchmarking.settings import JSON_PREFIX, MEASURES
+from benchmarking.targets import judge
 from skip_policy import installed
 from t2tvit.backends import precision_problem
 
@@ -92,6 +93,11 @@ def check_the_direct_route(report, stdout):
             assert row["vs_direct"] == round(row["images_per_s"] / best, 2), row
             assert row["latency_vs_direct"] == round(row["latency_ms"]["p50"] / fastest, 2), row
     assert "vs direct" in stdout and "p50/direct" in stdout
+    # Each target judged on this run's rows, beside the limit of this CPU's GEMM rate.
+    targets = {t["id"]: t for t in report["targets"]}
+    assert set(targets) == {"fp32", "bf16", "int8", "latency", "compute_bound"}
+    assert targets["fp32"]["needed"] == round(1.5 * best, 1) and targets["latency"]["needed"] == round(0.5 * fastest, 2)
+    assert "against the targets" in stdout
 
 
 def check_the_plain_sessions(report, stdout):
@@ -142,6 +148,31 @@ def test_each_row_is_compared_with_the_direct_routes_best_of_its_precision():
     assert ratios == [("openvino fp32", 1.11, 0.69), ("openvino bf16", 0.94, 1.01), ("openvino int8", 2.54, 0.4),
                       ("Paddle dynamic graph", 0.91, 0.85), ("paddle fp16", None, None), ("Paddle dynamic graph", None, None)]
     assert rows[0]["vs_direct"] == 1.0 and rows[3]["vs_direct"] == 1.0
+
+
+def test_a_target_beyond_the_cpus_gemm_rate_is_said_to_be_out_of_reach_not_merely_unmet():
+    # The Zen 3 run of 2026-12-06 (no VNNI: int8 GEMMs slower than fp32), T2T-ViT-7's 1.156 GMACs per image.
+    rows = [fake_row("direct", "torch.onnx->openvino fp32", (46.2,), 20.83), fake_row("engine", "openvino fp32",
+            (46.3,), 22.25), fake_row("engine", "openvino int8", (42.1,), 23.34), fake_row("plain", "openvino int8",
+            (90.0,), 5.0)]
+    judged = {t["id"]: t for t in judge(rows, 1.156e9, {"fp32": 172.5, "int8": 139.1})}
+    fp32, int8, bf16 = judged["fp32"], judged["int8"], judged["bf16"]
+    assert (fp32["needed"], fp32["got"], fp32["limit"], fp32["verdict"]) == (69.3, 46.3, 74.6, "not met")
+    assert (int8["needed"], int8["got"], int8["limit"], int8["verdict"]) == (138.6, 42.1, 60.2,
+                                                                             "beyond this CPU's limit")
+    assert bf16["verdict"] == "not measured: no direct bf16 row in this run"
+    latency = judged["latency"]  # the plain session's 5 ms is not ours: the engine rows are
+    assert (latency["got"], latency["limit"], latency["verdict"]) == (22.25, 13.4, "beyond this CPU's limit")
+    assert fp32["row"] == "openvino fp32"
+    assert (judged["compute_bound"]["got"], judged["compute_bound"]["verdict"]) == (0.621, "not met")
+
+
+def test_targets_within_reach_and_passed_are_met():
+    rows = [fake_row("direct", "torch.onnx->openvino fp32", (40.0,), 20.0), fake_row("engine", "openvino fp32",
+            (61.0,), 9.9)]
+    judged = judge(rows, 1.0e9, {"fp32": 150.0})
+    assert [t["verdict"] for t in judged] == ["met", "not measured: no direct bf16 row in this run",
+                                              "not measured: no engine int8 row in this run", "met", "met"]
 
 
 def test_each_engine_row_is_compared_with_the_plain_session_of_its_runtime():

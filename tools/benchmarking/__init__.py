@@ -9,6 +9,7 @@ timing       an eval measure's images/s, logits on the compared images and laten
 stages       the per-stage profile (--stages)
 machine      CPU, versions, load, the GEMM rate and the model's compute-bound limit
 report       images/s, ratios, agreement, the tables
+targets      the deployment targets judged on the rows, each beside the CPU's compute-bound limit
 settings     what all of them share: the measures, the config, the random inputs, the timer
 workdir      the files in the shared work folder
 

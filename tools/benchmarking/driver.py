@@ -17,6 +17,7 @@ from .report import (add_compute_bound, add_direct_ratios, add_path_ratios, add_
                      print_latency, print_paths, print_stages, print_table, spread_warnings)
 from .sessions import PLAIN_BACKENDS
 from .settings import BENCHMARK, JSON_PREFIX, MEASURES, TORCH_MEASURES, YARDSTICK, repo_relative
+from .targets import judge, print_targets
 from .workdir import profile_path, session_path
 
 
@@ -168,6 +169,7 @@ def drive(args):
     add_spread(rows)
     add_direct_ratios(rows)
     add_path_ratios(rows)
+    judged = judge(rows, prepared["model_macs"], gemm) if any(r["measure"] == "direct" for r in rows) else []
     rows += unavailable
     warnings = spread_warnings(rows)
     machine = machine_info()
@@ -177,7 +179,7 @@ def drive(args):
     settings["official_model"] = direct["source"]
     report = {"machine": machine, "load_average_before": load_before, "load_average_after": load_average(),
               "settings": settings, "notes": report_notes, "warnings": warnings, "results": rows,
-              "stages_seconds": stages,
+              "stages_seconds": stages, "targets": judged,
               "gemm_gflops": gemm, "gemm_engine": gemm_by, "model_macs": prepared["model_macs"],
               **{k: prepared[k] for k in ("compared_on", "compared_images", "reference_top2_gap")}}
     print_table(rows, machine, args, prepared)
@@ -185,6 +187,8 @@ def drive(args):
         print(line)
     print_latency(rows, prepared["model_macs"], gemm, gemm_by)
     print_paths(rows)
+    if judged:
+        print_targets(judged)
     if stages:
         print_stages(stages)
     print(JSON_PREFIX + json.dumps(report))
