@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import paddle
@@ -10,6 +11,7 @@ import pytest
 
 from runner import error_lines, fast_overrides, run_main
 from t2tvit import config
+from t2tvit.artifact import read_weights
 from t2tvit.checkpoint import atomic_save, load_file, sha256_of, training_state
 from t2tvit.dataset import imagenet_names
 from t2tvit.ema import ModelEMA
@@ -114,6 +116,32 @@ def test_the_averaged_file_evaluates_through_val(tmp_path):
     r = run_main("val.py", "--weights", path, *fast_overrides(tmp_path, **{"Global.num_classes": 1000}))
     assert r.returncode == 0, r.stderr
     assert "ImageNet final val acc is:" in r.stdout and "images: 20" in r.stdout
+
+
+def test_the_averaged_safetensors_states_the_model_size_and_classes_that_the_tools_read(tmp_path, run_folder):
+    # val.py, predict.py and export read Global.model / Global.img_size / Global.num_classes from the header: without
+    # them a 32 px average was evaluated at the config's 224 px (its position table regenerated, "no metadata")
+    out, _ = run_folder
+    path = tmp_path / "avg.safetensors"
+    assert average("--input", out, "-n", 2, "--output", path).returncode == 0
+    state, art = read_weights(str(path))
+    assert art.settings["Global.model"] == "t2t_vit_7" and art.settings["Global.img_size"] == 32
+    assert art.settings["Global.num_classes"] == 1000 and art.settings["Data.crop_pct"] == 0.9
+    assert len(art.class_names) == 1000 and "no metadata" not in art.loaded_line()
+
+
+def test_best_averages_a_copied_best_pdckpt_once_not_beside_its_own_periodic_checkpoint(tmp_path):
+    # best.pdckpt is a hard link to a periodic checkpoint, or a copy where links fail (atomic.link_or_copy) and
+    # after `cp -r` / rsync of the run: a copy must not count that checkpoint twice
+    out, states = make_run(tmp_path, epochs=(1, 2, 3))
+    shutil.copyfile(out / "ckpt-e0001-s000000.pdckpt", out / "best.pdckpt")  # epoch 1: the model's best (0.7)
+    path = tmp_path / "avg.safetensors"
+    r = average("--input", out, "-n", 2, "--best", "--output", path)
+    assert r.returncode == 0, r.stderr
+    assert "best.pdckpt" not in r.stdout
+    got = load_file(str(path))
+    for name, value in mean(states, (1, 3), "model").items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def test_checkpoints_of_different_models_sizes_or_classes_are_refused_in_one_line(tmp_path):

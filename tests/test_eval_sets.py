@@ -265,6 +265,20 @@ def test_a_wrong_layout_or_results_file_is_one_error_line_before_any_row(tmp_pat
                                                     ".json file"]
 
 
+def test_a_results_file_that_cannot_take_the_row_is_one_line_before_the_evaluation(tmp_path, weights):
+    path, _ = weights
+    class_folders(tmp_path / "v2", [str(i) for i in range(1000)])
+    code_image(str(tmp_path / "v2" / "3" / "0.png"), 0)
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"not": "a list"}')
+    (tmp_path / "folder.csv").mkdir()
+    for target, message in ((notes, "is not a results file"), (tmp_path / "folder.csv", "Is a directory")):
+        r = run_val(path, tmp_path / "v2", "--dataset", "v2", "--results-file", target)
+        assert r.returncode == 2 and len(error_lines(r)) == 1 and message in r.stderr, r.stderr
+        assert "final val acc" not in r.stdout  # said before an evaluation whose row would be lost
+    assert notes.read_text() == '{"not": "a list"}'
+
+
 def test_a_file_that_is_not_a_results_file_is_refused_and_left_as_it_was(tmp_path):
     notes = tmp_path / "notes.json"
     notes.write_text('{"not": "a list"}')

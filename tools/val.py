@@ -36,7 +36,7 @@ def main(argv=None):
     ap.add_argument("--results-file", default="", help="append a row of results to this .csv or .json file")
     args = ap.parse_args(argv)
     if args.results_file:
-        results_file.results_format(args.results_file)  # a wrong name fails now, not after the evaluation
+        results_file.check(args.results_file)  # a wrong name or file fails now, not after the evaluation
     loaded = Loaded(args)
     cfg, art = loaded.cfg, loaded.art
     if art.class_names and args.dataset == "imagenet":  # the split's labels must mean the weights' classes

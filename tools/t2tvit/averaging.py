@@ -2,11 +2,13 @@
 and the weights file it is written to.
 
 Candidates are the run's periodic checkpoints (ckpt-eEEEE-sSSSSSS.pdckpt) and, for --best, best.pdckpt when it is
-none of them. The last N are the newest by (epoch, step); the N best are ranked by the validation top-1 the run
-recorded for the weights averaged (model or EMA) at the checkpoint's epoch, in its metrics.jsonl (a checkpoint
-records only the best so far, not its own accuracy); a checkpoint saved mid-epoch, or at an epoch that was not
-validated, has none. All inputs must be of one model, size and class list; the mean is taken in float64 and
-stored in float32, as timm does. Each input is read twice (once to choose, once to add), never all at once.
+none of them (by content: a copy of one is the same candidate). The last N are the newest by (epoch, step); the N
+best are ranked by the validation top-1 the run recorded for the weights averaged (model or EMA) at the checkpoint's
+epoch, in its metrics.jsonl (a checkpoint records only the best so far, not its own accuracy); a checkpoint saved
+mid-epoch, or at an epoch that was not validated, has none. All inputs must be of one model, size and class list;
+the mean is taken in float64 and stored in float32, as timm does. Each input is read twice (once to choose, once to
+add), never all at once. The output states the model, size, classes and eval preprocessing of its inputs as a
+checkpoint does, so the tools run it as its run evaluated it.
 """
 import glob
 import io
@@ -17,6 +19,7 @@ import numpy as np
 import paddle
 
 from . import atomic
+from .artifact import SETTINGS, checkpoint_says
 from .checkpoint import CKPT_PATTERN, load_file, refuse_nonfinite, sha256_of, weights_from
 from .errors import UserError, shown
 from .runtime import read_metrics
@@ -47,13 +50,14 @@ def describe(path, which):
     state = load_file(path)
     if not isinstance(state, dict) or not {"model", "epoch", "step", *IDENTITY} <= set(state):
         raise UserError(f"{shown(path)} is not a training checkpoint of this repo")
-    weights_from(state, path, which)  # no EMA weights in it: said here, before anything is averaged
+    weights, _ = weights_from(state, path, which)  # no EMA weights in it: said here, before anything is averaged
     size = state["img_size"]
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     return {"file": path, "sha256": _sha256(path), "epoch": int(state["epoch"]), "step": int(state["step"]),
             "run": state.get("run") or "", "arch": state["arch"],
             "img_size": list(size) if isinstance(size, (list, tuple)) else size,
-            "class_names": list(state["class_names"]), "log_dir": config.get("Global", {}).get("log_dir") or ""}
+            "class_names": list(state["class_names"]), "log_dir": config.get("Global", {}).get("log_dir") or "",
+            "settings": checkpoint_says(state, weights, path)[0]}
 
 
 def check_one_model(inputs):
@@ -106,6 +110,9 @@ def select(folder, n, best, which, metrics=None):
         inputs = [describe(p, which) for p in paths[-n:]]
     else:
         inputs = [describe(p, which) for p in paths]
+        # best.pdckpt is a copy of its periodic checkpoint where hard links fail (atomic.link_or_copy) and after a
+        # run folder is copied (cp -r, rsync): the same weights are one candidate, not two
+        inputs = [i for k, i in enumerate(inputs) if all(i["sha256"] != j["sha256"] for j in inputs[:k])]
         check_one_model(inputs)
         recorded_top1(inputs, which, metrics_file(inputs, metrics))
         ranked = [i for i in inputs if i["top1"] is not None]
@@ -144,7 +151,11 @@ def metadata(inputs, which, best):
     """What the averaged file says of itself (strings: a safetensors header holds nothing else)."""
     first = inputs[0]
     sources = [{k: i[k] for k in ("file", "sha256", "epoch", "step", "top1") if k in i} for i in inputs]
-    return {"arch": first["arch"], "img_size": json.dumps(first["img_size"]),
+    # the SETTINGS keys are what the tools read from a header (artifact.py): model, size, classes and the eval
+    # preprocessing, each stated when every input agrees on it
+    settings = {key: json.dumps(first["settings"][key]) for key in SETTINGS if key in first["settings"] and
+                all(i["settings"].get(key) == first["settings"][key] for i in inputs)}
+    return {**settings, "arch": first["arch"], "img_size": json.dumps(first["img_size"]),
             "class_names": json.dumps(first["class_names"]), "which": which,
             "averaged": f"{'best' if best else 'last'} {len(inputs)}", "inputs": json.dumps(sources)}
 

@@ -31,6 +31,14 @@ def results_format(path):
     return ext
 
 
+def check(path):
+    """results_format(path), and that a file already at path is a results file, read as append() reads it: said
+    before an evaluation that may take an hour, not after it (append() checks again, holding the lock)."""
+    ext = results_format(path)
+    _read(path, ext)
+    return ext
+
+
 def row(model, weights, which, sha256, cfg, evalset, result):
     """The results row of one evaluation of the weights file `weights` (its sha256, as loaded: artifact.py;
     result: eval_sets.EvalSet.evaluate's fractions)."""
