@@ -95,3 +95,15 @@ def test_the_readme_and_ci_run_the_suite_with_skip_reasons_shown_and_ci_set():
     assert command.endswith("python -m pytest -q -rs tests")
     assert "python -m pytest -q -rs tests" in ci.split('run "Paddle 2.6.2"')[1]
     assert re.search(r"^export CI=true$", ci, re.M)
+
+
+def test_what_the_readme_says_may_skip_in_ci_is_what_is_marked_may_skip_in_ci():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    listed = readme[readme.index("What may skip, and why:"):readme.index("Under `CI=true`")].split("\n- ")[1:]
+    count = re.search(r"Under `CI=true` \(`.ci/run` sets it\) only the first (\w+) may skip", readme).group(1)
+    said = {name for item in listed[:["one", "two", "three", "four", "five"].index(count) + 1]
+            for name in re.findall(r"tests/(test_\w+\.py)", item)}
+    tests = os.path.join(ROOT, "tests")
+    marked = {name for name in os.listdir(tests) if name.startswith("test_") and name != "test_skip_policy.py"
+              and "mark.may_skip_in_ci(" in open(os.path.join(tests, name), encoding="utf-8").read()}
+    assert said == marked
