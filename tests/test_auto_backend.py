@@ -9,10 +9,12 @@ from t2tvit import backends, deploy, export_files
 
 @pytest.fixture
 def model_dir(tmp_path):
-    """A folder with every format's model file (placeholders: the timing is injected)."""
+    """A folder with every format's model file (placeholders: the timing is injected), the Paddle program in the
+    format the installed Paddle runs."""
     d = tmp_path / "model"
     d.mkdir()
-    for name in (export_files.META_FILE, export_files.ONNX_FILE, export_files.MODEL_FILES[0], export_files.PARAMS_FILE):
+    for name in (export_files.META_FILE, export_files.ONNX_FILE, export_files.paddle_programs()[0],
+                 export_files.PARAMS_FILE):
         (d / name).write_text(name)
     return str(d)
 

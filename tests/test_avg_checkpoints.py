@@ -9,9 +9,9 @@ import numpy as np
 import paddle
 import pytest
 
+import t2tvit
 from runner import error_lines, fast_overrides, run_main
-from t2tvit import config
-from t2tvit.artifact import read_weights
+from t2tvit import artifact, config
 from t2tvit.checkpoint import atomic_save, load_file, sha256_of, training_state
 from t2tvit.dataset import imagenet_names
 from t2tvit.ema import ModelEMA
@@ -23,13 +23,14 @@ from t2tvit.t2t import create_model
 TOP1 = {"model": {1: 0.7, 2: 0.5, 3: 0.6}, "ema": {1: 0.1, 2: 0.3, 3: 0.2}}
 
 
-def make_run(folder, epochs=(1, 2, 3), arch="t2t_vit_7", img_size=32, classes=1000, run="run-1", names=None):
+def make_run(folder, epochs=(1, 2, 3), arch="t2t_vit_7", img_size=32, classes=1000, run="run-1", names=None,
+             overrides=()):
     """A run folder of end-of-epoch checkpoints (random weights per epoch, EMA weights different again) written as
     training writes them, its metrics.jsonl, and {epoch: (model state, EMA state)} as numpy."""
     cfg = config.load_config(config.SCHEMA_PATH, [f"Global.model={arch}", f"Global.img_size={img_size}",
                                                    f"Global.num_classes={classes}",
                                                    f"Global.log_dir={folder / 'log'}",
-                                                   f"Global.output_dir={folder / 'out'}"])
+                                                   f"Global.output_dir={folder / 'out'}", *overrides])
     os.makedirs(folder / "out", exist_ok=True)
     os.makedirs(folder / "log", exist_ok=True)
     states = {}
@@ -90,7 +91,7 @@ def test_the_average_of_two_checkpoints_is_their_element_wise_mean(tmp_path, run
         with open(i["file"], "rb") as f:
             assert i["sha256"] == sha256_of(f)
         assert i["sha256"] in r.stdout
-    assert (meta["arch"], meta["img_size"], meta["which"]) == ("t2t_vit_7", "32", which)
+    assert (meta["Global.model"], meta["Global.img_size"], meta["which"]) == ('"t2t_vit_7"', "32", which)
     assert len(json.loads(meta["class_names"])) == 1000
 
 
@@ -118,18 +119,6 @@ def test_the_averaged_file_evaluates_through_val(tmp_path):
     assert "ImageNet final val acc is:" in r.stdout and "images: 20" in r.stdout
 
 
-def test_the_averaged_safetensors_states_the_model_size_and_classes_that_the_tools_read(tmp_path, run_folder):
-    # val.py, predict.py and export read Global.model / Global.img_size / Global.num_classes from the header: without
-    # them a 32 px average was evaluated at the config's 224 px (its position table regenerated, "no metadata")
-    out, _ = run_folder
-    path = tmp_path / "avg.safetensors"
-    assert average("--input", out, "-n", 2, "--output", path).returncode == 0
-    state, art = read_weights(str(path))
-    assert art.settings["Global.model"] == "t2t_vit_7" and art.settings["Global.img_size"] == 32
-    assert art.settings["Global.num_classes"] == 1000 and art.settings["Data.crop_pct"] == 0.9
-    assert len(art.class_names) == 1000 and "no metadata" not in art.loaded_line()
-
-
 def test_best_averages_a_copied_best_pdckpt_once_not_beside_its_own_periodic_checkpoint(tmp_path):
     # best.pdckpt is a hard link to a periodic checkpoint, or a copy where links fail (atomic.link_or_copy) and
     # after `cp -r` / rsync of the run: a copy must not count that checkpoint twice
@@ -144,6 +133,25 @@ def test_best_averages_a_copied_best_pdckpt_once_not_beside_its_own_periodic_che
         np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
+def test_the_averaged_file_says_its_model_size_classes_and_preprocessing_as_the_tools_read_them(tmp_path):
+    # a 48 px, 3-class run evaluated with crop_pct 1.0: the tools take all of it from the averaged file, as from
+    # its checkpoints (were it only in fields they do not read, they would run it at the config's 224 px)
+    names = ["ant", "bee", "cow"]
+    out, _ = make_run(tmp_path / "run", epochs=(1, 2), img_size=48, classes=3, names=names,
+                      overrides=["Data.crop_pct=1.0"])
+    path = tmp_path / "avg.safetensors"
+    assert average("--input", out, "-n", 2, "--output", path).returncode == 0
+    _, art = artifact.read_weights(str(path))
+    assert {k: art.settings.get(k) for k in ("Global.model", "Global.img_size", "Global.num_classes",
+                                              "Data.crop_pct")} == {"Global.model": "t2t_vit_7",
+                                                                    "Global.img_size": 48, "Global.num_classes": 3,
+                                                                    "Data.crop_pct": 1.0}
+    assert art.class_names == names
+    model = t2tvit.create_model("t2t_vit_7", pretrained=str(path))
+    assert (model.img_size, model.num_classes, model.pretrained_cfg["label_names"]) == ((48, 48), 3, names)
+    assert model.pretrained_cfg["crop_pct"] == 1.0 and model.pretrained_notes == []
+
+
 def test_checkpoints_of_different_models_sizes_or_classes_are_refused_in_one_line(tmp_path):
     out, _ = make_run(tmp_path / "a", epochs=(1,))
     other, _ = make_run(tmp_path / "b", epochs=(2,), img_size=48, classes=10)
@@ -152,6 +160,16 @@ def test_checkpoints_of_different_models_sizes_or_classes_are_refused_in_one_lin
     assert r.returncode == 2 and len(error_lines(r)) == 1
     assert "differ in img_size (ckpt-e0001-s000000.pdckpt: 32, ckpt-e0002-s000000.pdckpt: 48); class_names " \
            "(ckpt-e0001-s000000.pdckpt: 1000 classes c0, c1, c2 ..." in r.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_checkpoints_evaluated_with_other_preprocessing_are_refused_in_one_line(tmp_path):
+    out, _ = make_run(tmp_path / "a", epochs=(1,))
+    other, _ = make_run(tmp_path / "b", epochs=(2,), overrides=["Data.crop_pct=1.0"])
+    os.replace(other / "ckpt-e0002-s000000.pdckpt", out / "ckpt-e0002-s000000.pdckpt")
+    r = average("--input", out, "-n", 2, "--output", tmp_path / "x.safetensors")
+    assert r.returncode == 2 and len(error_lines(r)) == 1
+    assert "differ in Data.crop_pct (ckpt-e0001-s000000.pdckpt: 0.9, ckpt-e0002-s000000.pdckpt: 1.0)" in r.stderr
     assert not (tmp_path / "x.safetensors").exists()
 
 

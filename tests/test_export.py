@@ -155,6 +155,27 @@ def test_auto_backend_is_the_fastest_installed_whose_model_file_is_there(exporte
 
 
 @pytest.mark.slow
+def test_a_paddle_3_program_where_paddle_2_runs_is_one_line_and_auto_leaves_it_out(exported, tmp_path, monkeypatch):
+    # Paddle Inference 2.6 dies with SIGSEGV creating a predictor on Paddle 3's PIR program (inference.json): an
+    # export made under Paddle 3.x and run where requirements-gpu.txt installed Paddle 2.6 must say so instead
+    out, paddle_only = tmp_path / "pir", tmp_path / "pir_paddle_only"
+    for folder in (out, paddle_only):
+        folder.mkdir()
+        for name in os.listdir(exported[1]):
+            if folder == out or name != ONNX_FILE:
+                os.symlink(os.path.join(exported[1], name),
+                           folder / ("inference.json" if name.startswith("inference.") and
+                                     name.endswith((".json", ".pdmodel")) else name))
+    monkeypatch.setattr(export_files, "paddle_major", lambda: 2)
+    with pytest.raises(UserError, match=r"inference\.json is a Paddle 3 program, which Paddle 2 cannot run.*"
+                                        r"--backend onnxruntime or openvino"):
+        create_predictor(str(out), "paddle")
+    assert not deploy.runnable(str(out), "paddle", "fp32") and deploy.runnable(str(out), "onnxruntime", "fp32")
+    with pytest.raises(UserError, match="no installed backend"):
+        deploy.auto_backend(str(paddle_only))
+
+
+@pytest.mark.slow
 def test_export_refuses_and_leaves_nothing_when_onnx_runtime_disagrees(exported, tmp_path, monkeypatch, capsys):
     class Off(backends.OnnxRuntimePredictor):
         def run(self, images):

@@ -11,7 +11,6 @@ Checkpoints of different models, sizes or class lists are refused in one line. S
 """
 import t2tvit.cpu_env  # noqa: F401  (first: sets CPU threads before Paddle loads)
 import argparse
-import json
 import sys
 
 from t2tvit import averaging
@@ -44,7 +43,7 @@ def main(argv=None):
     meta = averaging.metadata(inputs, which, args.best)
     digest = averaging.write(args.output, state, meta)
     # the file loads, strictly, into the model it says it is, before the run says it was written
-    model = create_model(meta["arch"], img_size=json.loads(meta["img_size"]), num_classes=len(state["head.bias"])
+    model = create_model(inputs[0]["arch"], img_size=inputs[0]["img_size"], num_classes=len(state["head.bias"])
                          if "head.bias" in state else 0)
     match_state_dict(model, load_file(args.output), args.output)
     print(f"wrote {args.output} ({which} weights, {how}), sha256 {digest}"

@@ -2,13 +2,12 @@
 and the weights file it is written to.
 
 Candidates are the run's periodic checkpoints (ckpt-eEEEE-sSSSSSS.pdckpt) and, for --best, best.pdckpt when it is
-none of them (by content: a copy of one is the same candidate). The last N are the newest by (epoch, step); the N
-best are ranked by the validation top-1 the run recorded for the weights averaged (model or EMA) at the checkpoint's
-epoch, in its metrics.jsonl (a checkpoint records only the best so far, not its own accuracy); a checkpoint saved
-mid-epoch, or at an epoch that was not validated, has none. All inputs must be of one model, size and class list;
-the mean is taken in float64 and stored in float32, as timm does. Each input is read twice (once to choose, once to
-add), never all at once. The output states the model, size, classes and eval preprocessing of its inputs as a
-checkpoint does, so the tools run it as its run evaluated it.
+none of them (by content: a copy of one is the same candidate). The last N are the newest by (epoch, step); the N best are ranked by the validation top-1 the run
+recorded for the weights averaged (model or EMA) at the checkpoint's epoch, in its metrics.jsonl (a checkpoint
+records only the best so far, not its own accuracy); a checkpoint saved mid-epoch, or at an epoch that was not
+validated, has none. All inputs must be of one model, size, class list and eval preprocessing, which the averaged
+file states as a checkpoint does (so every tool runs it as its run was evaluated); the mean is taken in float64
+and stored in float32, as timm does. Each input is read twice (once to choose, once to add), never all at once.
 """
 import glob
 import io
@@ -18,13 +17,14 @@ import os
 import numpy as np
 import paddle
 
-from . import atomic
-from .artifact import SETTINGS, checkpoint_says
+from . import artifact, atomic
 from .checkpoint import CKPT_PATTERN, load_file, refuse_nonfinite, sha256_of, weights_from
 from .errors import UserError, shown
 from .runtime import read_metrics
 
-IDENTITY = ("arch", "img_size", "class_names")  # what every averaged checkpoint must share
+MODEL_FIELDS = ("arch", "img_size", "class_names")  # a training checkpoint's own fields
+# What every averaged checkpoint must share: the model, and the eval preprocessing the averaged file states.
+IDENTITY = MODEL_FIELDS + artifact.EVAL_KEYS
 FORMATS = (".safetensors", ".pdparams")
 
 
@@ -48,16 +48,17 @@ def _sha256(path):
 def describe(path, which):
     """What selecting needs of one checkpoint (identity, epoch, step, run, sha256, log folder), tensors dropped."""
     state = load_file(path)
-    if not isinstance(state, dict) or not {"model", "epoch", "step", *IDENTITY} <= set(state):
+    if not isinstance(state, dict) or not {"model", "epoch", "step", *MODEL_FIELDS} <= set(state):
         raise UserError(f"{shown(path)} is not a training checkpoint of this repo")
     weights, _ = weights_from(state, path, which)  # no EMA weights in it: said here, before anything is averaged
+    settings, _, _ = artifact.checkpoint_says(state, weights, path)
     size = state["img_size"]
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
     return {"file": path, "sha256": _sha256(path), "epoch": int(state["epoch"]), "step": int(state["step"]),
             "run": state.get("run") or "", "arch": state["arch"],
             "img_size": list(size) if isinstance(size, (list, tuple)) else size,
             "class_names": list(state["class_names"]), "log_dir": config.get("Global", {}).get("log_dir") or "",
-            "settings": checkpoint_says(state, weights, path)[0]}
+            **{key: settings[key] for key in artifact.EVAL_KEYS if key in settings}}
 
 
 def check_one_model(inputs):
@@ -66,11 +67,11 @@ def check_one_model(inputs):
         names = i["class_names"]
         if key == "class_names":
             return f"{len(names)} classes {', '.join(map(str, names[:3]))}{' ...' if len(names) > 3 else ''}"
-        return i[key]
+        return i.get(key)
 
     differ = []
     for key in IDENTITY:
-        if len({json.dumps(i[key]) for i in inputs}) > 1:
+        if len({json.dumps(i.get(key)) for i in inputs}) > 1:
             each = ", ".join(f"{os.path.basename(i['file'])}: {value(i, key)}" for i in inputs)
             differ.append(f"{key} ({each})")
     if differ:
@@ -148,15 +149,14 @@ def average(inputs, which):
 
 
 def metadata(inputs, which, best):
-    """What the averaged file says of itself (strings: a safetensors header holds nothing else)."""
+    """What the averaged file says of itself (strings: a safetensors header holds nothing else): what its
+    checkpoints say, under the keys every tool reads (artifact.SAFETENSORS_KEYS), and where it comes from."""
     first = inputs[0]
+    settings = {"Global.model": first["arch"], "Global.img_size": first["img_size"],
+                "Global.num_classes": len(first["class_names"]),
+                **{key: first[key] for key in artifact.EVAL_KEYS if key in first}, "class_names": first["class_names"]}
     sources = [{k: i[k] for k in ("file", "sha256", "epoch", "step", "top1") if k in i} for i in inputs]
-    # the SETTINGS keys are what the tools read from a header (artifact.py): model, size, classes and the eval
-    # preprocessing, each stated when every input agrees on it
-    settings = {key: json.dumps(first["settings"][key]) for key in SETTINGS if key in first["settings"] and
-                all(i["settings"].get(key) == first["settings"][key] for i in inputs)}
-    return {**settings, "arch": first["arch"], "img_size": json.dumps(first["img_size"]),
-            "class_names": json.dumps(first["class_names"]), "which": which,
+    return {**{key: json.dumps(value) for key, value in settings.items()}, "which": which,
             "averaged": f"{'best' if best else 'last'} {len(inputs)}", "inputs": json.dumps(sources)}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from . import cpu_env  # its cpu_flags() is read through the module, so a test can stand in another CPU
 from .cpu_env import usable_cores
 from .errors import UserError
-from .export_files import INT8_MODEL, int8_file, model_files, onnx_file
+from .export_files import INT8_MODEL, int8_file, model_files, onnx_file, paddle_major
 from .runtime import keep_freed_memory
 from .sizes import image_hw
 
@@ -81,12 +81,6 @@ def int8_problem(backend):
     if "avx2" not in cpu_env.cpu_flags():
         return "int8 needs a CPU with AVX2 (its u8 x s8 kernels); this CPU has none"
     return None
-
-
-def paddle_major():
-    import paddle
-
-    return int(paddle.__version__.split(".")[0])
 
 
 def open_backend(model_dir, backend, precision="fp32", threads=None, device="cpu", gpu_id=0):

@@ -16,7 +16,8 @@ from .errors import UserError
 from .export_meta import META_FILE
 
 PREFIX = "inference"
-MODEL_FILES = (PREFIX + ".json", PREFIX + ".pdmodel")  # Paddle 3.x (PIR) writes .json, 2.6 .pdmodel
+PIR_PROGRAM, LEGACY_PROGRAM = PREFIX + ".json", PREFIX + ".pdmodel"  # Paddle 3.x (PIR) writes .json, 2.6 .pdmodel
+MODEL_FILES = (PIR_PROGRAM, LEGACY_PROGRAM)
 PARAMS_FILE = PREFIX + ".pdiparams"
 ONNX_FILE = "model.onnx"
 # The post-training int8 models (t2tvit/quantize.py), both quantised from model.onnx.
@@ -38,14 +39,35 @@ def read_meta(model_dir):
             "img_size": art.settings["Global.img_size"], "num_classes": art.settings["Global.num_classes"]}
 
 
+def paddle_major():
+    import paddle
+
+    return int(paddle.__version__.split(".")[0])
+
+
+def paddle_programs():
+    """The program files the installed Paddle Inference runs: Paddle 2 cannot read a PIR program (its predictor
+    dies with SIGSEGV on one), Paddle 3 reads both."""
+    return (LEGACY_PROGRAM,) if paddle_major() < 3 else MODEL_FILES
+
+
+def has_paddle_program(model_dir):
+    return os.path.isfile(os.path.join(model_dir, PARAMS_FILE)) and any(
+        os.path.isfile(os.path.join(model_dir, name)) for name in paddle_programs())
+
+
 def model_files(model_dir):
-    """(model file, params file, meta dict) of the Paddle Inference model in model_dir."""
+    """(model file, params file, meta dict) of the Paddle Inference model in model_dir that this Paddle runs."""
     meta = read_meta(model_dir)
     params = os.path.join(model_dir, PARAMS_FILE)
-    for name in MODEL_FILES:
+    for name in paddle_programs():
         path = os.path.join(model_dir, name)
         if os.path.isfile(path) and os.path.isfile(params):
             return path, params, meta
+    if os.path.isfile(os.path.join(model_dir, PIR_PROGRAM)):
+        raise UserError(f"{os.path.join(model_dir, PIR_PROGRAM)} is a Paddle 3 program, which Paddle "
+                        f"{paddle_major()} cannot run: export again where Paddle {paddle_major()} is installed, or "
+                        "run this export with --backend onnxruntime or openvino")
     raise UserError(f"{model_dir} holds no Paddle Inference model ({' or '.join(MODEL_FILES)} with "
                     f"{PARAMS_FILE}); export one with tools/export_model.py --format paddle (or all)")
 
@@ -71,6 +93,9 @@ def int8_file(model_dir, backend):
 
 
 def has_format(model_dir, fmt):
+    """Whether model_dir holds a model of format `fmt` that can run here."""
+    if fmt == "paddle":
+        return has_paddle_program(model_dir)
     return any(os.path.isfile(os.path.join(model_dir, name)) for name in FORMATS[fmt])
 
 
