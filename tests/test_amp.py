@@ -217,7 +217,8 @@ def test_o2_checkpoints_hold_the_float32_master_weights_and_load_into_float32_an
             masters[p.name].set_value(masters[p.name] + 1e-4)
     saved = MasterWeights(model, opt).state_dict()
     half = {k for k, p in model.named_parameters() if p.dtype == paddle.bfloat16}
-    assert len(half) == 69 and all  # every Linear weight and bias;(str(v.dtype).endswith("float32") for v in saved.values())
+    assert len(half) == 69  # every Linear weight and bias
+    assert all(v.dtype == paddle.float32 for v in saved.values())
     for k in half:  # the masters exactly, not their bfloat16 rounding
         assert np.array_equal(saved[k].numpy(), weights[k] + np.float32(1e-4))
         assert not np.array_equal(saved[k].numpy(), dict(model.named_parameters())[k].astype("float32").numpy())
