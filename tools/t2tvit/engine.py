@@ -114,8 +114,9 @@ class Trainer:
         weights = state["model"]
         halves = {k: p.dtype for k, p in self.model.named_parameters() if p.dtype in (paddle.float16, paddle.bfloat16)}
         if halves:  # AMP O2: the file's float32 weights load as the model's half-precision ones, then as masters
-            state = dict(state, model={k: paddle.to_tensor(v).astype(halves[k]) if k in halves else v
-                                       for k, v in weights.items()})
+            # (a loaded file holds numpy arrays or Tensors: to_tensor of a Tensor warns, so only arrays go through it)
+            state = dict(state, model={k: (v if isinstance(v, paddle.Tensor) else paddle.to_tensor(v)).astype(halves[k])
+                                       if k in halves else v for k, v in weights.items()})
         progress = restore_training(state, path, self.model, self.opt, self.ema, self.scaler,
                                     config=self.cfg.to_dict())
         load_into(self.model, self.opt, weights)
