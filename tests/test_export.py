@@ -6,6 +6,7 @@ import os
 import numpy as np
 import paddle
 import pytest
+import yaml
 
 import export_model
 from runner import ROOT, error_lines, run_main, run_tool
@@ -263,3 +264,39 @@ def test_export_bad_weights_one_line_and_nothing_written(tmp_path, case):
     line = one_error_line(r)
     assert ("not found" if case == "missing_weights" else "unexpected: blocks.7") in line
     assert sorted(p.name for p in tmp_path.iterdir()) == (["weights.pdparams"] if weights.exists() else [])
+
+
+def export_whose_inference_yml_says(exported, tmp_path, size, extra_class):
+    """A copy of the export whose inference.yml describes another input size or one class more than its model
+    files compute (a stranger's folder), consistent in itself."""
+    out = tmp_path / "lying"
+    out.mkdir()
+    for name in os.listdir(exported[1]):
+        os.link(os.path.join(exported[1], name), out / name)
+    meta_path = out / "inference.yml"
+    meta = yaml.safe_load(meta_path.read_text())
+    meta["Global"]["img_size"] = size
+    ops = {next(iter(op)): op[next(iter(op))] for op in meta["PreProcess"]["transform_ops"]}
+    ops["ResizeImage"]["resize_short"] = int(size / ops["ResizeImage"]["crop_pct"])
+    ops["CropImage"]["size"] = size
+    if extra_class:
+        meta["Global"]["num_classes"] += 1
+        names = meta["PostProcess"]["Topk"]["label_list"]
+        meta["PostProcess"]["Topk"]["label_list"] = names + ["one more"] if names else names
+    meta_path.unlink()  # a hard link to the real export's file
+    meta_path.write_text(yaml.safe_dump(meta, sort_keys=False))
+    return str(out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("size, extra_class", [(SIZE // 2, False), (SIZE, True)])
+def test_an_inference_yml_that_is_not_its_model_s_own_is_one_line_on_every_backend(exported, tmp_path, backend,
+                                                                                     size, extra_class):
+    out = export_whose_inference_yml_says(exported, tmp_path, size, extra_class)
+    with pytest.raises(UserError) as e:  # before the first batch where the model file declares its input size
+        create_predictor(out, backend, threads=1)(np.zeros((1, 3, size, size), np.float32))
+    message = str(e.value)
+    assert message.startswith(f"{out}: its model file ") and "\n" not in message, message
+    assert f"{size} x {size} images" in message and "is inference.yml this model's own?" in message, message
+    if extra_class:
+        assert f"logits for 1 image(s) of {size} x {size}, not the [1, {CLASSES + 1}]" in message, message

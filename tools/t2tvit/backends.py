@@ -19,7 +19,7 @@ import numpy as np
 from . import cpu_env  # its cpu_flags() is read through the module, so a test can stand in another CPU
 from .cpu_env import usable_cores
 from .errors import UserError
-from .export_files import INT8_MODEL, int8_file, model_files, onnx_file, paddle_major
+from .export_files import INT8_MODEL, META_FILE, int8_file, model_files, onnx_file, paddle_major
 from .runtime import keep_freed_memory
 from .sizes import image_hw
 
@@ -158,16 +158,49 @@ class Engine:
     backend = precision = None
     auto_reason = None  # with backend="auto": why this backend was picked
 
-    def __init__(self, meta):
+    def __init__(self, meta, model_dir):
         self.img_size = image_hw(meta["img_size"])  # (H, W); older exports wrote one integer
         self.num_classes = int(meta["num_classes"])
+        self.model_dir = model_dir
+        self.ran = False
 
     def __call__(self, images):
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:] != (3, *self.img_size):
             raise UserError(f"the exported model takes [N, 3, {', '.join(map(str, self.img_size))}] images, "
                             f"got {list(images.shape)}")
-        return self.run(images)
+        size = f"{self.img_size[0]} x {self.img_size[1]}"
+        if self.ran:
+            logits = self.run(images)
+        else:
+            # The size and class count come from META_FILE, which a stranger's folder may pair with another
+            # model file: the first batch shows whether they fit (each backend fails in its own way).
+            try:
+                logits = self.run(images)
+            except Exception as e:
+                said = " ".join(str(e).split())
+                raise UserError(f"{self.model_dir}: its model file does not run on {size} images, the size its "
+                                f"{META_FILE} gives ({self.backend}: {type(e).__name__}: {said[:200]}); "
+                                f"{self.not_own}") from None
+            self.ran = True
+        if logits.shape != (len(images), self.num_classes):  # Paddle Inference may return [0, C] for another size
+            raise UserError(f"{self.model_dir}: its model file gives {list(logits.shape)} logits for {len(images)} "
+                            f"image(s) of {size}, not the [{len(images)}, {self.num_classes}] that its {META_FILE} "
+                            f"says ({size} images, {self.num_classes} classes); {self.not_own}")
+        return logits
+
+    not_own = f"is {META_FILE} this model's own? Export it again"
+
+    def check_input(self, shape):
+        """UserError unless `shape`, the model file's own input shape (None or a name where dynamic), takes the
+        images META_FILE describes: OpenVINO fed another size may return garbage and corrupt its memory (a
+        segfault at a later call), so it is never asked."""
+        dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        if len(dims) != 4 or any(d not in (None, want) for d, want in zip(dims[1:], (3, *self.img_size))):
+            shown = ", ".join("N" if d is None else str(d) for d in dims)
+            raise UserError(f"{self.model_dir}: its model file takes [{shown}] inputs, not the "
+                            f"{self.img_size[0]} x {self.img_size[1]} images that its {META_FILE} gives; "
+                            f"{self.not_own}")
 
     def run(self, images):
         raise NotImplementedError
@@ -262,7 +295,7 @@ class Predictor(Engine):
         import paddle.inference as pi
 
         model_file, params_file, meta = model_files(model_dir)
-        super().__init__(meta)
+        super().__init__(meta, model_dir)
         self.precision = precision
         if device == "gpu":
             trt_input = (meta["input"], [3, *self.img_size])
@@ -290,7 +323,7 @@ class OnnxRuntimePredictor(Engine):
         import onnxruntime as ort
 
         path, meta = onnx_file(model_dir)
-        super().__init__(meta)
+        super().__init__(meta, model_dir)
         self.precision = precision
         if precision == "int8":
             path = int8_file(model_dir, self.backend)
@@ -301,6 +334,7 @@ class OnnxRuntimePredictor(Engine):
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu_id}))
         self.session = onnxruntime_session(path, threads, providers)
         self.input_name = self.session.get_inputs()[0].name
+        self.check_input(self.session.get_inputs()[0].shape)
 
     def run(self, images):
         return self.session.run(None, {self.input_name: images})[0]
@@ -314,13 +348,15 @@ class OpenVinoPredictor(Engine):
 
     def __init__(self, model_dir, threads=None, precision="fp32", profile=False):
         path, meta = onnx_file(model_dir)
-        super().__init__(meta)
+        super().__init__(meta, model_dir)
         self.precision = precision
         if precision == "int8":
             path = int8_file(model_dir, self.backend)
         self.compiled = compile_openvino(path, precision, threads, profile)
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
+        self.check_input([d.get_length() if d.is_static else None
+                          for d in self.compiled.input(0).get_partial_shape()])
 
     def run(self, images):
         # The batch is copied into the request (19 MB at batch 32 of 224 px, against ~650 ms of inference), so
