@@ -1,6 +1,7 @@
 import os
 import random
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -799,3 +800,47 @@ def test_a_stuck_loader_worker_stops_the_iteration_with_one_line_instead_of_hang
     assert str(e.value) == ("no validation batch from the 2 data loader worker(s) in 2 s (Data.timeout): a worker is "
                             "stuck (a hung file system?); raise Data.timeout if reading is that slow")
     assert time.monotonic() - start < 30
+
+
+def test_a_stuck_worker_that_cannot_run_is_ended_so_that_the_process_exits_after_its_error_line(monkeypatch, tmp_path):
+    # Paddle's loader shutdown and multiprocessing's exit hook (SIGTERM, then join) wait for a stuck worker for
+    # ever when it cannot run (stopped, here): the trainer printed its error line and then never exited.
+    pid_file, load = tmp_path / "stuck_pid", dataset.ImageDataset.load
+
+    def stopped(self, index, seed=None):
+        if index == 3:
+            pid_file.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return load(self, index, seed)
+    monkeypatch.setattr(dataset.ImageDataset, "load", stopped)  # the workers fork with it
+    loader, _ = dataset.build_loader(make_cfg(Global_img_size=32, Data_batch_size=2, Data_num_workers=2,
+                                              Data_timeout=2), "val")
+    rescued = []
+
+    def rescue():  # what the test needs to end if the loader leaves the stopped worker waiting for ever
+        pid = int(pid_file.read_text())
+        if running(pid):
+            rescued.append(pid)
+            os.kill(pid, signal.SIGKILL)
+    timer = threading.Timer(30, rescue)
+    timer.start()
+    try:
+        with pytest.raises(errors.UserError, match=r"\(Data.timeout\): a worker is stuck"):
+            list(loader)
+    finally:
+        timer.cancel()
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rescue()
+    assert not rescued, f"the stuck worker {pid} was left stopped"
+
+
+def running(pid):
+    """Whether the process `pid` has not ended (a zombie has ended: only its parent has yet to collect it)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:\tZ") for line in f)
+    except FileNotFoundError:
+        return False

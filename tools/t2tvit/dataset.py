@@ -151,6 +151,13 @@ class CheckedLoader:
                 since = waiting[0]
                 if since is not None and time.monotonic() - since > self.timeout:
                     stuck.set()
+                    # Paddle's shutdown of the loader and multiprocessing's exit hook (SIGTERM, then join) wait for
+                    # the workers with no timeout: one that cannot run (stopped, or wedged) would keep the process
+                    # from ever exiting after its error line. Nothing in them is worth saving: they are killed,
+                    # once Paddle's SIGCHLD handler no longer watches them (it would raise in the main thread).
+                    paddle.base.core._erase_process_pids(id(batches))
+                    for worker in batches._workers:
+                        worker.kill()
                     batches._blocking_queue.kill()  # what Paddle does when a worker dies: the wait raises
                     return
 
