@@ -44,8 +44,9 @@ are reported as min / median / max; rounds more than 15% apart print a warning (
 
 Every eval measure (PyTorch, Paddle dynamic, each backend x precision, int8 included) also gets its batch-1
 latency (p50 / p99 over --latency-runs runs after the warm-up; default 200) and its throughput at each of
---throughput-batches (default 1 8 32). The run measures the machine's GEMM rate (gemm_rates: a 1024^2
-matmul, the faster of PyTorch and OpenVINO, in fp32, and in bf16 and int8 where the CPU has them) and reports
+--throughput-batches (default 1 8 32). The run measures the machine's GEMM rate in every round, keeping the
+highest (gemm_rates: a 1024^2 matmul, the faster of PyTorch and OpenVINO, in fp32, and in bf16 and int8 where
+the CPU has them; gemm_rounds in the JSON holds each round's) and reports
 each eval row as a fraction of the model's compute-bound limit, GEMM rate / (2 x MACs per image) (model_macs:
 every matrix product and LayerNorm, as tools/count_macs.py counts them). With --agree-on val each row's top-1
 against the split's labels is reported too. int8 models are calibrated on --calib DIR_OR_LIST (e.g. training
