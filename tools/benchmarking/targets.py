@@ -77,10 +77,10 @@ def judge(rows, macs, gemm):
 def print_targets(judged):
     print("against the targets (ours: the engine rows; limit: the matrix products alone at this CPU's GEMM rate, "
           "the best any export of the same arithmetic could do):")
-    print(f"{'target':<58}{'needed':>18}{'got':>10}{'limit':>10}  {'row':<16}verdict")
+    print(f"{'target':<58}{'needed':>18}{'got':>10}{'limit':>10}  {'row':<18}verdict")
     for t in judged:
         if "needed" not in t:
-            print(f"{t['target']:<58}{'':>18}{'':>10}{'':>10}  {'':<16}{t['verdict']}")
+            print(f"{t['target']:<58}{'':>18}{'':>10}{'':>10}  {'':<18}{t['verdict']}")
             continue
         if t["unit"] == "of the limit":
             cells = (f">= {t['needed']:.0%} of limit", f"{t['got']:.0%}", "100%")
@@ -88,4 +88,4 @@ def print_targets(judged):
             sign = "<=" if t["unit"] == "ms" else ">="
             cells = (f"{sign} {t['needed']:g} {t['unit']}", f"{t['got']:g}",
                      "" if t["limit"] is None else f"{t['limit']:g}")
-        print(f"{t['target']:<58}{cells[0]:>18}{cells[1]:>10}{cells[2]:>10}  {t['row']:<16}{t['verdict']}")
+        print(f"{t['target']:<58}{cells[0]:>18}{cells[1]:>10}{cells[2]:>10}  {t['row']:<18}{t['verdict']}")
