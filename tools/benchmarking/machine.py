@@ -90,6 +90,11 @@ def model_macs(model, img_size):
     return sum(count_macs(model, img_size).values())
 
 
+def compute_bound_limit(macs, rate_gflops):
+    """images/s of the model's matrix products alone at rate_gflops (GFLOP/s, or GOP/s): rate / (2 x MACs)."""
+    return rate_gflops * 1e9 / (2 * macs)
+
+
 def compute_bound_fraction(images_per_s, macs, rate_gflops):
     """images/s as a fraction of the compute-bound limit rate / (2 x MACs)."""
     return round(images_per_s * 2 * macs / (rate_gflops * 1e9), 3)

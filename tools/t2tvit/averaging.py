@@ -2,12 +2,13 @@
 and the weights file it is written to.
 
 Candidates are the run's periodic checkpoints (ckpt-eEEEE-sSSSSSS.pdckpt) and, for --best, best.pdckpt when it is
-none of them (by content: a copy of one is the same candidate). The last N are the newest by (epoch, step); the N best are ranked by the validation top-1 the run
-recorded for the weights averaged (model or EMA) at the checkpoint's epoch, in its metrics.jsonl (a checkpoint
-records only the best so far, not its own accuracy); a checkpoint saved mid-epoch, or at an epoch that was not
-validated, has none. All inputs must be of one model, size, class list and eval preprocessing, which the averaged
-file states as a checkpoint does (so every tool runs it as its run was evaluated); the mean is taken in float64
-and stored in float32, as timm does. Each input is read twice (once to choose, once to add), never all at once.
+none of them (by content: a copy of one is the same candidate). The last N are the newest by (epoch, step); the N
+best are ranked by the validation top-1 the run recorded for the weights averaged (model or EMA) at the
+checkpoint's epoch, in its metrics.jsonl (a checkpoint records only the best so far, not its own accuracy); a
+checkpoint saved mid-epoch, or at an epoch that was not validated, has none. All inputs must be of one model,
+size, class list and eval preprocessing, which the averaged file states as a checkpoint does (so every tool runs
+it as its run was evaluated); the mean is taken in float64 and stored in float32, as timm does. Each input is
+read twice (once to choose, once to add), never all at once.
 """
 import glob
 import io

@@ -169,27 +169,30 @@ class Engine:
         if images.ndim != 4 or images.shape[1:] != (3, *self.img_size):
             raise UserError(f"the exported model takes [N, 3, {', '.join(map(str, self.img_size))}] images, "
                             f"got {list(images.shape)}")
-        size = f"{self.img_size[0]} x {self.img_size[1]}"
-        if self.ran:
+        try:
             logits = self.run(images)
-        else:
+        except Exception as e:
+            if self.ran:
+                raise
             # The size and class count come from META_FILE, which a stranger's folder may pair with another
             # model file: the first batch shows whether they fit (each backend fails in its own way).
-            try:
-                logits = self.run(images)
-            except Exception as e:
-                said = " ".join(str(e).split())
-                raise UserError(f"{self.model_dir}: its model file does not run on {size} images, the size its "
-                                f"{META_FILE} gives ({self.backend}: {type(e).__name__}: {said[:200]}); "
-                                f"{self.not_own}") from None
-            self.ran = True
+            said = " ".join(str(e).split())
+            raise UserError(f"{self.model_dir}: its model file does not run on {self.size_text} images, the size "
+                            f"its {META_FILE} gives ({self.backend}: {type(e).__name__}: {said[:200]}); "
+                            f"{self.not_own}") from None
+        self.ran = True
         if logits.shape != (len(images), self.num_classes):  # Paddle Inference may return [0, C] for another size
             raise UserError(f"{self.model_dir}: its model file gives {list(logits.shape)} logits for {len(images)} "
-                            f"image(s) of {size}, not the [{len(images)}, {self.num_classes}] that its {META_FILE} "
-                            f"says ({size} images, {self.num_classes} classes); {self.not_own}")
+                            f"image(s) of {self.size_text}, not the [{len(images)}, {self.num_classes}] that its "
+                            f"{META_FILE} says ({self.size_text} images, {self.num_classes} classes); "
+                            f"{self.not_own}")
         return logits
 
     not_own = f"is {META_FILE} this model's own? Export it again"
+
+    @property
+    def size_text(self):
+        return f"{self.img_size[0]} x {self.img_size[1]}"
 
     def check_input(self, shape):
         """UserError unless `shape`, the model file's own input shape (None or a name where dynamic), takes the
@@ -198,9 +201,8 @@ class Engine:
         dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
         if len(dims) != 4 or any(d not in (None, want) for d, want in zip(dims[1:], (3, *self.img_size))):
             shown = ", ".join("N" if d is None else str(d) for d in dims)
-            raise UserError(f"{self.model_dir}: its model file takes [{shown}] inputs, not the "
-                            f"{self.img_size[0]} x {self.img_size[1]} images that its {META_FILE} gives; "
-                            f"{self.not_own}")
+            raise UserError(f"{self.model_dir}: its model file takes [{shown}] inputs, not the {self.size_text} "
+                            f"images that its {META_FILE} gives; {self.not_own}")
 
     def run(self, images):
         raise NotImplementedError

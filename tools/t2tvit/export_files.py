@@ -51,19 +51,20 @@ def paddle_programs():
     return (LEGACY_PROGRAM,) if paddle_major() < 3 else MODEL_FILES
 
 
-def has_paddle_program(model_dir):
-    return os.path.isfile(os.path.join(model_dir, PARAMS_FILE)) and any(
-        os.path.isfile(os.path.join(model_dir, name)) for name in paddle_programs())
+def runnable_program(model_dir):
+    """The program file in model_dir that this Paddle runs, with its params file beside it; None if there is none."""
+    if not os.path.isfile(os.path.join(model_dir, PARAMS_FILE)):
+        return None
+    paths = (os.path.join(model_dir, name) for name in paddle_programs())
+    return next((path for path in paths if os.path.isfile(path)), None)
 
 
 def model_files(model_dir):
     """(model file, params file, meta dict) of the Paddle Inference model in model_dir that this Paddle runs."""
     meta = read_meta(model_dir)
-    params = os.path.join(model_dir, PARAMS_FILE)
-    for name in paddle_programs():
-        path = os.path.join(model_dir, name)
-        if os.path.isfile(path) and os.path.isfile(params):
-            return path, params, meta
+    program = runnable_program(model_dir)
+    if program:
+        return program, os.path.join(model_dir, PARAMS_FILE), meta
     if os.path.isfile(os.path.join(model_dir, PIR_PROGRAM)):
         raise UserError(f"{os.path.join(model_dir, PIR_PROGRAM)} is a Paddle 3 program, which Paddle "
                         f"{paddle_major()} cannot run: export again where Paddle {paddle_major()} is installed, or "
@@ -95,7 +96,7 @@ def int8_file(model_dir, backend):
 def has_format(model_dir, fmt):
     """Whether model_dir holds a model of format `fmt` that can run here."""
     if fmt == "paddle":
-        return has_paddle_program(model_dir)
+        return runnable_program(model_dir) is not None
     return any(os.path.isfile(os.path.join(model_dir, name)) for name in FORMATS[fmt])
 
 
