@@ -32,7 +32,9 @@ def stop_while_starting(signum, frame):
     os._exit(128 + signum)
 
 
-for _sig in (signal.SIGTERM, signal.SIGINT):  # first thing: the imports below take a while on a loaded machine
+# First thing: the imports below take a while on a loaded machine. SIGINT's handler goes in before SIGTERM's, so
+# that a process seen catching SIGTERM (/proc/PID/status; Python itself always catches SIGINT) holds both.
+for _sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_sig, stop_while_starting)
 
 import argparse  # noqa: E402

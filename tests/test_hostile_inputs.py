@@ -456,7 +456,8 @@ def test_resuming_mid_epoch_after_the_training_list_shrank_is_one_line(tmp_path,
 
 def catching_sigterm(pid, program):
     """Whether process pid runs `program` and has a handler for SIGTERM (/proc/PID/status SigCgt; Python itself
-    catches SIGINT only)."""
+    catches SIGINT only). paddle_launch.py installs its SIGINT handler first, so this says both are in place: sent
+    SIGINT between the two, it raised KeyboardInterrupt once in CI."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             if program not in f.read():
